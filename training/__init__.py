@@ -1,0 +1,1 @@
+"""Retraining every LiverTumorAI model: datasets, augmentation, trainers, evaluation, export."""
