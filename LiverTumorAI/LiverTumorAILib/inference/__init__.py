@@ -1,1 +1,1 @@
-"""inference."""
+"""Whole-volume inference: device choice, liver localisation cascade, 2.5D slab inference."""

@@ -1,0 +1,151 @@
+"""Physical-space geometry helpers (ITK/LPS convention).
+
+Every model runs on an *axis-aligned* grid (identity direction) in LPS: array axes
+(z, y, x) point to patient Superior, Posterior and Left whatever the input's direction
+matrix. So a flipped or oblique scan reaches the network in the same canonical
+orientation the network was trained on, and results are resampled back onto the exact
+input grid. This is where the classic LPS/RAS and flipped-axis bugs are kept out.
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+
+@dataclass(frozen=True)
+class BoundingBox:
+    """Axis-aligned physical box in LPS millimetres (inclusive corner points)."""
+
+    lower: np.ndarray  # (3,) x, y, z
+    upper: np.ndarray
+
+    def expanded(self, margin_mm: float | Sequence[float]) -> BoundingBox:
+        m = np.broadcast_to(np.asarray(margin_mm, dtype=float), (3,))
+        return BoundingBox(self.lower - m, self.upper + m)
+
+    def intersect(self, other: BoundingBox) -> BoundingBox:
+        return BoundingBox(np.maximum(self.lower, other.lower), np.minimum(self.upper, other.upper))
+
+    @property
+    def size_mm(self) -> np.ndarray:
+        return np.maximum(self.upper - self.lower, 0.0)
+
+    def is_empty(self) -> bool:
+        return bool(np.any(self.upper <= self.lower))
+
+
+def lps_to_ras(point: Sequence[float]) -> list[float]:
+    """Flip the first two axes: ITK's LPS to Slicer's RAS."""
+    return [-float(point[0]), -float(point[1]), float(point[2])]
+
+
+def index_to_physical_matrix(image: sitk.Image) -> tuple[np.ndarray, np.ndarray]:
+    """Return (M, origin) with physical = M @ (i, j, k) + origin (index order x, y, z)."""
+    direction = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    return direction * spacing[None, :], np.asarray(image.GetOrigin(), dtype=float)
+
+
+def voxel_indices_to_physical(image: sitk.Image, zyx: np.ndarray) -> np.ndarray:
+    """Physical LPS points (N, 3) of numpy (z, y, x) indices (N, 3)."""
+    matrix, origin = index_to_physical_matrix(image)
+    ijk = np.asarray(zyx, dtype=float)[:, ::-1]
+    return ijk @ matrix.T + origin
+
+
+def image_bounding_box(image: sitk.Image) -> BoundingBox:
+    """Physical bounding box of the voxel *edges* of an image of any direction."""
+    size = np.asarray(image.GetSize(), dtype=float)
+    corners = np.array(list(itertools.product(*[(-0.5, s - 0.5) for s in size])))
+    matrix, origin = index_to_physical_matrix(image)
+    points = corners @ matrix.T + origin
+    return BoundingBox(points.min(axis=0), points.max(axis=0))
+
+
+def mask_bounding_box(image: sitk.Image, mask: np.ndarray) -> BoundingBox | None:
+    """Physical bounding box of the non-zero voxels of `mask` ((z, y, x) array on `image`'s grid)."""
+    nz = np.nonzero(mask)
+    if len(nz[0]) == 0:
+        return None
+    lo = np.array([n.min() for n in nz], dtype=float) - 0.5
+    hi = np.array([n.max() for n in nz], dtype=float) + 0.5
+    corners = np.array(list(itertools.product(*zip(lo, hi))))  # (z, y, x)
+    points = voxel_indices_to_physical(image, corners)
+    return BoundingBox(points.min(axis=0), points.max(axis=0))
+
+
+def axis_aligned_grid(
+    box: BoundingBox,
+    spacing: Sequence[float],
+    multiple_xy: int = 1,
+    min_size: Sequence[int] = (1, 1, 1),
+) -> sitk.Image:
+    """An empty identity-direction reference image covering `box` at `spacing` (x, y, z).
+
+    The in-plane size is rounded up to `multiple_xy` (network stride) by growing the box
+    symmetrically, so padding never shifts the content.
+    """
+    spacing_arr = np.asarray(spacing, dtype=float)
+    extent = box.size_mm
+    size = np.maximum(np.ceil(extent / spacing_arr).astype(int), np.asarray(min_size, dtype=int))
+    if multiple_xy > 1:
+        size[:2] = (np.ceil(size[:2] / multiple_xy) * multiple_xy).astype(int)
+    covered = size * spacing_arr
+    lower = box.lower - (covered - extent) / 2.0
+    origin = lower + spacing_arr / 2.0  # centre of voxel 0
+    ref = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
+    ref.SetSpacing([float(s) for s in spacing_arr])
+    ref.SetOrigin([float(o) for o in origin])
+    ref.SetDirection((1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))
+    return ref
+
+
+def resample_like(
+    image: sitk.Image,
+    reference: sitk.Image,
+    *,
+    label: bool = False,
+    default: float = 0.0,
+    output_type: int | None = None,
+) -> sitk.Image:
+    """Resample `image` onto `reference`'s grid in physical space (nearest for labels, else linear)."""
+    interpolator = sitk.sitkNearestNeighbor if label else sitk.sitkLinear
+    pixel = output_type if output_type is not None else image.GetPixelID()
+    return sitk.Resample(image, reference, sitk.Transform(), interpolator, float(default), pixel)
+
+
+def sub_grid_covering(image: sitk.Image, box: BoundingBox) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
+    """Index region (start xyz, size xyz) of `image` that covers the physical `box` (clipped)."""
+    corners = np.array(list(itertools.product(*zip(box.lower, box.upper))))
+    matrix, origin = index_to_physical_matrix(image)
+    idx = np.linalg.solve(matrix, (corners - origin).T).T
+    lo = np.floor(idx.min(axis=0)).astype(int) - 1
+    hi = np.ceil(idx.max(axis=0)).astype(int) + 1
+    dims = np.asarray(image.GetSize())
+    lo = np.clip(lo, 0, dims)
+    hi = np.clip(hi + 1, 0, dims)
+    size = hi - lo
+    if np.any(size <= 0):
+        return None
+    return (tuple(int(v) for v in lo), tuple(int(v) for v in size))
+
+
+def region_reference(image: sitk.Image, start: Sequence[int], size: Sequence[int]) -> sitk.Image:
+    """An empty image with `image`'s spacing/direction covering index region start..start+size."""
+    ref = sitk.Image([int(s) for s in size], sitk.sitkUInt8)
+    ref.SetSpacing(image.GetSpacing())
+    ref.SetDirection(image.GetDirection())
+    ref.SetOrigin(image.TransformIndexToPhysicalPoint([int(s) for s in start]))
+    return ref
+
+
+def array_to_image(array: np.ndarray, reference: sitk.Image) -> sitk.Image:
+    """Wrap a (z, y, x) array with `reference`'s geometry."""
+    out = sitk.GetImageFromArray(array)
+    out.CopyInformation(reference)
+    return out

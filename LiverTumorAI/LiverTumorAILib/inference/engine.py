@@ -1,0 +1,163 @@
+"""Segmentation engine: localise -> crop -> 2.5D model -> back onto the exact CT grid.
+
+Cost is kept proportional to the liver, not the scan: a coarse 3D localiser finds the
+liver, only its box (+ margin) is resampled to the model spacing, and only the CT
+voxels inside that box are resampled back. Probabilities (not labels) are resampled
+back with linear interpolation and the argmax is taken on the CT grid, so boundaries
+are as sharp as the CT grid allows and nothing is mirrored or shifted by resampling.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import SimpleITK as sitk
+
+from LiverTumorAILib.errors import InputError
+from LiverTumorAILib.geometry import (
+    BoundingBox,
+    array_to_image,
+    image_bounding_box,
+    region_reference,
+    resample_like,
+    sub_grid_covering,
+)
+from LiverTumorAILib.inference.localize import localize_liver
+from LiverTumorAILib.inference.slab import predict_volume
+from LiverTumorAILib.postprocess import PostprocessConfig, clean_label_map
+from LiverTumorAILib.preprocess import DEFAULT_SPACING_MM, DEFAULT_WINDOW_HU, make_model_grid, normalize_ct
+
+SEGMENTATION_MODELS = ("dual-stream", "tam-unet", "fusion")
+
+
+@dataclass
+class LoadedModel:
+    name: str
+    model: object
+    manifest: dict
+
+    @property
+    def version(self) -> str:
+        return str(self.manifest.get("version", "unknown"))
+
+    @property
+    def synthetic(self) -> bool:
+        return bool(self.manifest.get("training_data", {}).get("synthetic", False))
+
+
+@dataclass
+class SegmentationOutput:
+    """Everything on the CT grid, restricted to `region` (index start xyz, size xyz)."""
+
+    label: np.ndarray  # (z, y, x) uint8 on the full CT grid
+    attention: dict[str, np.ndarray]  # per source, (z, y, x) float32 in [0, 1], full CT grid
+    box: BoundingBox
+    localized: bool
+    device: str
+    timing_s: dict[str, float] = field(default_factory=dict)
+    slice_class_logits: np.ndarray | None = None
+
+
+def load_model(name: str, weights_dir, device) -> LoadedModel:
+    from LiverTumorAILib.weights import find_weights, load_weights
+
+    folder = find_weights(name, weights_dir)
+    model, manifest = load_weights(folder, device=str(device))
+    model.to(device).eval()
+    return LoadedModel(name=name, model=model, manifest=manifest)
+
+
+def segment_volume(
+    ct: sitk.Image,
+    seg: LoadedModel,
+    *,
+    localizer: LoadedModel | None,
+    mri: sitk.Image | None,
+    device,
+    keep_attention: bool = True,
+    all_attention_sources: bool = False,
+    batch_size: int = 8,
+    postprocess: PostprocessConfig | None = None,
+    progress: Callable[[str, float], None] | None = None,
+    warn: Callable[[str], None] | None = None,
+) -> SegmentationOutput:
+    """Segment liver and tumour on `ct`'s grid with one 2.5D model."""
+    timing: dict[str, float] = {}
+    config = seg.manifest.get("config", {})
+    prep = seg.manifest.get("preprocessing", {})
+    spacing = prep.get("spacing_mm", DEFAULT_SPACING_MM)
+    window = prep.get("window_hu", DEFAULT_WINDOW_HU)
+    mri_offsets = list(config.get("mri_offsets", []) or [])
+    if mri_offsets and mri is None:
+        raise InputError(f"model '{seg.name}' needs an MRI (--mri); use dual-stream or tam-unet for CT only")
+
+    t0 = time.perf_counter()
+    box = localize_liver(ct, localizer.model, localizer.manifest, device) if localizer is not None else None
+    localized = box is not None
+    if box is None:
+        if warn and localizer is not None:
+            warn("liver localiser found no liver; segmenting the whole scan (slower)")
+        box = image_bounding_box(ct)
+    timing["localize"] = time.perf_counter() - t0
+    if progress:
+        progress("localize", 1.0)
+
+    t0 = time.perf_counter()
+    grid = make_model_grid(ct, box, spacing, mri=mri if mri_offsets else None)
+    ct_norm = normalize_ct(grid.ct_hu, window)
+    timing["preprocess"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    pred = predict_volume(
+        seg.model,
+        ct_norm,
+        ct_offsets=config.get("ct_offsets", [0]),
+        mri=grid.mri,
+        mri_offsets=mri_offsets,
+        device=device,
+        batch_size=batch_size,
+        keep_attention=keep_attention,
+        progress=(lambda f: progress("segment", f)) if progress else None,
+        warn=warn,
+    )
+    timing["segment"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    region = sub_grid_covering(ct, box)
+    full_shape = tuple(reversed(ct.GetSize()))
+    label_full = np.zeros(full_shape, dtype=np.uint8)
+    attention_full: dict[str, np.ndarray] = {}
+    if region is not None:
+        start, size = region
+        ref = region_reference(ct, start, size)
+        sl = tuple(slice(s, s + n) for s, n in zip(reversed(start), reversed(size)))
+        back = [
+            sitk.GetArrayFromImage(resample_like(array_to_image(pred.probabilities[c], grid.reference), ref, default=0.0))
+            for c in (1, 2)
+        ]
+        background = 1.0 - back[0] - back[1]
+        label = np.argmax(np.stack([background, back[0], back[1]]), axis=0).astype(np.uint8)
+        spacing_zyx = tuple(reversed(ct.GetSpacing()))
+        label_full[sl] = clean_label_map(label, spacing_zyx, postprocess)
+        maps = pred.attention
+        if maps and not all_attention_sources:  # combine on the small model grid: one full-size array
+            maps = {"segmentation": np.mean(np.stack(list(maps.values())), axis=0)}
+        for name, att in maps.items():
+            full = np.zeros(full_shape, dtype=np.float32)
+            full[sl] = np.clip(
+                sitk.GetArrayFromImage(resample_like(array_to_image(att, grid.reference), ref, default=0.0)), 0.0, 1.0
+            )
+            attention_full[name] = full
+    timing["postprocess"] = time.perf_counter() - t0
+    return SegmentationOutput(
+        label=label_full,
+        attention=attention_full,
+        box=box,
+        localized=localized,
+        device=pred.device,
+        timing_s=timing,
+        slice_class_logits=pred.class_logits,
+    )
