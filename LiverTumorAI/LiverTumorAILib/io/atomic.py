@@ -1,0 +1,127 @@
+"""All-or-nothing output folders.
+
+A run writes into a staging folder `.OUTDIR.partial-<pid>` next to OUTDIR and renames it to
+OUTDIR only when everything succeeded, so a failure, Ctrl-C or SIGTERM never leaves a
+half-written result that a user (or Slicer) could mistake for a finished one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator, Union
+
+from LiverTumorAILib.errors import OutputError
+
+#: OS errors that mean "this location cannot take the output", reported as OutputError.
+_OUTPUT_ERRNOS = {
+    errno.ENOSPC: "disk is full",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EACCES: "permission denied",
+    errno.EPERM: "operation not permitted",
+    errno.EROFS: "file system is read-only",
+}
+
+
+def _reason(err: OSError) -> str:
+    return _OUTPUT_ERRNOS.get(err.errno or 0, err.strerror or str(err))
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True
+    return True
+
+
+def _remove_stale_staging(outdir: Path) -> None:
+    """Remove staging folders left by killed runs (SIGKILL, power loss) for this OUTDIR."""
+    prefix = f".{outdir.name}.partial-"
+    try:
+        candidates = [p for p in outdir.parent.iterdir() if p.name.startswith(prefix)]
+    except OSError:
+        return
+    for p in candidates:
+        pid = p.name[len(prefix):]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+@contextmanager
+def atomic_output_dir(outdir: Union[str, os.PathLike], overwrite: bool = False) -> Iterator[Path]:
+    """Yield a staging folder; on success it becomes `outdir`, on any exception it is removed.
+
+    An existing `outdir` is refused unless `overwrite`; with `overwrite` it is replaced only
+    after the new result is complete. Disk full / permission / read-only errors become
+    `OutputError`.
+    """
+    outdir = Path(outdir).absolute()
+    name = outdir.name
+    if outdir.exists() or outdir.is_symlink():
+        if not outdir.is_dir():
+            raise OutputError(f"{name}: exists and is not a folder ({outdir})")
+        if not overwrite:
+            raise OutputError(f"{name}: output folder already exists ({outdir}); "
+                              "use --overwrite to replace it")
+    parent = outdir.parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OutputError(f"{name}: cannot create the parent folder {parent} ({_reason(e)})") from None
+    _remove_stale_staging(outdir)
+    staging = parent / f".{name}.partial-{os.getpid()}"
+    if staging.exists():
+        shutil.rmtree(staging, ignore_errors=True)
+    try:
+        staging.mkdir()
+    except OSError as e:
+        raise OutputError(f"{name}: cannot write in {parent} ({_reason(e)})") from None
+
+    try:
+        yield staging
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        if e.errno in _OUTPUT_ERRNOS:
+            raise OutputError(f"{name}: output could not be written ({_reason(e)}); "
+                              "nothing was left behind") from e
+        raise
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    try:
+        _commit(staging, outdir, overwrite)
+    except OSError as e:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise OutputError(f"{name}: could not be put in place ({_reason(e)})") from None
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+
+def _commit(staging: Path, outdir: Path, overwrite: bool) -> None:
+    """Rename staging -> outdir; an old outdir is moved aside first and restored on failure."""
+    if not (outdir.exists() or outdir.is_symlink()):
+        os.rename(staging, outdir)
+        return
+    if not overwrite:  # appeared while we were working
+        raise OutputError(f"{outdir.name}: output folder appeared while running ({outdir}); "
+                          "use --overwrite to replace it")
+    old = outdir.parent / f".{outdir.name}.old-{os.getpid()}"
+    if old.exists():
+        shutil.rmtree(old, ignore_errors=True)
+    os.rename(outdir, old)
+    try:
+        os.rename(staging, outdir)
+    except BaseException:
+        os.rename(old, outdir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)

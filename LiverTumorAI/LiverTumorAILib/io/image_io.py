@@ -1,0 +1,401 @@
+"""Reading and writing medical images with exact geometry and early, readable validation.
+
+Every expected problem with an input becomes an `InputError` whose message is one line,
+"<file name>: <problem>", written for the radiologist who picked the file. Sizes, pixel type
+and spacing are checked from the header *before* pixels are loaded, so a crafted or
+damaged header claiming a gigantic volume is refused without allocating memory.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import secrets
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, List, Sequence, Tuple, Union
+
+import numpy as np
+import SimpleITK as sitk
+
+from LiverTumorAILib.errors import InputError, OutputError
+
+log = logging.getLogger(__name__)
+
+PathLike = Union[str, os.PathLike]
+
+#: Limits for a plausible abdominal volume; beyond them the file is refused before loading.
+MAX_INPLANE = 2048
+MAX_SLICES = 4000
+MAX_VOXELS = 2**31
+#: Voxel spacing outside this range (mm) is a broken header, not a real scan.
+MIN_SPACING_MM = 1e-3
+MAX_SPACING_MM = 100.0
+
+#: CT check: a CT in Hounsfield units always shows air (outside the body, lungs, bowel gas)
+#: at about -1000 HU. If fewer than this fraction of voxels is below AIR_THRESHOLD_HU, the
+#: image is not a CT in HU (an MRI, or a CT stored without its rescale).
+AIR_THRESHOLD_HU = -500.0
+MIN_AIR_FRACTION = 1e-4
+
+_LABEL_KINDS = ("segmentation", "label", "labelmap", "seg", "mask")
+
+
+@dataclass
+class LoadedImage:
+    """An image plus where it came from (which DICOM series, which files)."""
+
+    image: sitk.Image
+    path: Path
+    message: str
+    files: List[Path] = field(default_factory=list)
+    series_uid: str = ""
+    series_description: str = ""
+    other_series: List[Tuple[str, int]] = field(default_factory=list)
+
+
+@contextmanager
+def quiet_itk() -> Iterator[None]:
+    """Silence ITK's stderr warnings (e.g. "No Series were found" while scanning folders),
+    which would break the CLI's one-line error contract; problems are raised as InputError."""
+    before = sitk.ProcessObject.GetGlobalWarningDisplay()
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    try:
+        yield
+    finally:
+        sitk.ProcessObject.SetGlobalWarningDisplay(before)
+
+
+def _name(path: Path) -> str:
+    return path.name or str(path)
+
+
+def _sitk_reason(err: BaseException) -> str:
+    """The useful last line of a SimpleITK/ITK error, without C++ file names."""
+    text = str(err).strip().splitlines()
+    lines = [ln.strip() for ln in text if ln.strip() and not ln.strip().startswith("Exception thrown")]
+    reason = lines[-1] if lines else "unknown error"
+    if "ERROR:" in reason:
+        reason = reason.split("ERROR:", 1)[1].strip()
+    return reason[:200]
+
+
+def _fmt_size(size: Sequence[int]) -> str:
+    return "x".join(str(int(s)) for s in size)
+
+
+# --------------------------------------------------------------------------- header checks
+
+
+def _check_header(name: str, dim: int, size: Sequence[int], spacing: Sequence[float], components: int,
+                  pixel_id: int, direction: Sequence[float]) -> None:
+    """Refuse anything that is not a plausible greyscale 3D volume, using only the header."""
+    if components > 1:
+        kind = "RGB colour" if components in (3, 4) else "vector"
+        raise InputError(f"{name}: image has {components} values per voxel ({kind} image); "
+                         "a greyscale volume is needed")
+    if pixel_id in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        raise InputError(f"{name}: image has complex-valued voxels; a greyscale volume is needed")
+    if any(int(s) == 0 for s in size):
+        raise InputError(f"{name}: image is empty (size {_fmt_size(size)})")
+    if dim < 3 or (dim == 3 and int(size[2]) == 1):
+        raise InputError(f"{name}: image is 2D ({_fmt_size(size[:2])}); a 3D volume is needed")
+    if dim > 3:
+        raise InputError(f"{name}: image is {dim}D ({_fmt_size(size)}); a single 3D volume is needed "
+                         "(time series and multi-volume files are not supported)")
+    if max(int(size[0]), int(size[1])) > MAX_INPLANE or int(size[2]) > MAX_SLICES or \
+            math.prod(int(s) for s in size) > MAX_VOXELS:
+        raise InputError(f"{name}: image size {_fmt_size(size)} is implausibly large (limit "
+                         f"{MAX_INPLANE}x{MAX_INPLANE}x{MAX_SLICES}); the header is probably damaged")
+    for s in spacing:
+        if not math.isfinite(s) or s <= 0:
+            raise InputError(f"{name}: voxel spacing {_fmt_spacing(spacing)} mm is invalid (must be positive)")
+        if s < MIN_SPACING_MM or s > MAX_SPACING_MM:
+            raise InputError(f"{name}: voxel spacing {_fmt_spacing(spacing)} mm is implausible "
+                             f"(expected {MIN_SPACING_MM}..{MAX_SPACING_MM} mm)")
+    d = np.asarray(direction, dtype=float)
+    if d.size == 9:
+        d = d.reshape(3, 3)
+        if not np.all(np.isfinite(d)) or abs(abs(np.linalg.det(d)) - 1.0) > 1e-3:
+            raise InputError(f"{name}: image orientation (direction matrix) is invalid")
+
+
+def _fmt_spacing(spacing: Sequence[float]) -> str:
+    return " x ".join(f"{s:g}" for s in spacing)
+
+
+def _check_pixels(name: str, image: sitk.Image, what: str) -> None:
+    """After loading: refuse NaN/Inf and (for intensity images) a blank, constant volume."""
+    arr = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(arr.dtype, np.floating):
+        for z in range(0, arr.shape[0], 16):  # chunks: no full-size boolean temporary
+            chunk = arr[z:z + 16]
+            if not np.isfinite(chunk).all():
+                bad = int(chunk.size - np.count_nonzero(np.isfinite(chunk)))
+                raise InputError(f"{name}: image contains invalid voxel values (NaN or infinity, "
+                                 f"{bad}+ voxels); the file is damaged or was exported incorrectly")
+    if what.lower() not in _LABEL_KINDS:
+        lo, hi = arr.min(), arr.max()
+        if lo == hi:
+            raise InputError(f"{name}: every voxel has the same value ({lo:g}); the image is blank")
+
+
+# --------------------------------------------------------------------------- DICOM folders
+
+
+def _dicom_series(folder: Path) -> List[Tuple[str, List[str], Path]]:
+    """(series UID, sorted files, folder) for every DICOM series in folder (or, if it only
+    holds subfolders, one level below)."""
+    def scan(d: Path) -> List[Tuple[str, List[str], Path]]:
+        try:
+            ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d))
+        except RuntimeError:
+            return []
+        return [(uid, list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), uid)), d) for uid in ids]
+
+    found = scan(folder)
+    if not found:
+        try:
+            subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            subdirs = []
+        for sub in subdirs:
+            found.extend(scan(sub))
+    return [s for s in found if s[1]]
+
+
+def _read_dicom_folder(folder: Path, what: str) -> LoadedImage:
+    name = _name(folder)
+    try:
+        entries = list(folder.iterdir())
+    except OSError as e:
+        raise InputError(f"{name}: folder cannot be read ({e.strerror or e})") from None
+    series = _dicom_series(folder)
+    if not series:
+        files = [p.name for p in entries if p.is_file() and not p.name.startswith(".")]
+        if not files:
+            raise InputError(f"{name}: folder is empty; give an image file or a folder of DICOM files")
+        hint = ", ".join(sorted(files)[:3]) + (", ..." if len(files) > 3 else "")
+        raise InputError(f"{name}: folder contains no DICOM image series ({len(files)} other files: {hint}); "
+                         "give the image file itself or a folder of DICOM files")
+    series.sort(key=lambda s: len(s[1]), reverse=True)
+    uid, files, where = series[0]
+    return _read_dicom_files(folder, uid, files, where, what,
+                             others=[(u, len(f)) for u, f, _ in series[1:]])
+
+
+def _read_dicom_files(shown: Path, uid: str, files: List[str], where: Path, what: str,
+                      others: List[Tuple[str, int]]) -> LoadedImage:
+    name = _name(shown)
+    info = sitk.ImageFileReader()
+    info.SetFileName(files[0])
+    try:
+        info.ReadImageInformation()
+    except RuntimeError as e:
+        raise InputError(f"{name}: DICOM file {Path(files[0]).name} cannot be read ({_sitk_reason(e)})") from None
+    desc = info.GetMetaData("0008|103e").strip() if info.HasMetaDataKey("0008|103e") else ""
+    modality = info.GetMetaData("0008|0060").strip() if info.HasMetaDataKey("0008|0060") else ""
+    size = list(info.GetSize())
+    if len(size) == 3 and size[2] > 1 and len(files) == 1:
+        pass  # one multi-frame file: a whole volume
+    else:
+        size = [size[0], size[1], len(files)]
+    spacing = list(info.GetSpacing())
+    if len(files) == 1 and size[2] == 1:
+        raise InputError(f"{name}: DICOM series {desc or uid or '(unnamed)'} has only one slice; "
+                         "a 3D volume is needed")
+    _check_header(name, 3, size, spacing[:2] + [1.0], info.GetNumberOfComponents(), info.GetPixelID(),
+                  info.GetDirection())
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(files)
+    try:
+        image = reader.Execute()
+    except RuntimeError as e:
+        raise InputError(f"{name}: DICOM series cannot be read; a file is damaged or incomplete "
+                         f"({_sitk_reason(e)})") from None
+    except MemoryError:
+        raise InputError(f"{name}: not enough memory to load a {_fmt_size(size)} volume") from None
+    _check_header(name, image.GetDimension(), image.GetSize(), image.GetSpacing(),
+                  image.GetNumberOfComponentsPerPixel(), image.GetPixelID(), image.GetDirection())
+    _check_pixels(name, image, what)
+    label = f"'{desc}'" if desc else (uid or "(no series UID)")
+    msg = (f"{name}: read {what} DICOM series {label} ({modality or 'unknown modality'}, {len(files)} files, "
+           f"{_fmt_size(image.GetSize())})")
+    if where != shown:
+        msg += f" from subfolder {where.name}"
+    if others:
+        msg += f"; ignored {len(others)} other series in the folder (" + ", ".join(
+            f"{n} files" for _, n in others[:5]) + ")"
+    log.info(msg)
+    return LoadedImage(image=image, path=shown, message=msg, files=[Path(f) for f in files],
+                       series_uid=uid, series_description=desc, other_series=others)
+
+
+# --------------------------------------------------------------------------- public API
+
+
+def load_image(path: PathLike, what: str = "CT") -> LoadedImage:
+    """Read and validate a 3D image file or DICOM folder; also says what was read.
+
+    `what` ("CT", "MRI", "segmentation", ...) appears in messages; label kinds may be constant.
+    """
+    with quiet_itk():
+        return _load_image(Path(path), what)
+
+
+def _load_image(path: Path, what: str) -> LoadedImage:
+    name = _name(path)
+    if not path.exists():
+        raise InputError(f"{name}: file or folder not found ({path})")
+    if path.is_dir():
+        return _read_dicom_folder(path, what)
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{name}: file cannot be read (permission denied)")
+    if path.stat().st_size == 0:
+        raise InputError(f"{name}: file is empty (0 bytes)")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as e:
+        raise InputError(f"{name}: not an image file that can be read (NIfTI, NRRD, MHA, DICOM, ...); "
+                         f"{_sitk_reason(e)}") from None
+    dim, size = reader.GetDimension(), list(reader.GetSize())
+    # A single DICOM slice of a series: read the whole series it belongs to.
+    if reader.HasMetaDataKey("0020|000e") and dim == 3 and size[2] == 1:
+        uid = reader.GetMetaData("0020|000e").strip()
+        try:
+            files = list(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(path.parent), uid))
+        except RuntimeError:
+            files = []
+        if len(files) > 1 and str(path.resolve()) in {str(Path(f).resolve()) for f in files}:
+            return _read_dicom_files(path.parent, uid, files, path.parent, what, others=[])
+    if dim == 4 and size[3] == 1:  # NIfTI with a singleton time axis: a plain 3D volume
+        reader.SetExtractSize(size[:3] + [0])
+        dim, size = 3, size[:3]
+    _check_header(name, dim, size, list(reader.GetSpacing())[:dim], reader.GetNumberOfComponents(),
+                  reader.GetPixelID(), reader.GetDirection() if dim == 3 else ())
+    try:
+        image = reader.Execute()
+    except RuntimeError as e:
+        raise InputError(f"{name}: file is truncated or damaged; the image data cannot be read "
+                         f"({_sitk_reason(e)})") from None
+    except MemoryError:
+        raise InputError(f"{name}: not enough memory to load a {_fmt_size(size)} volume") from None
+    _check_header(name, image.GetDimension(), image.GetSize(), image.GetSpacing(),
+                  image.GetNumberOfComponentsPerPixel(), image.GetPixelID(), image.GetDirection())
+    _check_pixels(name, image, what)
+    msg = f"{name}: read {what} {_fmt_size(image.GetSize())}, spacing {_fmt_spacing(image.GetSpacing())} mm"
+    log.info(msg)
+    return LoadedImage(image=image, path=path, message=msg, files=[path])
+
+
+def read_image(path: PathLike, what: str = "CT") -> sitk.Image:
+    """Read a 3D image (any SimpleITK file, or a DICOM folder: its largest series) with exact geometry."""
+    return load_image(path, what).image
+
+
+def check_ct_intensities(image: sitk.Image, path: PathLike) -> None:
+    """Refuse an image that is not a CT in Hounsfield units (typically an MRI given as the CT).
+
+    Rule: a CT in HU always contains air (outside the body, lungs, bowel gas) at about -1000 HU.
+    If fewer than 0.01% of voxels are below -500 HU, the image is an MRI (arbitrary positive
+    intensities, or normalised values) or a CT stored without its rescale slope/intercept.
+    """
+    name = _name(Path(path))
+    arr = sitk.GetArrayViewFromImage(image)
+    step = max(1, int(round((arr.size / 2_000_000) ** (1 / 3))))  # subsample big volumes
+    sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float32)
+    air = float(np.count_nonzero(sample < AIR_THRESHOLD_HU)) / max(sample.size, 1)
+    if air < MIN_AIR_FRACTION:
+        lo, hi = float(sample.min()), float(sample.max())
+        raise InputError(f"{name}: does not look like a CT in Hounsfield units (values {lo:g} to {hi:g}, "
+                         f"no air below {AIR_THRESHOLD_HU:g} HU); is this an MRI? Give an MRI with --mri")
+
+
+def read_segmentation(path: PathLike, reference: sitk.Image, *, tolerance_mm: float = 1e-3) -> sitk.Image:
+    """Read a label map and check it lies on the reference (CT) grid; returns UInt8/UInt16 labels.
+
+    Tolerances: spacing and origin within `tolerance_mm` (plus 0.1% of a voxel), direction
+    cosines within 1e-4. The result carries the reference's exact geometry.
+    """
+    path = Path(path)
+    name = _name(path)
+    seg = read_image(path, what="segmentation")
+    problems = []
+    if seg.GetSize() != reference.GetSize():
+        problems.append(f"size {_fmt_size(seg.GetSize())} vs {_fmt_size(reference.GetSize())}")
+    else:
+        sp_s, sp_r = np.array(seg.GetSpacing()), np.array(reference.GetSpacing())
+        if np.any(np.abs(sp_s - sp_r) > tolerance_mm + 1e-3 * sp_r):
+            problems.append(f"spacing {_fmt_spacing(sp_s)} vs {_fmt_spacing(sp_r)} mm")
+        o_s, o_r = np.array(seg.GetOrigin()), np.array(reference.GetOrigin())
+        if np.any(np.abs(o_s - o_r) > tolerance_mm + 1e-3 * sp_r.max()):
+            problems.append("origin " + " ".join(f"{v:.2f}" for v in o_s) + " vs " +
+                            " ".join(f"{v:.2f}" for v in o_r) + " mm")
+        if np.any(np.abs(np.array(seg.GetDirection()) - np.array(reference.GetDirection())) > 1e-4):
+            problems.append("orientation differs")
+    if problems:
+        raise InputError(f"{name}: segmentation is not on the CT's grid ({'; '.join(problems)}); "
+                         "it must be saved on the same image grid as the CT")
+    arr = sitk.GetArrayViewFromImage(seg)
+    lo, hi = (arr.min(), arr.max())
+    if lo < 0 or (np.issubdtype(arr.dtype, np.floating) and not np.all(np.mod(arr, 1) == 0)):
+        raise InputError(f"{name}: segmentation must contain whole, non-negative label values "
+                         f"(found {float(lo):g} to {float(hi):g})")
+    out = sitk.Cast(seg, sitk.sitkUInt8 if hi <= 255 else sitk.sitkUInt16)
+    out.CopyInformation(reference)
+    return out
+
+
+def write_image(image: sitk.Image, path: PathLike, *, compress: bool = True) -> Path:
+    """Write atomically: a temp file in the same folder, then `os.replace` (no half-written file)."""
+    path = Path(path)
+    folder = path.parent if str(path.parent) else Path(".")
+    tmp = folder / f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{path.name}"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(image, str(tmp), compress)
+        os.replace(tmp, path)
+    except (RuntimeError, OSError) as e:
+        _unlink_quietly(tmp)
+        raise OutputError(f"{_name(path)}: cannot be written ({_write_reason(e, folder)})") from None
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    return path
+
+
+def _write_reason(err: BaseException, folder: Path) -> str:
+    if isinstance(err, OSError):
+        return err.strerror or str(err)
+    if not os.access(folder, os.W_OK):
+        return "folder is not writable"
+    try:
+        import shutil
+
+        if shutil.disk_usage(folder).free < 64 * 1024 * 1024:
+            return "disk is full"
+    except OSError:
+        pass
+    return _sitk_reason(err)
+
+
+def _unlink_quietly(p: Path) -> None:
+    try:
+        p.unlink()
+    except OSError:
+        pass
+
+
+def image_summary(image: sitk.Image) -> dict:
+    """Geometry as plain numbers (for report.json and logs)."""
+    return {"size": list(image.GetSize()), "spacing_mm": list(image.GetSpacing()),
+            "origin_lps_mm": list(image.GetOrigin()), "direction": list(image.GetDirection()),
+            "pixel_type": image.GetPixelIDTypeAsString()}
+
+
+__all__ = ["LoadedImage", "load_image", "read_image", "read_segmentation", "check_ct_intensities",
+           "write_image", "image_summary", "MAX_INPLANE", "MAX_SLICES", "MAX_VOXELS"]
