@@ -1,0 +1,192 @@
+"""Hybrid 3D CNN for lesion classification (benign vs malignant), paper 001 section "Hybrid 3D
+Classification Network", with an optional CT+MRI fusion stem after paper 000.
+
+Architecture (input ``x: Tensor[B, C, 64, 64, 64]``, C = 1 CT or C = 2 CT + MRI)::
+
+    block1  conv3x3x3(C->16)  BN ReLU  maxpool2   64^3 -> 32^3
+    block2  conv3x3x3(16->32) BN ReLU  maxpool2   32^3 -> 16^3
+    block3  conv3x3x3(32->64) BN ReLU  maxpool2   16^3 ->  8^3
+    block4  conv3x3x3(64->128) BN ReLU conv3x3x3(128->128) BN ReLU          8^3
+    3D channel attention (SE): GAP -> FC(128->128/r) -> ReLU -> FC(->128) -> sigmoid -> reweight
+    main head: maxpool2 (4^3) -> adaptive avg pool to 2^3 -> flatten(1024) -> FC 128 -> ReLU -> FC 2
+    aux head : the attention module's GAP vector ("global statistics") -> dropout -> linear -> 2
+
+Our reading of the vague points of the paper:
+
+* "stacked 3D convolutional and max pooling layers": one conv per block at the high resolutions
+  (a second 16-channel conv at 64^3 would triple the cost on a CPU for little gain on 64^3 crops),
+  two convs in the last block where it is cheap. Channel widths 16-32-64-128 keep the model at
+  ~0.9 GMAC per crop so that demo weights train on a 2-core CPU in minutes.
+* "3D channel attention ... GAP, a fully connected layer and a sigmoid": a squeeze-and-excitation
+  block. The paper names a single FC; with one FC of 128x128 the gate is a plain linear map, so we
+  use the usual SE bottleneck FC(C -> C/r) -> ReLU -> FC(C/r -> C) with reduction ratio
+  ``r = attention_reduction`` (default 8, i.e. 128 -> 16 -> 128), which is what CBAM/SE use and
+  what the paper cites (CBAM).
+* "primary path: a sequence of FC layers on the attention-reweighted features": the reweighted
+  8^3 map is pooled to 2^3 (keeping a coarse layout: centre vs. rim of the lesion) and passed to
+  FC(1024 -> 128) -> FC(128 -> 2).
+* "secondary branch using the global statistics (GAP) directly, into a softmax": the SE module's
+  own GAP vector (before reweighting) -> linear -> 2 logits; ``aux_logits`` are logits, softmax is
+  applied by the loss / at inference. It is an auxiliary (deep-supervision) head used in training
+  only (loss weight ``AUX_LOSS_WEIGHT`` in ``training/cls_trainer.py``); probabilities come from
+  the main head.
+
+CT+MRI (``in_channels=2``), paper 000's fusion idea at lesion level. ``fusion`` chooses:
+
+* ``"early"``: the two channels are concatenated at the input (cheapest; works when CT and MRI
+  crops are resampled onto the same physical crop grid, which ``classification/crops.py`` does).
+* ``"attention"`` (default for C = 2): two small modality-specific encoders (blocks 1-2, half
+  width each so the cost stays that of one encoder) produce CT and MRI features that are
+  concatenated and reweighted by an SE channel-attention gate, so the network learns per channel
+  how much to trust each modality (paper 000's "fusion block with channel attention"; its spatial
+  attention is left out at 16^3, where it added cost but no accuracy on phantoms), then a shared
+  trunk (blocks 3-4) as above. A missing or blank MRI still yields valid (if weaker) features.
+
+``forward`` returns ``dict(logits=Tensor[B, 2], aux_logits=Tensor[B, 2])``; class 1 = malignant.
+``model.gradcam_layer`` is the module whose output Grad-CAM uses (the attention-reweighted last
+conv block, 8^3).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+ARCHITECTURE = "hybrid3d"
+CROP_SIZE = 64
+
+
+def default_config(in_channels: int = 1) -> dict[str, Any]:
+    """Default constructor kwargs of :class:`Hybrid3D` (the manifest's ``config``)."""
+    return {
+        "in_channels": int(in_channels),
+        "num_classes": 2,
+        "channels": [16, 32, 64, 128],
+        "attention_reduction": 8,
+        "fc_hidden": 128,
+        "dropout": 0.3,
+        "fusion": "early" if in_channels == 1 else "attention",
+        "crop_size": CROP_SIZE,
+    }
+
+
+def _conv_bn_relu(cin: int, cout: int) -> list[nn.Module]:
+    return [nn.Conv3d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm3d(cout), nn.ReLU(inplace=True)]
+
+
+class ChannelAttention3D(nn.Module):
+    """SE-style 3D channel attention: GAP -> FC(C->C/r) -> ReLU -> FC(C/r->C) -> sigmoid -> reweight.
+
+    Keeps the pooled vector of its last call in ``self.last_pooled`` (the "global statistics" that
+    the auxiliary head of :class:`Hybrid3D` classifies) and the gate in ``self.last_weights``.
+    """
+
+    def __init__(self, channels: int, reduction: int = 8) -> None:
+        super().__init__()
+        hidden = max(channels // max(int(reduction), 1), 4)
+        self.fc = nn.Sequential(
+            nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels), nn.Sigmoid()
+        )
+        self.last_pooled: torch.Tensor | None = None
+        self.last_weights: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = x.mean(dim=(2, 3, 4))
+        w = self.fc(pooled)
+        self.last_pooled, self.last_weights = pooled, w
+        return x * w[:, :, None, None, None]
+
+
+class Hybrid3D(nn.Module):
+    """Hybrid 3D lesion classifier; see the module docstring for the layout and our reading of the paper."""
+
+    architecture = ARCHITECTURE
+
+    @classmethod
+    def default_config(cls, in_channels: int = 1) -> dict[str, Any]:
+        """Constructor kwargs by default (used by ``models.registry``)."""
+        return default_config(in_channels)
+
+    def __init__(
+        self,
+        in_channels: int = 1,
+        num_classes: int = 2,
+        channels: Sequence[int] = (16, 32, 64, 128),
+        attention_reduction: int = 8,
+        fc_hidden: int = 128,
+        dropout: float = 0.3,
+        fusion: str = "early",
+        crop_size: int = CROP_SIZE,
+    ) -> None:
+        super().__init__()
+        if len(channels) != 4:
+            raise ValueError(f"hybrid3d: channels must have 4 entries, got {list(channels)}")
+        if fusion not in ("early", "attention"):
+            raise ValueError(f"hybrid3d: fusion must be 'early' or 'attention', got {fusion!r}")
+        if fusion == "attention" and in_channels != 2:
+            raise ValueError("hybrid3d: fusion='attention' needs in_channels=2 (CT + MRI)")
+        self.in_channels = int(in_channels)
+        self.crop_size = int(crop_size)
+        self.fusion = fusion
+        c1, c2, c3, c4 = (int(c) for c in channels)
+        pool = nn.MaxPool3d(2)
+        if fusion == "early":
+            self.stem = nn.Sequential(*_conv_bn_relu(in_channels, c1), pool, *_conv_bn_relu(c1, c2), nn.MaxPool3d(2))
+            self.stem_mri = None
+            self.fusion_attention = None
+        else:
+            h1, h2 = max(c1 // 2, 4), max(c2 // 2, 4)
+            self.stem = nn.Sequential(*_conv_bn_relu(1, h1), nn.MaxPool3d(2), *_conv_bn_relu(h1, h2), nn.MaxPool3d(2))
+            self.stem_mri = nn.Sequential(
+                *_conv_bn_relu(1, h1), nn.MaxPool3d(2), *_conv_bn_relu(h1, h2), nn.MaxPool3d(2)
+            )
+            self.fusion_attention = ChannelAttention3D(2 * h2, reduction=max(attention_reduction // 2, 1))
+            c2 = 2 * h2
+        self.block3 = nn.Sequential(*_conv_bn_relu(c2, c3), nn.MaxPool3d(2))
+        self.block4 = nn.Sequential(*_conv_bn_relu(c3, c4), *_conv_bn_relu(c4, c4))
+        self.attention = ChannelAttention3D(c4, reduction=attention_reduction)
+        self.head = nn.Sequential(
+            nn.MaxPool3d(2),
+            nn.AdaptiveAvgPool3d(2),
+            nn.Flatten(),
+            nn.Dropout(dropout),
+            nn.Linear(c4 * 8, fc_hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(fc_hidden, num_classes),
+        )
+        self.aux_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c4, num_classes))
+
+    @property
+    def gradcam_layer(self) -> nn.Module:
+        """The layer Grad-CAM hooks: the attention-reweighted last conv block (8^3 for 64^3 input)."""
+        return self.attention
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if x.ndim != 5 or x.shape[1] != self.in_channels:
+            raise ValueError(
+                f"hybrid3d expects Tensor[B, {self.in_channels}, D, H, W], got {tuple(x.shape)}"
+            )
+        if self.fusion == "early":
+            f = self.stem(x)
+        else:
+            f = torch.cat([self.stem(x[:, :1]), self.stem_mri(x[:, 1:2])], dim=1)
+            f = self.fusion_attention(f)
+        f = self.block4(self.block3(f))
+        f = self.attention(f)
+        logits = self.head(f)
+        aux_logits = self.aux_head(self.attention.last_pooled)
+        return {"logits": logits, "aux_logits": aux_logits}
+
+
+#: For ``models.registry``: architecture name -> class (constructed with ``**config``).
+MODELS = {ARCHITECTURE: Hybrid3D}
+
+
+def build(config: dict[str, Any] | None = None) -> Hybrid3D:
+    """Build a :class:`Hybrid3D` from ``default_config()`` updated with ``config``."""
+    cfg = default_config(int((config or {}).get("in_channels", 1)))
+    cfg.update(config or {})
+    return Hybrid3D(**cfg)
