@@ -1,0 +1,367 @@
+"""The whole flow behind `livertumorai segment | classify | demo` and the Slicer module.
+
+read -> validate -> localise + segment -> post-process -> lesions + measurements ->
+classify -> heatmap -> write, all outputs staged in a temporary folder and renamed
+into place only when everything succeeded (`io.atomic.atomic_output_dir`), so an error
+or an interrupt never leaves a half-written result.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+from LiverTumorAILib import DEMO_WEIGHTS_NOTICE, __version__
+from LiverTumorAILib.errors import InputError
+from LiverTumorAILib.geometry import array_to_image
+
+SEGMENTATION_MODEL_NAMES = ("dual-stream", "tam-unet", "fusion")
+
+
+class _NullProgress:
+    def stage(self, name: str, fraction: float, message: str = "") -> None: ...
+    def warn(self, message: str) -> None: ...
+    def info(self, message: str) -> None: ...
+    def done(self, outdir) -> None: ...
+    def error(self, message: str) -> None: ...
+
+
+def _read_inputs(ct_path, mri_path, progress):
+    from LiverTumorAILib.io.image_io import check_ct_intensities, read_image
+
+    progress.stage("read", 0.0, f"reading {Path(ct_path).name}")
+    ct = read_image(ct_path, what="CT")
+    check_ct_intensities(ct, ct_path)
+    mri = None
+    if mri_path is not None:
+        mri = read_image(mri_path, what="MRI")
+        _check_mri_overlap(ct, mri, mri_path)
+    progress.stage("read", 1.0)
+    return ct, mri
+
+
+def _check_mri_overlap(ct: sitk.Image, mri: sitk.Image, mri_path) -> None:
+    from LiverTumorAILib.geometry import axis_aligned_grid, image_bounding_box
+    from LiverTumorAILib.preprocess import mri_overlap_fraction
+
+    coarse = axis_aligned_grid(image_bounding_box(ct), (8.0, 8.0, 8.0))
+    fraction = mri_overlap_fraction(mri, coarse)
+    if fraction < 0.05:
+        raise InputError(
+            f"{Path(mri_path).name}: the MRI does not overlap the CT in physical space "
+            f"({100 * fraction:.1f}% of the CT is covered); register it to the CT first"
+        )
+
+
+def _model_entry(loaded) -> dict:
+    entry = {"name": loaded.name, "version": loaded.version, "synthetic": loaded.synthetic}
+    if loaded.synthetic:
+        entry["notice"] = DEMO_WEIGHTS_NOTICE
+    return entry
+
+
+def _write_image(array: np.ndarray, reference: sitk.Image, path: Path) -> None:
+    from LiverTumorAILib.io.image_io import write_image
+
+    write_image(array_to_image(array, reference), path)
+
+
+def segment_into(
+    folder: Path,
+    ct: sitk.Image,
+    mri: sitk.Image | None,
+    *,
+    ct_path: str,
+    mri_path: str | None,
+    model: str = "dual-stream",
+    device: str = "auto",
+    classify: bool = True,
+    heatmaps: str = "main",
+    weights_dir=None,
+    threads: int | None = None,
+    progress=None,
+) -> dict:
+    """Run the pipeline on loaded images and write every output into `folder` (already staged)."""
+    from LiverTumorAILib.errors import WeightsError
+    from LiverTumorAILib.inference.device import configure_cpu_threads, describe_device, select_device
+    from LiverTumorAILib.inference.engine import load_model, segment_volume
+    from LiverTumorAILib.measure import lesion_measurements, organ_summary
+    from LiverTumorAILib.postprocess import label_lesions
+
+    progress = progress or _NullProgress()
+    if model not in SEGMENTATION_MODEL_NAMES:
+        raise InputError(f"--model {model}: unknown model (choose {', '.join(SEGMENTATION_MODEL_NAMES)})")
+    if model == "fusion" and mri is None:
+        raise InputError("--model fusion needs an MRI of the same patient (--mri); use dual-stream or tam-unet")
+    timing: dict[str, float] = {}
+    torch_device = select_device(device)
+    if torch_device.type == "cpu":
+        configure_cpu_threads(threads)
+    t0 = time.perf_counter()
+    seg_model = load_model(model, weights_dir, torch_device)
+    try:
+        localizer = load_model("localizer", weights_dir, torch_device)
+    except WeightsError as error:
+        progress.warn(f"no liver localiser weights ({error}); the whole scan is segmented (slower)")
+        localizer = None
+    timing["load_models"] = time.perf_counter() - t0
+    if seg_model.synthetic:
+        progress.warn(f"{model}: {DEMO_WEIGHTS_NOTICE}")
+
+    out = segment_volume(
+        ct, seg_model, localizer=localizer, mri=mri, device=torch_device,
+        keep_attention=heatmaps != "none", all_attention_sources=heatmaps == "all",
+        progress=lambda stage, f: progress.stage(stage, f), warn=progress.warn,
+    )
+    timing.update(out.timing_s)
+    label = out.label
+    lesions = label_lesions(label)
+    ct_array = sitk.GetArrayViewFromImage(ct)
+    t0 = time.perf_counter()
+    lesion_rows = lesion_measurements(ct, ct_array, lesions)
+    timing["measure"] = time.perf_counter() - t0
+
+    models_used: dict[str, Any] = {"segmentation": _model_entry(seg_model)}
+    if localizer is not None:
+        models_used["localizer"] = _model_entry(localizer)
+    gradcam_maps: dict[str, np.ndarray] = {}
+    lesion_image = array_to_image(lesions, ct)
+    if classify and lesion_rows:
+        progress.stage("classify", 0.0)
+        t0 = time.perf_counter()
+        calls, cls_models, gradcam_maps = _classify(ct, lesion_image, mri, weights_dir, torch_device, heatmaps != "none")
+        timing["classify"] = time.perf_counter() - t0
+        models_used.update(cls_models)
+        by_id = {c["id"]: c for c in calls}
+        for row in lesion_rows:
+            row.update({k: v for k, v in by_id.get(row["id"], {}).items() if k != "id"})
+        progress.stage("classify", 1.0)
+    else:
+        for row in lesion_rows:
+            row.setdefault("malignancy_probability", None)
+            row.setdefault("predicted_class", "not classified")
+
+    t0 = time.perf_counter()
+    progress.stage("write", 0.0)
+    _write_image(label, ct, folder / "segmentation.nii.gz")
+    _write_image(lesions, ct, folder / "lesions.nii.gz")
+    heatmap = None
+    if heatmaps != "none":
+        heatmap = _write_heatmaps(folder, ct, label, out.attention, gradcam_maps, heatmaps == "all")
+    timing["heatmap_and_write"] = time.perf_counter() - t0
+
+    report = {
+        "software": "LiverTumorAI",
+        "software_version": __version__,
+        "inputs": {"ct": str(Path(ct_path).resolve()), "mri": str(Path(mri_path).resolve()) if mri_path else None},
+        "ct_grid": {"size": list(ct.GetSize()), "spacing": list(ct.GetSpacing()),
+                    "origin": list(ct.GetOrigin()), "direction": list(ct.GetDirection())},
+        **organ_summary(ct, label),
+        "lesion_count": len(lesion_rows),
+        "lesions": lesion_rows,
+        "models": models_used,
+        "weights_notice": DEMO_WEIGHTS_NOTICE if any(m.get("synthetic") for m in models_used.values()) else None,
+        "device": describe_device(torch_device) | {"used": out.device},
+        "liver_localized": out.localized,
+        "timing_s": {k: round(v, 3) for k, v in timing.items()},
+    }
+    if not out.localized and localizer is not None:
+        report["warnings"] = ["liver localiser found no liver; whole scan segmented"]
+    _write_json(folder / "report.json", report)
+    _write_scene(folder, ct, mri, label, lesions, heatmap, report, ct_path, progress)
+    progress.stage("write", 1.0)
+    return report
+
+
+def _classify(ct, lesion_image, mri, weights_dir, device, gradcam: bool):
+    """Lesion table entries, the classifier models used, and Grad-CAM maps on the CT grid."""
+    from LiverTumorAILib.classification.classify import classify_lesions
+
+    result = classify_lesions(ct, lesion_image, mri, weights_dir=weights_dir, device=str(device), gradcam=gradcam)
+    calls = result if isinstance(result, list) else result["lesions"]
+    maps = {} if isinstance(result, list) else result.get("gradcam", {})
+    models = {}
+    for call in calls:
+        name = call.get("model")
+        if name and name not in models:
+            models[name] = {"name": name, "version": call.get("model_version", "unknown"),
+                            "synthetic": bool(call.get("synthetic", True))}
+    return calls, {f"classifier:{k}": v for k, v in models.items()}, maps
+
+
+def _write_heatmaps(folder, ct, label, attention, gradcam, write_all: bool) -> np.ndarray:
+    from LiverTumorAILib.heatmaps.combine import combine_heatmaps
+
+    heatmap = combine_heatmaps(attention, gradcam, liver_mask=label >= 1, spacing_zyx=tuple(reversed(ct.GetSpacing())))
+    _write_image(heatmap.astype(np.float32), ct, folder / "heatmap.nii.gz")
+    if write_all:
+        for name, array in {**attention, **{f"gradcam_{k}": v for k, v in gradcam.items()}}.items():
+            _write_image(np.asarray(array, dtype=np.float32), ct, folder / f"heatmap_{name}.nii.gz")
+    return heatmap
+
+
+def _write_scene(folder, ct, mri, label, lesions, heatmap, report, ct_path, progress) -> None:
+    """`segmentation.seg.nrrd` and `scene.mrb` where slicer-core (or Slicer) is available."""
+    try:
+        from LiverTumorAILib.scene import scene_available
+    except ImportError:
+        return
+    if not scene_available():
+        progress.info("slicer-core not installed: segmentation.seg.nrrd and scene.mrb not written")
+        return
+    from LiverTumorAILib.scene.build import build_result_scene
+
+    build_result_scene(
+        ct, mri, array_to_image(label, ct), array_to_image(lesions, ct),
+        array_to_image(heatmap.astype(np.float32), ct) if heatmap is not None else None,
+        report, folder, ct_name=_volume_name(ct_path),
+    )
+
+
+def _volume_name(path) -> str:
+    name = Path(path).name
+    for suffix in (".nii.gz", ".nii", ".nrrd", ".mha", ".mhd", ".dcm"):
+        if name.lower().endswith(suffix):
+            return name[: -len(suffix)]
+    return name
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write JSON atomically (temp file + rename): a reader never sees half a report."""
+    import os
+
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, allow_nan=False, default=_json_default))
+    os.replace(tmp, path)
+
+
+def _json_default(value):
+    if isinstance(value, (np.integer,)):
+        return int(value)
+    if isinstance(value, (np.floating,)):
+        return float(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def run_segment(
+    ct_path,
+    outdir,
+    *,
+    mri_path=None,
+    model: str = "dual-stream",
+    device: str = "auto",
+    classify: bool = True,
+    heatmaps: str = "main",
+    weights_dir=None,
+    overwrite: bool = False,
+    threads: int | None = None,
+    progress=None,
+) -> dict:
+    """`livertumorai segment`: read, segment, classify, write OUTDIR atomically."""
+    from LiverTumorAILib.io.atomic import atomic_output_dir
+
+    progress = progress or _NullProgress()
+    ct, mri = _read_inputs(ct_path, mri_path, progress)
+    with atomic_output_dir(Path(outdir), overwrite=overwrite) as staging:
+        report = segment_into(
+            staging, ct, mri, ct_path=str(ct_path), mri_path=str(mri_path) if mri_path else None, model=model,
+            device=device, classify=classify, heatmaps=heatmaps, weights_dir=weights_dir, threads=threads,
+            progress=progress,
+        )
+    progress.done(str(outdir))
+    return report
+
+
+def run_classify(
+    ct_path, seg_path, outdir, *, mri_path=None, device: str = "auto", weights_dir=None,
+    overwrite: bool = False, progress=None,
+) -> dict:
+    """`livertumorai classify`: re-measure and re-classify lesions of an existing (corrected) segmentation.
+
+    SEG is a label map on the CT grid: 0 background, 1 liver, 2 tumour (what `segment`
+    writes and what the Slicer module exports after manual correction). Lesions are its
+    tumour components, numbered by decreasing volume.
+    """
+    from LiverTumorAILib.inference.device import describe_device, select_device
+    from LiverTumorAILib.io.atomic import atomic_output_dir
+    from LiverTumorAILib.io.image_io import read_segmentation
+    from LiverTumorAILib.measure import lesion_measurements, organ_summary
+    from LiverTumorAILib.postprocess import label_lesions
+
+    progress = progress or _NullProgress()
+    ct, mri = _read_inputs(ct_path, mri_path, progress)
+    seg = read_segmentation(seg_path, ct)
+    label = sitk.GetArrayFromImage(seg)
+    if label.max() > 2 or label.min() < 0:
+        raise InputError(f"{Path(seg_path).name}: expected labels 0 (background), 1 (liver), 2 (tumour); found up to {int(label.max())}")
+    label = label.astype(np.uint8)
+    lesions = label_lesions(label)
+    torch_device = select_device(device)
+    rows = lesion_measurements(ct, sitk.GetArrayViewFromImage(ct), lesions)
+    models_used: dict[str, Any] = {}
+    if rows:
+        progress.stage("classify", 0.0)
+        calls, models_used, _ = _classify(ct, array_to_image(lesions, ct), mri, weights_dir, torch_device, False)
+        by_id = {c["id"]: c for c in calls}
+        for row in rows:
+            row.update({k: v for k, v in by_id.get(row["id"], {}).items() if k != "id"})
+        progress.stage("classify", 1.0)
+    report = {
+        "software": "LiverTumorAI",
+        "software_version": __version__,
+        "inputs": {"ct": str(Path(ct_path).resolve()), "segmentation": str(Path(seg_path).resolve()),
+                   "mri": str(Path(mri_path).resolve()) if mri_path else None},
+        **organ_summary(ct, label),
+        "lesion_count": len(rows),
+        "lesions": rows,
+        "models": models_used,
+        "weights_notice": DEMO_WEIGHTS_NOTICE if any(m.get("synthetic") for m in models_used.values()) else None,
+        "device": describe_device(torch_device),
+    }
+    with atomic_output_dir(Path(outdir), overwrite=overwrite) as staging:
+        _write_image(label, ct, staging / "segmentation.nii.gz")
+        _write_image(lesions, ct, staging / "lesions.nii.gz")
+        _write_json(staging / "report.json", report)
+    progress.done(str(outdir))
+    return report
+
+
+DEMO_SEED = 20261123
+
+
+def run_demo(outdir, *, model: str = "dual-stream", device: str = "auto", overwrite: bool = False, progress=None) -> dict:
+    """`livertumorai demo`: make a synthetic CT+MRI case, run the pipeline, score it against its truth."""
+    from LiverTumorAILib.evaluation import evaluate_case
+    from LiverTumorAILib.io.atomic import atomic_output_dir
+    from LiverTumorAILib.phantom import generate_case, write_case
+
+    progress = progress or _NullProgress()
+    progress.stage("phantom", 0.0, "making a synthetic CT+MRI case")
+    case = generate_case(DEMO_SEED)
+    with atomic_output_dir(Path(outdir), overwrite=overwrite) as staging:
+        case_dir = staging / "input"
+        write_case(case, case_dir)
+        progress.stage("phantom", 1.0)
+        result_dir = staging / "result"
+        result_dir.mkdir()
+        report = segment_into(
+            result_dir, case.ct, case.mri, ct_path=str(case_dir / "ct.nii.gz"), mri_path=str(case_dir / "mri.nii.gz"),
+            model=model, device=device, progress=progress,
+        )
+        scores = evaluate_case(result_dir, case_dir, "demo")
+        summary = {"model": model, "scores": scores, "weights_notice": report.get("weights_notice")}
+        _write_json(staging / "demo_summary.json", summary)
+    # The report's input paths point into the staging folder until the rename: fix them up.
+    final = Path(outdir)
+    report_path = final / "result" / "report.json"
+    report["inputs"] = {"ct": str((final / "input" / "ct.nii.gz").resolve()), "mri": str((final / "input" / "mri.nii.gz").resolve())}
+    _write_json(report_path, report)
+    progress.done(str(outdir))
+    return summary

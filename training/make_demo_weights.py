@@ -1,0 +1,130 @@
+"""Reproduce the bundled demo segmentation weights from synthetic phantoms, in one command.
+
+    python -m training.make_demo_weights all --minutes 20 --out Resources/Models
+
+Steps (each also runnable alone): `prepare` generates phantom cases with fixed seeds and
+resamples them once onto the model grid (cache on disk); `train MODEL` trains one model
+for a wall-clock budget (CPU-friendly) and writes `OUT/MODEL/{manifest.json,
+model.safetensors}`. The manifest records the data (generator, seeds, counts), the
+config, the measured validation metrics and the code version. The classifier weights
+are made by `training/make_classifier_weights.py`.
+
+These are DEMO weights: trained on synthetic phantoms, not for clinical use.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+from LiverTumorAILib import DEMO_WEIGHTS_NOTICE
+
+#: Demo spacing: coarser than the paper's 1 x 1 x 2.5 mm so that CPU-only training in
+#: minutes sees enough patches; `training/configs/*.json` keep the paper's value.
+DEMO_SPACING_MM = [1.5, 1.5, 2.5]
+SEGMENTATION_MODELS = ("dual-stream", "tam-unet", "fusion")
+TRAIN_SEED, VAL_SEED = 1000, 9000
+
+MODEL_SETTINGS = {
+    "dual-stream": {"loss": "dice_bce", "batch_size": 8, "lr": 1e-3},
+    "tam-unet": {"loss": "ce_dice", "batch_size": 12, "lr": 1e-3},
+    "fusion": {"loss": "ce_dice", "batch_size": 12, "lr": 1e-3},
+}
+
+
+def _training_data(count: int, val: int) -> dict:
+    return {
+        "description": DEMO_WEIGHTS_NOTICE,
+        "synthetic": True,
+        "generator": "LiverTumorAILib.phantom.generate_case",
+        "train_seeds": [TRAIN_SEED, TRAIN_SEED + count - 1],
+        "val_seeds": [VAL_SEED, VAL_SEED + val - 1],
+        "cases": count,
+        "val_cases": val,
+    }
+
+
+def prepare(cache: Path, count: int, val: int, size: int, slices: int) -> None:
+    """Generate phantoms and cache them on the segmentation and localiser grids."""
+    from LiverTumorAILib.phantom import generate_case
+    from training.localizer_trainer import prepare_localizer_case
+    from training.seg_trainer import prepare_case, save_prepared
+
+    for split, seed0, n in (("train", TRAIN_SEED, count), ("val", VAL_SEED, val)):
+        seg_dir, loc_dir = cache / "seg" / split, cache / "loc" / split
+        loc_dir.mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            case_id = f"{split}_{i:03d}"
+            if (seg_dir / f"{case_id}.npz").exists():
+                continue
+            t0 = time.perf_counter()
+            case = generate_case(seed0 + i, size=size, slices=slices)
+            classes = {int(les["id"]): int(les["class"] == "malignant") for les in case.truth.get("lesions", [])}
+            prepared = prepare_case(
+                case_id, case.ct, case.label, spacing=DEMO_SPACING_MM, mri=case.mri,
+                lesions=case.lesions, lesion_classes=classes,
+            )
+            save_prepared([prepared], seg_dir)
+            x, y = prepare_localizer_case(case.ct, case.label)
+            np.savez(loc_dir / f"{case_id}.npz", x=x, y=y)
+            print(f"{case_id}: {prepared.ct_hu.shape} in {time.perf_counter() - t0:.1f}s", flush=True)
+
+
+def train(model: str, cache: Path, out: Path, minutes: float, threads: int) -> dict:
+    import torch
+
+    torch.set_num_threads(threads)
+    if model == "localizer":
+        from training.localizer_trainer import train_localizer
+
+        def load(split):
+            return [(z["x"], z["y"]) for z in (np.load(p) for p in sorted((cache / "loc" / split).glob("*.npz")))]
+
+        train_set, val_set = load("train"), load("val")
+        return train_localizer(
+            train_set, val_set, out_dir=out / "localizer", steps=100000, max_minutes=minutes,
+            manifest_extra={"version": "demo-0.1", "training_data": _training_data(len(train_set), len(val_set))},
+        )
+    from training.seg_trainer import load_prepared, train_segmentation
+
+    train_set = load_prepared(cache / "seg" / "train")
+    val_set = load_prepared(cache / "seg" / "val")
+    settings = {**MODEL_SETTINGS[model], "spacing_mm": DEMO_SPACING_MM, "steps_per_epoch": 50, "patch": 128}
+    return train_segmentation(
+        train_set, val_set, architecture=model, out_dir=out / model, train_config=settings,
+        epochs=10000, max_minutes=minutes, device="cpu",
+        manifest_extra={"version": "demo-0.1", "training_data": _training_data(len(train_set), len(val_set))},
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("step", choices=["prepare", "train", "all"])
+    parser.add_argument("model", nargs="?", choices=["localizer", *SEGMENTATION_MODELS])
+    parser.add_argument("--cache", type=Path, default=Path("work_tmp/demo_cache"))
+    parser.add_argument("--out", type=Path, default=Path("Resources/Models"))
+    parser.add_argument("--count", type=int, default=40)
+    parser.add_argument("--val", type=int, default=4)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--slices", type=int, default=64)
+    parser.add_argument("--minutes", type=float, default=20.0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    if args.step in ("prepare", "all"):
+        prepare(args.cache, args.count, args.val, args.size, args.slices)
+    if args.step == "train":
+        if not args.model:
+            parser.error("train needs a model name")
+        print(json.dumps(train(args.model, args.cache, args.out, args.minutes, args.threads)))
+    if args.step == "all":
+        for name in ("localizer", *SEGMENTATION_MODELS):
+            print(name, json.dumps(train(name, args.cache, args.out, args.minutes, args.threads)), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

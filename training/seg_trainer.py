@@ -1,0 +1,367 @@
+"""Segmentation trainer core: 2.5D models (dual-stream, tam-unet, fusion, unet2d) and the 3D localiser.
+
+Cases are resampled once onto the model grid with exactly the engine's preprocessing
+(`LiverTumorAILib.preprocess`), kept in memory (int16 HU, uint8 labels), and 2.5D
+patches are sampled from them: half of the samples centred on tumour, a third on liver,
+the rest anywhere, so small lesions are seen often. Augmentation (batched, in torch):
+the random window of paper 001 (level U[12, 130], width U[129, 298] HU, applied to raw
+HU before normalisation, with probability `random_window_p`, otherwise the inference
+window), an HU shift, in-plane rotation / zoom / translation, Gaussian noise, and MRI
+gain/offset. No left-right flips: the engine always presents the patient in LPS, and
+the liver's side is information, not noise.
+
+Losses: paper 001 says Dice + BCE; for 3 mutually exclusive classes we use soft Dice
+over liver and tumour plus one-vs-rest BCE on the softmax probabilities (`dice_bce`).
+Papers 004/000 say CE + Dice (`ce_dice`). The fusion model adds CE on its classifier
+head for slabs whose centre slice contains tumour (benign vs malignant majority).
+
+Training can be bounded by epochs and/or wall-clock minutes (CPU demo weights), keeps
+the best validation checkpoint, and resumes from `checkpoint.pt` (saved with
+`torch.save`, read back with `weights_only=True`: tensors only, no arbitrary pickles).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from LiverTumorAILib.geometry import axis_aligned_grid, image_bounding_box, mask_bounding_box, resample_like
+from LiverTumorAILib.preprocess import DEFAULT_WINDOW_HU, ct_on_grid, mri_on_grid, normalize_ct
+
+RANDOM_WINDOW_LEVEL = (12.0, 130.0)
+RANDOM_WINDOW_WIDTH = (129.0, 298.0)
+
+
+@dataclass
+class PreparedCase:
+    """One case on a model grid: arrays (z, y, x)."""
+
+    case_id: str
+    ct_hu: np.ndarray  # int16
+    label: np.ndarray  # uint8 0/1/2
+    mri: np.ndarray | None = None  # float16, normalised
+    slice_class: np.ndarray | None = None  # (z,) int8: -1 no tumour, 0 benign, 1 malignant
+
+
+def prepare_case(
+    case_id: str,
+    ct: sitk.Image,
+    label: sitk.Image,
+    *,
+    spacing: Sequence[float],
+    mri: sitk.Image | None = None,
+    lesions: sitk.Image | None = None,
+    lesion_classes: dict[int, int] | None = None,
+    margin_mm: Sequence[float] = (35.0, 35.0, 20.0),
+) -> PreparedCase:
+    """Resample a case onto an axis-aligned grid around its liver (the region the cascade crops)."""
+    label_arr = sitk.GetArrayFromImage(label)
+    box = mask_bounding_box(label, label_arr >= 1) or image_bounding_box(ct)
+    box = box.expanded(margin_mm).intersect(image_bounding_box(ct))
+    reference = axis_aligned_grid(box, spacing, multiple_xy=32)
+    ct_hu = np.clip(ct_on_grid(ct, reference), -1024, 3071).astype(np.int16)
+    lab = sitk.GetArrayFromImage(resample_like(label, reference, label=True)).astype(np.uint8)
+    mri_arr = mri_on_grid(mri, reference).astype(np.float16) if mri is not None else None
+    slice_class = None
+    if lesions is not None and lesion_classes:
+        inst = sitk.GetArrayFromImage(resample_like(lesions, reference, label=True))
+        slice_class = np.full(inst.shape[0], -1, dtype=np.int8)
+        for z in range(inst.shape[0]):
+            ids, counts = np.unique(inst[z][inst[z] > 0], return_counts=True)
+            if len(ids):
+                votes = np.zeros(2)
+                for i, c in zip(ids, counts):
+                    if int(i) in lesion_classes:
+                        votes[lesion_classes[int(i)]] += c
+                if votes.sum():
+                    slice_class[z] = int(np.argmax(votes))
+    return PreparedCase(case_id, ct_hu, lab, mri_arr, slice_class)
+
+
+def save_prepared(cases: Sequence[PreparedCase], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    for c in cases:
+        arrays = {"ct_hu": c.ct_hu, "label": c.label}
+        if c.mri is not None:
+            arrays["mri"] = c.mri
+        if c.slice_class is not None:
+            arrays["slice_class"] = c.slice_class
+        np.savez(folder / f"{c.case_id}.npz", **arrays)
+
+
+def load_prepared(folder: Path) -> list[PreparedCase]:
+    out = []
+    for path in sorted(Path(folder).glob("*.npz")):
+        with np.load(path, allow_pickle=False) as z:
+            out.append(
+                PreparedCase(
+                    path.stem,
+                    z["ct_hu"],
+                    z["label"],
+                    z["mri"] if "mri" in z else None,
+                    z["slice_class"] if "slice_class" in z else None,
+                )
+            )
+    return out
+
+
+class SlabSampler:
+    """Draws (ct slab, mri slab, label, slice class) training patches from prepared cases."""
+
+    def __init__(self, cases, ct_offsets, mri_offsets, patch: int, rng: np.random.Generator, config: dict):
+        self.cases = list(cases)
+        self.ct_offsets = np.asarray(ct_offsets)
+        self.mri_offsets = np.asarray(mri_offsets)
+        self.patch = patch
+        self.rng = rng
+        self.p_tumour = config.get("p_tumour", 0.5)
+        self.p_liver = config.get("p_liver", 0.35)
+        self.random_window_p = config.get("random_window_p", 0.5)
+        self.window = config.get("window_hu", DEFAULT_WINDOW_HU)
+        self.fg = [(np.argwhere(c.label == 2), np.argwhere(c.label == 1)) for c in self.cases]
+
+    def _centre(self, k: int) -> np.ndarray:
+        case = self.cases[k]
+        tumour, liver = self.fg[k]
+        u = self.rng.random()
+        if u < self.p_tumour and len(tumour):
+            return tumour[self.rng.integers(len(tumour))]
+        if u < self.p_tumour + self.p_liver and len(liver):
+            return liver[self.rng.integers(len(liver))]
+        return np.array([self.rng.integers(s) for s in case.label.shape])
+
+    def sample(self):
+        k = int(self.rng.integers(len(self.cases)))
+        case = self.cases[k]
+        z, y, x = self._centre(k)
+        y += int(self.rng.integers(-self.patch // 4, self.patch // 4 + 1))
+        x += int(self.rng.integers(-self.patch // 4, self.patch // 4 + 1))
+        depth = case.ct_hu.shape[0]
+        zi = np.clip(z + self.ct_offsets, 0, depth - 1)
+        ct = _crop2d(case.ct_hu[zi].astype(np.float32), y, x, self.patch, -1000.0)
+        ct += self.rng.normal(0, 8)  # HU shift (scanner calibration)
+        if self.rng.random() < self.random_window_p:
+            level = self.rng.uniform(*RANDOM_WINDOW_LEVEL)
+            width = self.rng.uniform(*RANDOM_WINDOW_WIDTH)
+            window = (level - width / 2, level + width / 2)
+        else:
+            window = self.window
+        ct = normalize_ct(ct, window)
+        label = _crop2d(case.label[z][None].astype(np.float32), y, x, self.patch, 0.0)[0]
+        mri = None
+        if len(self.mri_offsets) and case.mri is not None:
+            mi = np.clip(z + self.mri_offsets, 0, depth - 1)
+            mri = _crop2d(case.mri[mi].astype(np.float32), y, x, self.patch, float(case.mri.min()))
+            mri = mri * self.rng.uniform(0.85, 1.15) + self.rng.normal(0, 0.1)
+        cls = int(case.slice_class[z]) if case.slice_class is not None else -1
+        return ct, mri, label, cls
+
+
+def _crop2d(stack: np.ndarray, cy: int, cx: int, size: int, fill: float) -> np.ndarray:
+    """(C, size, size) crop centred at (cy, cx), padded with `fill` outside the array."""
+    c, h, w = stack.shape
+    out = np.full((c, size, size), fill, dtype=np.float32)
+    y0, x0 = cy - size // 2, cx - size // 2
+    ys, xs = max(y0, 0), max(x0, 0)
+    ye, xe = min(y0 + size, h), min(x0 + size, w)
+    if ye > ys and xe > xs:
+        out[:, ys - y0 : ye - y0, xs - x0 : xe - x0] = stack[:, ys:ye, xs:xe]
+    return out
+
+
+def augment_batch(ct, mri, label, rng: np.random.Generator, config: dict):
+    """Random in-plane rotation, zoom and shift (same for image, MRI and label) + noise."""
+    import torch
+    import torch.nn.functional as F
+
+    b = ct.shape[0]
+    max_rot = math.radians(config.get("rotation_deg", 15.0))
+    zoom = config.get("zoom", (0.85, 1.15))
+    angles = torch.tensor(rng.uniform(-max_rot, max_rot, b), dtype=torch.float32)
+    scales = torch.tensor(rng.uniform(zoom[0], zoom[1], b), dtype=torch.float32)
+    shifts = torch.tensor(rng.uniform(-0.05, 0.05, (b, 2)), dtype=torch.float32)
+    cos, sin = torch.cos(angles) / scales, torch.sin(angles) / scales
+    theta = torch.stack([torch.stack([cos, -sin, shifts[:, 0]], 1), torch.stack([sin, cos, shifts[:, 1]], 1)], 1)
+    grid = F.affine_grid(theta, ct.shape, align_corners=False)
+    ct = F.grid_sample(ct, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    ct = ct + torch.randn_like(ct) * float(rng.uniform(0.0, config.get("noise", 0.08)))
+    if mri is not None:
+        mri = F.grid_sample(mri, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    label = F.grid_sample(label[:, None], grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
+    return ct, mri, label.long()
+
+
+def segmentation_loss(logits, target, kind: str):
+    """`dice_bce` (paper 001) or `ce_dice` (papers 004, 000); Dice over liver and tumour."""
+    import torch
+    import torch.nn.functional as F
+
+    probs = torch.softmax(logits.float(), dim=1)
+    onehot = F.one_hot(target, logits.shape[1]).permute(0, 3, 1, 2).float()
+    dims = (0, 2, 3)
+    inter = (probs[:, 1:] * onehot[:, 1:]).sum(dims)
+    denom = probs[:, 1:].sum(dims) + onehot[:, 1:].sum(dims)
+    dice = 1.0 - ((2 * inter + 1.0) / (denom + 1.0)).mean()
+    if kind == "dice_bce":
+        bce = F.binary_cross_entropy(probs.clamp(1e-6, 1 - 1e-6), onehot)
+        return dice + bce
+    return dice + F.cross_entropy(logits.float(), target)
+
+
+def dice_score(pred: np.ndarray, truth: np.ndarray) -> float:
+    p, t = pred.sum(), truth.sum()
+    if p + t == 0:
+        return 1.0
+    return float(2.0 * np.logical_and(pred, truth).sum() / (p + t))
+
+
+def validate(model, cases, config: dict, device) -> dict:
+    """Whole-region inference on each validation case, Dice of liver (label >= 1) and tumour."""
+    from LiverTumorAILib.inference.slab import predict_volume
+
+    liver, tumour = [], []
+    model.eval()
+    for case in cases:
+        ct = normalize_ct(case.ct_hu.astype(np.float32), config.get("window_hu", DEFAULT_WINDOW_HU))
+        pred = predict_volume(
+            model, ct, ct_offsets=config["ct_offsets"], mri=None if case.mri is None else case.mri.astype(np.float32),
+            mri_offsets=config.get("mri_offsets", []), device=device, keep_attention=False, batch_size=8,
+        )
+        label = np.argmax(pred.probabilities, axis=0)
+        liver.append(dice_score(label >= 1, case.label >= 1))
+        if (case.label == 2).any():
+            tumour.append(dice_score(label == 2, case.label == 2))
+    model.train()
+    return {
+        "val_liver_dice": float(np.mean(liver)) if liver else float("nan"),
+        "val_tumour_dice": float(np.mean(tumour)) if tumour else float("nan"),
+        "val_cases": len(cases),
+    }
+
+
+def train_segmentation(
+    train_cases: Sequence[PreparedCase],
+    val_cases: Sequence[PreparedCase],
+    *,
+    architecture: str,
+    out_dir: Path,
+    config: dict | None = None,
+    train_config: dict | None = None,
+    manifest_extra: dict | None = None,
+    epochs: int = 150,
+    max_minutes: float | None = None,
+    device: str = "cpu",
+    dist=None,
+    seed: int = 0,
+    resume: bool = False,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Train a 2.5D segmentation model; save the best weights folder to `out_dir`. Returns metrics."""
+    import torch
+
+    from LiverTumorAILib.models.registry import build_model, default_config
+    from LiverTumorAILib.weights import save_weights
+
+    tc = {
+        "batch_size": 16, "lr": 1e-4, "patch": 128, "steps_per_epoch": 100, "loss": "dice_bce",
+        "val_every": 1, "spacing_mm": [1.0, 1.0, 2.5], "window_hu": list(DEFAULT_WINDOW_HU),
+    }
+    tc.update(train_config or {})
+    model_config = default_config(architecture)
+    model_config.update(config or {})
+    rank = dist.rank if dist is not None else 0
+    is_main = dist is None or dist.is_main
+    torch.manual_seed(seed + rank)
+    rng = np.random.default_rng(seed + 1000 * rank)
+    dev = torch.device(device)
+    model = build_model(architecture, model_config).to(dev)
+    train_model = dist.wrap(model) if dist is not None else model
+    optimiser = torch.optim.Adam(model.parameters(), lr=tc["lr"])
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work_dir = out_dir.parent / f".{out_dir.name}.training"  # checkpoints never land in the weights folder
+    work_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_path = work_dir / "checkpoint.pt"
+    history: list[dict] = []
+    start_epoch, best = 0, -1.0
+    if resume and ckpt_path.exists():
+        state = torch.load(ckpt_path, map_location=dev, weights_only=True)
+        model.load_state_dict(state["model"])
+        optimiser.load_state_dict(state["optimiser"])
+        start_epoch, best = int(state["epoch"]) + 1, float(state["best"])
+        history = json.loads((work_dir / "history.json").read_text()) if (work_dir / "history.json").exists() else []
+        log(f"resumed from epoch {start_epoch}")
+    sampler = SlabSampler(train_cases, model_config["ct_offsets"], model_config.get("mri_offsets", []), tc["patch"], rng, tc)
+    scheduler_total = max(epochs, 1) * tc["steps_per_epoch"]
+    t_start = time.perf_counter()
+    best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    best_metrics: dict = {}
+    model.train()
+    for epoch in range(start_epoch, epochs):
+        losses = []
+        for step in range(tc["steps_per_epoch"]):
+            samples = [sampler.sample() for _ in range(tc["batch_size"])]
+            ct = torch.from_numpy(np.stack([s[0] for s in samples]))
+            mri = torch.from_numpy(np.stack([s[1] for s in samples])) if samples[0][1] is not None else None
+            label = torch.from_numpy(np.stack([s[2] for s in samples]))
+            cls = torch.tensor([s[3] for s in samples])
+            ct, mri, label = augment_batch(ct, mri, label, rng, tc)
+            it = epoch * tc["steps_per_epoch"] + step
+            for group in optimiser.param_groups:  # cosine decay with a short warm-up
+                warm = min(1.0, (it + 1) / 50)
+                group["lr"] = tc["lr"] * warm * 0.5 * (1 + math.cos(math.pi * min(it / scheduler_total, 1.0)))
+            logits = train_model(ct.to(dev), mri.to(dev)) if mri is not None else train_model(ct.to(dev))
+            loss = segmentation_loss(logits, label.to(dev), tc["loss"])
+            head = getattr(model, "class_logits", None)
+            if head is not None and (cls >= 0).any():
+                keep = cls >= 0
+                loss = loss + 0.2 * torch.nn.functional.cross_entropy(head[keep.to(dev)].float(), cls[keep].to(dev))
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            losses.append(float(loss.detach()))
+            if max_minutes and (time.perf_counter() - t_start) / 60 > max_minutes:
+                break
+        record = {"epoch": epoch, "loss": float(np.mean(losses)), "minutes": (time.perf_counter() - t_start) / 60}
+        out_of_time = bool(max_minutes and record["minutes"] > max_minutes)
+        if is_main and val_cases and ((epoch + 1) % tc["val_every"] == 0 or out_of_time or epoch == epochs - 1):
+            record.update(validate(model, val_cases, {**model_config, **tc}, dev))
+            score = record["val_liver_dice"] + record["val_tumour_dice"]
+            if np.isfinite(score) and score > best:
+                best = score
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                best_metrics = dict(record)
+        history.append(record)
+        if is_main:
+            log(json.dumps(record))
+            torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch, "best": best}, ckpt_path)
+            (work_dir / "history.json").write_text(json.dumps(history, indent=1))
+        if out_of_time:
+            break
+    if not val_cases:
+        best_state = model.state_dict()
+        best_metrics = history[-1] if history else {}
+    if is_main:
+        model.load_state_dict(best_state)
+        manifest = {
+            "name": architecture,
+            "architecture": architecture,
+            "task": "segmentation",
+            "config": model_config,
+            "preprocessing": {
+                "spacing_mm": list(tc["spacing_mm"]), "window_hu": list(tc["window_hu"]),
+                "normalization": "window-uniform-zscore", "mri_normalization": "percentile-1-99-zscore",
+            },
+            "training": {k: v for k, v in tc.items() if isinstance(v, (int, float, str, list))},
+            "metrics": best_metrics,
+        }
+        manifest.update(manifest_extra or {})
+        save_weights(model, out_dir, manifest)
+    return best_metrics
