@@ -15,7 +15,7 @@ import secrets
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator, List, Sequence, Tuple, Union
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import SimpleITK as sitk
@@ -47,7 +47,7 @@ _LABEL_KINDS = ("segmentation", "label", "labelmap", "seg", "mask")
 class LoadedImage:
     """An image plus where it came from (which DICOM series, which files)."""
 
-    image: sitk.Image
+    image: Optional[sitk.Image]  # None only from probe_image (header-only)
     path: Path
     message: str
     files: List[Path] = field(default_factory=list)
@@ -166,7 +166,7 @@ def _dicom_series(folder: Path) -> List[Tuple[str, List[str], Path]]:
     return [s for s in found if s[1]]
 
 
-def _read_dicom_folder(folder: Path, what: str) -> LoadedImage:
+def _read_dicom_folder(folder: Path, what: str, pixels: bool = True) -> LoadedImage:
     name = _name(folder)
     try:
         entries = list(folder.iterdir())
@@ -183,11 +183,11 @@ def _read_dicom_folder(folder: Path, what: str) -> LoadedImage:
     series.sort(key=lambda s: len(s[1]), reverse=True)
     uid, files, where = series[0]
     return _read_dicom_files(folder, uid, files, where, what,
-                             others=[(u, len(f)) for u, f, _ in series[1:]])
+                             others=[(u, len(f)) for u, f, _ in series[1:]], pixels=pixels)
 
 
 def _read_dicom_files(shown: Path, uid: str, files: List[str], where: Path, what: str,
-                      others: List[Tuple[str, int]]) -> LoadedImage:
+                      others: List[Tuple[str, int]], pixels: bool = True) -> LoadedImage:
     name = _name(shown)
     info = sitk.ImageFileReader()
     info.SetFileName(files[0])
@@ -208,6 +208,10 @@ def _read_dicom_files(shown: Path, uid: str, files: List[str], where: Path, what
                          "a 3D volume is needed")
     _check_header(name, 3, size, spacing[:2] + [1.0], info.GetNumberOfComponents(), info.GetPixelID(),
                   info.GetDirection())
+    if not pixels:
+        return LoadedImage(image=None, path=shown, message=f"{name}: DICOM series, {len(files)} files",
+                           files=[Path(f) for f in files], series_uid=uid, series_description=desc,
+                           other_series=others)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:
@@ -245,12 +249,19 @@ def load_image(path: PathLike, what: str = "CT") -> LoadedImage:
         return _load_image(Path(path), what)
 
 
-def _load_image(path: Path, what: str) -> LoadedImage:
+def probe_image(path: PathLike, what: str = "CT") -> None:
+    """Header-only validation (no pixels loaded): lets the CLI refuse a bad input in a
+    fraction of a second, before the models are loaded. `read_image` repeats all checks."""
+    with quiet_itk():
+        _load_image(Path(path), what, pixels=False)
+
+
+def _load_image(path: Path, what: str, pixels: bool = True) -> LoadedImage:
     name = _name(path)
     if not path.exists():
         raise InputError(f"{name}: file or folder not found ({path})")
     if path.is_dir():
-        return _read_dicom_folder(path, what)
+        return _read_dicom_folder(path, what, pixels)
     if not os.access(path, os.R_OK):
         raise InputError(f"{name}: file cannot be read (permission denied)")
     if path.stat().st_size == 0:
@@ -271,12 +282,14 @@ def _load_image(path: Path, what: str) -> LoadedImage:
         except RuntimeError:
             files = []
         if len(files) > 1 and str(path.resolve()) in {str(Path(f).resolve()) for f in files}:
-            return _read_dicom_files(path.parent, uid, files, path.parent, what, others=[])
+            return _read_dicom_files(path.parent, uid, files, path.parent, what, others=[], pixels=pixels)
     if dim == 4 and size[3] == 1:  # NIfTI with a singleton time axis: a plain 3D volume
         reader.SetExtractSize(size[:3] + [0])
         dim, size = 3, size[:3]
     _check_header(name, dim, size, list(reader.GetSpacing())[:dim], reader.GetNumberOfComponents(),
                   reader.GetPixelID(), reader.GetDirection() if dim == 3 else ())
+    if not pixels:
+        return LoadedImage(image=None, path=path, message=f"{name}: {_fmt_size(size)}", files=[path])
     try:
         image = reader.Execute()
     except RuntimeError as e:
@@ -397,5 +410,5 @@ def image_summary(image: sitk.Image) -> dict:
             "pixel_type": image.GetPixelIDTypeAsString()}
 
 
-__all__ = ["LoadedImage", "load_image", "read_image", "read_segmentation", "check_ct_intensities",
+__all__ = ["LoadedImage", "load_image", "probe_image", "read_image", "read_segmentation", "check_ct_intensities",
            "write_image", "image_summary", "MAX_INPLANE", "MAX_SLICES", "MAX_VOXELS"]
