@@ -142,6 +142,87 @@ def _check_pixels(name: str, image: sitk.Image, what: str) -> None:
             raise InputError(f"{name}: every voxel has the same value ({lo:g}); the image is blank")
 
 
+# --------------------------------------------------------------------------- NIfTI raw checks
+
+_NIFTI_FLOAT_TYPES = {16: "<f4", 64: "<f8"}
+
+
+def _nifti_checks(path: Path, name: str) -> None:
+    """What ITK's NIfTI reader lets through silently: a truncated file (the missing voxels
+    come back as zeros), zero/NaN pixdim (replaced by 1 mm) and NaN voxels (replaced by 0).
+    Reads the 348-byte header; streams the data only for .nii.gz files whose gzip trailer
+    disagrees with the header, and for float files (NaN scan)."""
+    import gzip
+    import struct
+    import zlib
+
+    lower = path.name.lower()
+    gz = lower.endswith(".nii.gz")
+    if not (gz or lower.endswith(".nii")):
+        return
+    try:
+        opener = gzip.open if gz else open
+        with opener(path, "rb") as f:
+            hdr = f.read(348)
+    except (OSError, EOFError, zlib.error):
+        raise InputError(f"{name}: file is truncated or damaged (NIfTI header cannot be read)") from None
+    if len(hdr) < 348:
+        raise InputError(f"{name}: file is truncated (NIfTI header incomplete)")
+    for endian in ("<", ">"):
+        if struct.unpack(endian + "i", hdr[:4])[0] == 348:
+            break
+    else:
+        return  # NIfTI-2 or not NIfTI: leave it to ITK
+    dims = struct.unpack(endian + "8h", hdr[40:56])
+    datatype, bitpix = struct.unpack(endian + "2h", hdr[70:74])
+    pixdim = struct.unpack(endian + "8f", hdr[76:108])
+    vox_offset = int(struct.unpack(endian + "f", hdr[108:112])[0])
+    ndim = max(1, min(int(dims[0]), 7))
+    spatial = [float(pixdim[i]) for i in range(1, min(ndim, 3) + 1)]
+    if any(not math.isfinite(v) or v <= 0 for v in spatial):
+        raise InputError(f"{name}: voxel spacing in the header ({_fmt_spacing(spatial)} mm) is invalid "
+                         "(must be positive)")
+    nvox = math.prod(max(int(d), 1) for d in dims[1:ndim + 1])
+    expected = max(vox_offset, 348) + nvox * max(int(bitpix), 8) // 8
+    if not gz:
+        if path.stat().st_size < expected:
+            raise InputError(f"{name}: file is truncated ({path.stat().st_size} of {expected} bytes); "
+                             "copy or download it again")
+        if datatype not in _NIFTI_FLOAT_TYPES:
+            return
+    else:
+        with open(path, "rb") as f:
+            f.seek(-4, os.SEEK_END)
+            isize = struct.unpack("<I", f.read(4))[0]
+        if isize == expected % 2**32 and datatype not in _NIFTI_FLOAT_TYPES:
+            return
+    dtype = np.dtype(_NIFTI_FLOAT_TYPES.get(datatype, "u1")).newbyteorder(endian)
+    total, bad, pending = 0, 0, b""
+    try:
+        with (gzip.open if gz else open)(path, "rb") as f:
+            f.seek(max(vox_offset, 348))
+            total = max(vox_offset, 348)
+            while True:
+                chunk = f.read(1 << 22)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if datatype in _NIFTI_FLOAT_TYPES:
+                    buf = pending + chunk
+                    usable = len(buf) - len(buf) % dtype.itemsize
+                    pending = buf[usable:]
+                    bad += int(np.count_nonzero(~np.isfinite(np.frombuffer(buf[:usable], dtype))))
+    except (OSError, EOFError, zlib.error):
+        raise InputError(f"{name}: file is truncated or damaged (compressed data ends early); "
+                         "copy or download it again") from None
+    if total < expected:
+        raise InputError(f"{name}: file is truncated ({total} of {expected} bytes of image data); "
+                         "copy or download it again")
+    if bad:
+        raise InputError(f"{name}: image contains invalid voxel values (NaN or infinity, {bad} voxels); "
+                         "the file is damaged or was exported incorrectly")
+
+
 # --------------------------------------------------------------------------- DICOM folders
 
 
@@ -186,6 +267,30 @@ def _read_dicom_folder(folder: Path, what: str, pixels: bool = True) -> LoadedIm
                              others=[(u, len(f)) for u, f, _ in series[1:]], pixels=pixels)
 
 
+def _check_slice_positions(name: str, reader: sitk.ImageSeriesReader, n: int, image: sitk.Image) -> None:
+    """A slice that GDCM could not parse is silently left out of the series, leaving a gap
+    that would stretch the anatomy; refuse series whose slices are not evenly spaced."""
+    normal = np.array(image.GetDirection(), dtype=float).reshape(3, 3)[:, 2]
+    pos = []
+    for i in range(n):
+        if not reader.HasMetaDataKey(i, "0020|0032"):
+            return
+        try:
+            pos.append(float(np.dot([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")], normal)))
+        except ValueError:
+            return
+    steps = np.diff(np.sort(np.asarray(pos)))
+    if np.any(steps < 1e-3):
+        raise InputError(f"{name}: DICOM series has several slices at the same position "
+                         "(more than one acquisition in one series?)")
+    typical = float(np.median(steps))
+    odd = np.flatnonzero(np.abs(steps - typical) > max(0.01, 0.01 * typical))
+    if odd.size:
+        k = int(odd[0])
+        raise InputError(f"{name}: DICOM slices are unevenly spaced ({steps[k]:.2f} mm between slices "
+                         f"{k + 1} and {k + 2}, {typical:.2f} mm elsewhere); a slice is missing or damaged")
+
+
 def _read_dicom_files(shown: Path, uid: str, files: List[str], where: Path, what: str,
                       others: List[Tuple[str, int]], pixels: bool = True) -> LoadedImage:
     name = _name(shown)
@@ -214,6 +319,7 @@ def _read_dicom_files(shown: Path, uid: str, files: List[str], where: Path, what
                            other_series=others)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
+    reader.MetaDataDictionaryArrayUpdateOn()
     try:
         image = reader.Execute()
     except RuntimeError as e:
@@ -223,6 +329,8 @@ def _read_dicom_files(shown: Path, uid: str, files: List[str], where: Path, what
         raise InputError(f"{name}: not enough memory to load a {_fmt_size(size)} volume") from None
     _check_header(name, image.GetDimension(), image.GetSize(), image.GetSpacing(),
                   image.GetNumberOfComponentsPerPixel(), image.GetPixelID(), image.GetDirection())
+    if len(files) > 1:
+        _check_slice_positions(name, reader, len(files), image)
     _check_pixels(name, image, what)
     label = f"'{desc}'" if desc else (uid or "(no series UID)")
     msg = (f"{name}: read {what} DICOM series {label} ({modality or 'unknown modality'}, {len(files)} files, "
@@ -290,6 +398,7 @@ def _load_image(path: Path, what: str, pixels: bool = True) -> LoadedImage:
                   reader.GetPixelID(), reader.GetDirection() if dim == 3 else ())
     if not pixels:
         return LoadedImage(image=None, path=path, message=f"{name}: {_fmt_size(size)}", files=[path])
+    _nifti_checks(path, name)
     try:
         image = reader.Execute()
     except RuntimeError as e:
