@@ -23,18 +23,20 @@ Crop rule (documented contract, also recorded in the classifier manifests' ``pre
   coarser than the image spacing, the image is Gaussian-smoothed first (anti-aliasing, sigma per
   axis = 0.5 * sqrt(crop_spacing^2 - image_spacing^2)) on a bounding region only.
 * Outside the image (lesions at the border): CT is padded with air, -1000 HU (after windowing this
-  equals the window minimum); MRI with its 1st-percentile value (its background).
-* CT intensity: clip to the window [-100, 400] HU (paper 001 writes "100 to 400 HU"; we read the
-  lost minus sign: a soft-tissue window), then a *fixed* z-score ``(hu - 150) / 125`` so the window
-  maps to [-2, 2]. Fixed constants rather than per-crop statistics because absolute attenuation
-  (enhancement, necrosis) is the diagnostic signal and a per-crop z-score would erase it.
-  With ``raw_hu=True`` channel 0 is returned in HU (unclipped) so that training can apply the
-  random-window augmentation before normalising (``normalise_ct``).
-* MRI (optional second channel): its own grid is resampled onto the *same* physical crop grid, so
-  CT and MRI voxels correspond (assumes the two are registered in patient space, as the phantoms
-  and co-registered studies are). Percentile normalisation over the whole MRI volume (not the
-  crop, so that a crop's values do not depend on what else is in it): ``v = (x - p1) / (p99 - p1)``
-  mapped to ``(v - 0.5) / 0.25`` and clipped to [-3, 3] (roughly the same [-2, 2] range as CT).
+  equals the window minimum); MRI with its normalised minimum (its background).
+* CT intensity: the engine's ``preprocess.normalize_ct``: clip to the window [-100, 400] HU
+  (paper 001 writes "100 to 400 HU"; we read the lost minus sign: a soft-tissue window), then a
+  *fixed* z-score, that of a uniform distribution over the window,
+  ``(hu - 150) / (500 / sqrt(12))`` = ``(hu - 150) / 144.3``, so the window maps to [-1.73, 1.73].
+  Fixed constants rather than per-crop statistics because absolute attenuation (enhancement,
+  necrosis) is the diagnostic signal and a per-crop z-score would erase it; and the segmentation
+  models use the same map. With ``raw_hu=True`` channel 0 is returned in HU (unclipped) so that
+  training can apply the random-window augmentation before normalising (``normalise_ct``).
+* MRI (optional second channel): the engine's ``preprocess.normalize_mri`` over the *whole* MRI
+  volume (robust 1st-99th percentile clip of body voxels, then z-score with their mean/std; whole
+  volume, so a crop's values do not depend on what else is in the crop), then resampled from its
+  own grid onto the *same* physical crop grid, so CT and MRI voxels correspond (assumes the two
+  are registered in patient space, as the phantoms and co-registered studies are).
 * No lesion-mask channel: the mask comes from our own segmentation at inference but from the
   manual truth in training, so a mask channel would teach the classifier the shape of *truth*
   masks and transfer segmentation errors into the call; and paper 001 feeds intensity crops only.
@@ -53,14 +55,12 @@ from ..errors import InputError
 
 CROP_SIZE = 64
 CT_WINDOW_HU = (-100.0, 400.0)
-CT_ZSCORE = (150.0, 125.0)  # (mean, std) applied after windowing: window -> [-2, 2]
 CT_PAD_HU = -1000.0
 FOV_K = 1.5
 FOV_MARGIN_MM = 16.0
 FOV_MIN_MM = 32.0
 FOV_MAX_MM = 160.0
 LARGE_LESION_RIM = 1.1
-MRI_PERCENTILES = (1.0, 99.0)
 
 
 def preprocessing_record() -> dict:
@@ -76,8 +76,8 @@ def preprocessing_record() -> dict:
         },
         "crop_direction": "identity (LPS)",
         "window_hu": list(CT_WINDOW_HU),
-        "normalization": "zscore-fixed",
-        "zscore_mean_std": list(CT_ZSCORE),
+        "normalization": "zscore",
+        "zscore": "fixed: (clip(hu, window) - centre) / (width / sqrt(12))",
         "pad_hu": CT_PAD_HU,
         "mri_normalization": "percentile-1-99",
         "mask_channel": False,
@@ -141,30 +141,20 @@ class LesionCrop:
 
 
 def normalise_ct(hu: np.ndarray, window: Sequence[float] = CT_WINDOW_HU) -> np.ndarray:
-    """Clip to ``window`` and apply the fixed z-score ``(hu - 150) / 125`` (float32)."""
-    lo, hi = float(window[0]), float(window[1])
-    x = np.clip(np.asarray(hu, dtype=np.float32), lo, hi)
-    return ((x - CT_ZSCORE[0]) / CT_ZSCORE[1]).astype(np.float32)
+    """Clip to ``window`` and apply the window's fixed z-score (``preprocess.normalize_ct``), float32."""
+    from ..preprocess import normalize_ct
+
+    return normalize_ct(np.asarray(hu, dtype=np.float32), window).astype(np.float32, copy=False)
 
 
-def mri_percentiles(mri: sitk.Image, percentiles: Sequence[float] = MRI_PERCENTILES) -> tuple[float, float]:
-    """1st/99th percentile of a whole MRI volume (strided sample for speed; deterministic)."""
-    arr = sitk.GetArrayViewFromImage(mri)
-    step = max(1, int(round((arr.size / 2_000_000) ** (1 / 3))))
-    sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float64).ravel()
-    sample = sample[np.isfinite(sample)]
-    if sample.size == 0:
-        return 0.0, 1.0
-    p_lo, p_hi = np.percentile(sample, list(percentiles))
-    if not p_hi > p_lo:
-        p_hi = p_lo + 1.0
-    return float(p_lo), float(p_hi)
+def normalised_mri(mri: sitk.Image) -> tuple[sitk.Image, float]:
+    """The whole MRI volume normalised (``preprocess.normalize_mri``) and its background value."""
+    from ..preprocess import normalize_mri
 
-
-def normalise_mri(x: np.ndarray, p: tuple[float, float]) -> np.ndarray:
-    """Percentile normalisation: (x - p1) / (p99 - p1) -> (v - 0.5) / 0.25, clipped to [-3, 3]."""
-    v = (np.asarray(x, dtype=np.float32) - p[0]) / max(p[1] - p[0], 1e-6)
-    return np.clip((v - 0.5) / 0.25, -3.0, 3.0).astype(np.float32)
+    arr = normalize_mri(sitk.GetArrayFromImage(mri).astype(np.float32))
+    img = sitk.GetImageFromArray(arr)
+    img.CopyInformation(mri)
+    return img, float(arr.min()) if arr.size else 0.0
 
 
 def crop_side_mm(
@@ -285,7 +275,7 @@ def extract_lesion_crops(
     if lesions.GetSize() != ct.GetSize():
         raise InputError(f"lesion map size {lesions.GetSize()} differs from the CT size {ct.GetSize()}")
     geos = geometries if geometries is not None else lesion_geometries(lesions, ids)
-    mri_p = mri_percentiles(mri) if mri is not None else None
+    mri_n, mri_bg = normalised_mri(mri) if mri is not None else (None, 0.0)
     lab = lesions if lesions.GetPixelID() in (sitk.sitkUInt8, sitk.sitkUInt16, sitk.sitkUInt32) else sitk.Cast(
         lesions, sitk.sitkUInt32
     )
@@ -307,8 +297,7 @@ def extract_lesion_crops(
         channels = [hu if raw_hu else normalise_ct(hu)]
         names = ["CT"]
         if mri is not None:
-            m = _resample(mri, ref, linear=True, default=mri_p[0], antialias=antialias)
-            channels.append(normalise_mri(m, mri_p))
+            channels.append(_resample(mri_n, ref, linear=True, default=mri_bg, antialias=antialias))
             names.append("MRI")
         crops.append(
             LesionCrop(

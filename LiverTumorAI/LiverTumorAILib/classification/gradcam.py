@@ -64,26 +64,30 @@ def gradcam3d(model, x, target_class: int = 1, layer=None) -> np.ndarray:
         model.train(was_training)
 
 
-def _ct_region(reference: sitk.Image, crop: LesionCrop) -> tuple[np.ndarray, np.ndarray] | None:
-    """Index box [lo, hi] (x, y, z, inclusive) of ``reference`` covered by the crop, or None."""
-    lo = np.asarray(crop.origin)
-    hi = lo + crop.spacing_mm * (crop.size - 1)
-    corners = np.array(np.meshgrid(*zip(lo, hi), indexing="ij")).reshape(3, -1).T
-    idx = np.array([reference.TransformPhysicalPointToContinuousIndex(c.tolist()) for c in corners])
+def _region(reference: sitk.Image, src: sitk.Image) -> tuple[np.ndarray, np.ndarray] | None:
+    """Index box [lo, hi] (x, y, z, inclusive) of ``reference`` covered by ``src``'s extent, or None."""
+    n = np.asarray(src.GetSize())
+    corners_idx = np.array(np.meshgrid(*[(-0.5, float(k) - 0.5) for k in n], indexing="ij")).reshape(3, -1).T
+    corners = [src.TransformContinuousIndexToPhysicalPoint(c.tolist()) for c in corners_idx]
+    idx = np.array([reference.TransformPhysicalPointToContinuousIndex(c) for c in corners])
     size = np.asarray(reference.GetSize())
-    a = np.clip(np.floor(idx.min(axis=0)).astype(int) - 1, 0, size - 1)
-    b = np.clip(np.ceil(idx.max(axis=0)).astype(int) + 1, 0, size - 1)
-    if np.any(np.ceil(idx.max(axis=0)) < 0) or np.any(np.floor(idx.min(axis=0)) > size - 1):
+    lo, hi = np.floor(idx.min(axis=0)).astype(int) - 1, np.ceil(idx.max(axis=0)).astype(int) + 1
+    if np.any(hi < 0) or np.any(lo > size - 1):
         return None
-    return a, b
+    return np.clip(lo, 0, size - 1), np.clip(hi, 0, size - 1)
 
 
-def paste_crop_maps(crops: Sequence[LesionCrop], maps: Sequence[np.ndarray], reference: sitk.Image) -> sitk.Image:
-    """Float32 image on ``reference``'s exact grid: each crop map resampled in place, max-combined."""
+def paste_maps(maps: Sequence[sitk.Image], reference: sitk.Image) -> sitk.Image:
+    """Float32 image on ``reference``'s exact grid: each map (any geometry, e.g. a crop grid)
+    resampled linearly in physical space (0 outside it), voxel-wise maximum where maps overlap.
+
+    Only the reference region each map covers is resampled, so many small lesion maps on a large CT
+    cost little more than one full-size float32 array.
+    """
     size = reference.GetSize()
     out = np.zeros((size[2], size[1], size[0]), dtype=np.float32)
-    for crop, cam in zip(crops, maps):
-        region = _ct_region(reference, crop)
+    for src in maps:
+        region = _region(reference, src)
         if region is None:
             continue
         a, b = region
@@ -91,10 +95,14 @@ def paste_crop_maps(crops: Sequence[LesionCrop], maps: Sequence[np.ndarray], ref
         sub.SetSpacing(reference.GetSpacing())
         sub.SetDirection(reference.GetDirection())
         sub.SetOrigin(reference.TransformIndexToPhysicalPoint([int(v) for v in a]))
-        src = crop.to_image(np.asarray(cam, dtype=np.float32))
-        res = sitk.GetArrayFromImage(sitk.Resample(src, sub, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+        res = sitk.Resample(sitk.Cast(src, sitk.sitkFloat32), sub, sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32)
         view = out[a[2] : b[2] + 1, a[1] : b[1] + 1, a[0] : b[0] + 1]
-        np.maximum(view, res, out=view)
+        np.maximum(view, sitk.GetArrayFromImage(res), out=view)
     img = sitk.GetImageFromArray(np.clip(out, 0.0, 1.0))
     img.CopyInformation(reference)
     return img
+
+
+def paste_crop_maps(crops: Sequence[LesionCrop], maps: Sequence[np.ndarray], reference: sitk.Image) -> sitk.Image:
+    """Crop-grid arrays (one per crop) mapped into ``reference``'s grid; see ``paste_maps``."""
+    return paste_maps([c.to_image(np.asarray(m, dtype=np.float32)) for c, m in zip(crops, maps)], reference)

@@ -1,0 +1,380 @@
+"""Lesion-classification trainer core (hybrid3d, and the 2D slice baselines).
+
+Items are lesion crops from ``LiverTumorAILib.classification.crops`` (``raw_hu=True``): arrays
+``[C, 64, 64, 64]`` whose channel 0 is CT in HU (so the random window can be applied before
+normalisation) and channel 1 (if any) the normalised MRI, with a label (0 benign, 1 malignant)
+and the lesion diameter. ``crops_from_cases`` builds them from phantom cases.
+
+Training (paper 001, "Hybrid 3D Classification Network", where it is vague our reading):
+
+* Loss: weighted cross-entropy on the main head + ``AUX_LOSS_WEIGHT`` (0.4) x weighted CE on the
+  auxiliary GAP head. 0.4: the paper gives no weight; deep-supervision heads are usually weighted
+  0.3-0.5 (GoogLeNet 0.3) so that they regularise the shared features without competing with the
+  main head. Class weights "balanced" = N / (2 N_c) from the training labels. The 2D baselines
+  train on every slice with the lesion's label (CE on ``slice_logits``).
+* Adam (paper), cosine-annealed learning rate, small weight decay.
+* Augmentation: a random element of the 48 symmetries of the cube (axis permutation + flips; 3D
+  rotations by multiples of 90 degrees and mirror images, exact and free on an isotropic crop); an
+  HU shift U[-20, 20]; with probability 0.3 the random window of paper 001 (level U[12, 130],
+  width U[129, 298] HU) in place of the inference window [-100, 400], normalised with the same
+  fixed map over the sampled window as the segmentation trainer (a contrast stretch). p = 0.3, not
+  always: at inference the window is always [-100, 400], so most batches should look like it.
+  MRI: gain U[0.9, 1.1] and offset U[-0.1, 0.1].
+* Model selection: the epoch with the best validation AUC (ties: lower validation NLL); then
+  temperature scaling fitted on the validation logits (``classification/calibration.py``), ECE
+  before/after recorded; saved with ``weights.save_weights`` (float16) and a full manifest.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+
+from LiverTumorAILib.classification.calibration import (
+    calibration_record,
+    expected_calibration_error,
+    nll,
+    roc_auc,
+    softmax,
+)
+from LiverTumorAILib.classification.crops import (
+    CT_WINDOW_HU,
+    extract_lesion_crops,
+    normalise_ct,
+    preprocessing_record,
+)
+
+AUX_LOSS_WEIGHT = 0.4
+RANDOM_WINDOW_LEVEL = (12.0, 130.0)
+RANDOM_WINDOW_WIDTH = (129.0, 298.0)
+RANDOM_WINDOW_P = 0.3
+HU_SHIFT = 20.0
+RELIABLE_DIAMETER_MM = 10.0
+CLASS_NAMES = ("benign", "malignant")
+
+
+@dataclass
+class CropItem:
+    """One training/validation lesion crop: channel 0 in HU, channel 1 (MRI) normalised."""
+
+    image: np.ndarray  # [C, 64, 64, 64] float32 (or float16)
+    label: int  # 0 benign, 1 malignant
+    diameter_mm: float
+    case: str = ""
+    lesion_id: int = 0
+
+
+def _as_item(x: Any) -> CropItem:
+    if isinstance(x, CropItem):
+        return x
+    if isinstance(x, dict):
+        return CropItem(
+            image=np.asarray(x["image"]),
+            label=int(x["label"]),
+            diameter_mm=float(x.get("diameter_mm", float("nan"))),
+            case=str(x.get("case", "")),
+            lesion_id=int(x.get("lesion_id", 0)),
+        )
+    if isinstance(x, (tuple, list)) and len(x) >= 2:
+        return CropItem(np.asarray(x[0]), int(x[1]), float(x[2]) if len(x) > 2 else float("nan"))
+    raise TypeError(f"cannot use {type(x).__name__} as a classification item")
+
+
+def _label_of(truth_lesion: dict) -> int:
+    cls = truth_lesion.get("class", truth_lesion.get("label"))
+    if isinstance(cls, str):
+        if cls.lower() not in CLASS_NAMES:
+            raise ValueError(f"unknown lesion class {cls!r}")
+        return CLASS_NAMES.index(cls.lower())
+    return int(cls)
+
+
+def crops_from_cases(
+    cases: Iterable[Any],
+    *,
+    channels: int = 1,
+    min_voxels: int = 1,
+    dtype: Any = np.float32,
+    log: Callable[[str], None] | None = None,
+) -> list[CropItem]:
+    """Crop items (channel 0 in HU) for every lesion of phantom cases (``PhantomCase``-like objects
+    with ``.ct``, ``.mri``, ``.lesions`` and ``.truth["lesions"][i]`` holding ``id``, ``class`` and
+    ``diameter_mm``). ``channels=2`` adds the MRI channel (cases without an MRI are skipped)."""
+    items: list[CropItem] = []
+    for k, case in enumerate(cases):
+        name = str(getattr(case, "truth", {}).get("case_id", getattr(case, "name", k)))
+        mri = getattr(case, "mri", None) if channels == 2 else None
+        if channels == 2 and mri is None:
+            if log:
+                log(f"case {name}: no MRI, skipped for a CT+MRI model")
+            continue
+        truth = {int(t["id"]): t for t in case.truth.get("lesions", [])}
+        crops = extract_lesion_crops(case.ct, case.lesions, mri, raw_hu=True)
+        for crop in crops:
+            t = truth.get(crop.lesion_id)
+            if t is None or crop.geometry.n_voxels < min_voxels:
+                continue
+            items.append(
+                CropItem(
+                    image=crop.image.astype(dtype),
+                    label=_label_of(t),
+                    diameter_mm=float(t.get("diameter_mm", crop.geometry.diameter_mm)),
+                    case=name,
+                    lesion_id=crop.lesion_id,
+                )
+            )
+    return items
+
+
+def _window_normalise(hu: np.ndarray, rng: np.random.Generator | None, p: float) -> np.ndarray:
+    if rng is not None and rng.random() < p:
+        level = rng.uniform(*RANDOM_WINDOW_LEVEL)
+        width = rng.uniform(*RANDOM_WINDOW_WIDTH)
+        return normalise_ct(hu, (level - width / 2.0, level + width / 2.0))
+    return normalise_ct(hu, CT_WINDOW_HU)
+
+
+def prepare_input(image: np.ndarray, rng: np.random.Generator | None = None, *, ct_is_hu: bool = True) -> np.ndarray:
+    """Model input from an item image; with ``rng`` the training augmentations are applied."""
+    x = np.asarray(image, dtype=np.float32)
+    if rng is not None:
+        perm = rng.permutation(3)
+        x = np.transpose(x, (0, *(1 + perm)))
+        flips = [1 + a for a in range(3) if rng.random() < 0.5]
+        if flips:
+            x = np.flip(x, axis=flips)
+        x = np.array(x, dtype=np.float32)  # contiguous copy
+    else:
+        x = x.copy()
+    if ct_is_hu:
+        hu = x[0] + (rng.uniform(-HU_SHIFT, HU_SHIFT) if rng is not None else 0.0)
+        x[0] = _window_normalise(hu, rng, RANDOM_WINDOW_P)
+    if rng is not None and x.shape[0] > 1:
+        x[1:] = x[1:] * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
+    return x
+
+
+def _loss(out: dict, y, weight, torch) -> Any:
+    import torch.nn.functional as F
+
+    if "slice_logits" in out:  # 2D baselines: each slice carries the lesion's label
+        s = out["slice_logits"]
+        return F.cross_entropy(s.reshape(-1, s.shape[-1]), y.repeat_interleave(s.shape[1]), weight=weight)
+    loss = F.cross_entropy(out["logits"], y, weight=weight)
+    if "aux_logits" in out:
+        loss = loss + AUX_LOSS_WEIGHT * F.cross_entropy(out["aux_logits"], y, weight=weight)
+    return loss
+
+
+def predict_logits(model, items: Sequence[CropItem], *, batch_size: int = 16, device: str = "cpu", ct_is_hu: bool = True) -> np.ndarray:
+    """Main-head logits ``[N, 2]`` (eval mode, no augmentation)."""
+    import torch
+
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(items), batch_size):
+            xb = np.stack([prepare_input(it.image, None, ct_is_hu=ct_is_hu) for it in items[s : s + batch_size]])
+            o = model(torch.as_tensor(xb, device=device))
+            out.append((o["logits"] if isinstance(o, dict) else o).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 2), np.float32)
+
+
+def classification_metrics(logits: np.ndarray, labels: np.ndarray, diameters: np.ndarray, temperature: float = 1.0) -> dict:
+    """AUC (all and >= 10 mm), accuracy, sensitivity, specificity, NLL and ECE at ``temperature``."""
+    labels = np.asarray(labels, dtype=int)
+    probs = softmax(logits, temperature)
+    p1 = probs[:, 1]
+    pred = (p1 >= 0.5).astype(int)
+    big = np.asarray(diameters, dtype=float) >= RELIABLE_DIAMETER_MM
+    tp = int(((pred == 1) & (labels == 1)).sum())
+    tn = int(((pred == 0) & (labels == 0)).sum())
+
+    def _r(v: float) -> float | None:
+        return None if v is None or not np.isfinite(v) else round(float(v), 4)
+
+    return {
+        "n": int(len(labels)),
+        "n_malignant": int(labels.sum()),
+        "n_ge10mm": int(big.sum()),
+        "auc": _r(roc_auc(p1, labels)),
+        "auc_ge10mm": _r(roc_auc(p1[big], labels[big])) if big.any() else None,
+        "accuracy": _r(float((pred == labels).mean())) if len(labels) else None,
+        "accuracy_ge10mm": _r(float((pred[big] == labels[big]).mean())) if big.any() else None,
+        "sensitivity": _r(tp / max(int((labels == 1).sum()), 1)),
+        "specificity": _r(tn / max(int((labels == 0).sum()), 1)),
+        "nll": _r(nll(logits, labels, temperature)) if len(labels) else None,
+        "ece": _r(expected_calibration_error(probs, labels)) if len(labels) else None,
+        "ece_ge10mm": _r(expected_calibration_error(probs[big], labels[big])) if big.any() else None,
+    }
+
+
+def train_classifier(
+    train_items: Sequence[Any],
+    val_items: Sequence[Any],
+    *,
+    architecture: str = "hybrid3d",
+    channels: int = 1,
+    out_dir: str | Path | None,
+    epochs: int,
+    batch_size: int = 16,
+    lr: float = 1e-4,
+    class_weights: str | Sequence[float] | None = "balanced",
+    device: str = "cpu",
+    seed: int = 0,
+    augment: bool = True,
+    log: Callable[[str], None] = print,
+    name: str | None = None,
+    config: dict | None = None,
+    test_items: Sequence[Any] | None = None,
+    training_data: dict | None = None,
+    version: str = "demo-0.1",
+    weight_decay: float = 1e-5,
+    max_minutes: float | None = None,
+    ct_is_hu: bool = True,
+) -> dict:
+    """Train a lesion classifier; return its metrics (and save it to ``out_dir`` if given).
+
+    Returns ``{"val": {...}, "val_calibrated": {...}, "test": {...} (if test_items), "calibration":
+    {...}, "best_epoch": .., "epochs_run": .., "train_time_s": .., "history": [...], "out_dir": ..}``.
+    ``max_minutes`` bounds the wall-clock training time (the best epoch so far is kept).
+    """
+    import torch
+
+    from LiverTumorAILib.models import registry
+
+    train = [_as_item(x) for x in train_items]
+    val = [_as_item(x) for x in val_items]
+    test = [_as_item(x) for x in test_items] if test_items is not None else None
+    if not train or not val:
+        raise ValueError("train_classifier needs non-empty training and validation items")
+    for it in train + val + (test or []):
+        if it.image.shape[0] != channels:
+            raise ValueError(f"item with {it.image.shape[0]} channels, expected {channels}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    cfg = dict(config or {})
+    cfg["in_channels"] = channels
+    if architecture == "hybrid3d" and channels == 2:
+        cfg.setdefault("fusion", "attention")
+    model = registry.build_model(architecture, cfg).to(device)
+    y_train = np.array([it.label for it in train], dtype=int)
+    if class_weights == "balanced":
+        counts = np.bincount(y_train, minlength=2).astype(float)
+        w = len(y_train) / (2.0 * np.maximum(counts, 1.0))
+    elif class_weights is None:
+        w = np.ones(2)
+    else:
+        w = np.asarray(class_weights, dtype=float)
+    weight = torch.as_tensor(w, dtype=torch.float32, device=device)
+    opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = max(1, math.ceil(len(train) / batch_size))
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs * steps_per_epoch), eta_min=lr * 0.05)
+    y_val = np.array([it.label for it in val], dtype=int)
+    d_val = np.array([it.diameter_mm for it in val], dtype=float)
+    log(
+        f"{architecture} C={channels}: {len(train)} train ({int(y_train.sum())} malignant), {len(val)} val "
+        f"({int(y_val.sum())} malignant); class weights {np.round(w, 3).tolist()}"
+    )
+    best: dict[str, Any] = {"auc": -1.0, "nll": float("inf"), "state": None, "epoch": -1}
+    history = []
+    t0 = time.time()
+    epoch = 0
+    for epoch in range(1, epochs + 1):
+        model.train()
+        order = rng.permutation(len(train))
+        total, seen = 0.0, 0
+        te = time.time()
+        for s in range(0, len(order), batch_size):
+            idx = order[s : s + batch_size]
+            if len(idx) < 2:  # BatchNorm needs more than one sample
+                continue
+            xb = np.stack([prepare_input(train[i].image, rng if augment else None, ct_is_hu=ct_is_hu) for i in idx])
+            yb = torch.as_tensor(y_train[idx], device=device)
+            out = model(torch.as_tensor(xb, device=device))
+            loss = _loss(out, yb, weight, torch)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            total += float(loss) * len(idx)
+            seen += len(idx)
+        logits = predict_logits(model, val, batch_size=batch_size, device=device, ct_is_hu=ct_is_hu)
+        auc = roc_auc(softmax(logits)[:, 1], y_val)
+        v_nll = nll(logits, y_val)
+        auc_key = auc if np.isfinite(auc) else 0.0
+        history.append({"epoch": epoch, "train_loss": round(total / max(seen, 1), 4), "val_auc": round(float(auc_key), 4), "val_nll": round(v_nll, 4)})
+        improved = auc_key > best["auc"] + 1e-9 or (abs(auc_key - best["auc"]) <= 1e-9 and v_nll < best["nll"])
+        if improved:
+            best.update(auc=auc_key, nll=v_nll, state=copy.deepcopy(model.state_dict()), epoch=epoch)
+        log(
+            f"epoch {epoch}/{epochs}: loss {total / max(seen, 1):.4f}  val AUC {auc_key:.4f}  val NLL {v_nll:.4f}"
+            f"{'  *' if improved else ''}  ({time.time() - te:.0f} s)"
+        )
+        if max_minutes is not None and (time.time() - t0) / 60.0 > max_minutes:
+            log(f"time budget of {max_minutes} min reached after epoch {epoch}")
+            break
+    train_time = time.time() - t0
+    model.load_state_dict(best["state"])
+    model.eval()
+    logits = predict_logits(model, val, batch_size=batch_size, device=device, ct_is_hu=ct_is_hu)
+    cal = calibration_record(logits, y_val)
+    t = float(cal["temperature"])
+    metrics: dict[str, Any] = {
+        "val": classification_metrics(logits, y_val, d_val, 1.0),
+        "val_calibrated": classification_metrics(logits, y_val, d_val, t),
+        "calibration": cal,
+        "best_epoch": best["epoch"],
+        "epochs_run": epoch,
+        "train_time_s": round(train_time, 1),
+        "history": history,
+    }
+    if test:
+        tl = predict_logits(model, test, batch_size=batch_size, device=device, ct_is_hu=ct_is_hu)
+        y_t = np.array([it.label for it in test], dtype=int)
+        d_t = np.array([it.diameter_mm for it in test], dtype=float)
+        metrics["test_uncalibrated"] = classification_metrics(tl, y_t, d_t, 1.0)
+        metrics["test"] = classification_metrics(tl, y_t, d_t, t)
+    log(f"best epoch {best['epoch']}: val AUC {metrics['val']['auc']}, T = {t:.3f}, val ECE {cal['ece_before']} -> {cal['ece_after']}")
+    if "test" in metrics:
+        m = metrics["test"]
+        log(f"test: AUC {m['auc']} (>=10 mm: {m['auc_ge10mm']}), ECE {metrics['test_uncalibrated']['ece']} -> {m['ece']}")
+    if out_dir is not None:
+        from LiverTumorAILib.weights import save_weights
+
+        manifest = {
+            "name": name or (architecture if channels == 1 else f"{architecture}-ctmri"),
+            "architecture": architecture,
+            "task": "classification",
+            "config": model.livertumorai_config,
+            "classes": list(CLASS_NAMES),
+            "inputs": ["CT"] if channels == 1 else ["CT", "MRI"],
+            "preprocessing": preprocessing_record(),
+            "training_data": training_data
+            or {"description": "unspecified", "synthetic": False, "n_train": len(train), "n_val": len(val)},
+            "training": {
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "optimizer": "Adam + cosine",
+                "weight_decay": weight_decay,
+                "aux_loss_weight": AUX_LOSS_WEIGHT,
+                "class_weights": [round(float(v), 4) for v in w],
+                "augment": augment,
+                "random_window_p": RANDOM_WINDOW_P,
+                "seed": seed,
+            },
+            "metrics": {k: v for k, v in metrics.items() if k != "history"},
+            "calibration": cal,
+            "decision_threshold": 0.5,
+            "version": version,
+        }
+        metrics["out_dir"] = str(save_weights(model, Path(out_dir), manifest, dtype="float16"))
+        log(f"saved {metrics['out_dir']}")
+    return metrics
