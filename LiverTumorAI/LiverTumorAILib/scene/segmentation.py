@@ -6,7 +6,7 @@ Re-running never destroys a user's edits: a new node with a unique name is creat
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Optional, Sequence
+from typing import Any, Mapping, Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -16,52 +16,10 @@ from vtk.util import numpy_support
 
 from ..errors import InputError
 from . import terminology as T
+from .labels import merged_labels
 from .volumes import ijk_to_ras_from_sitk, vtk_matrix
 
 SOURCE_ATTRIBUTE = "LiverTumorAI.Source"
-
-
-def _same_grid(a: sitk.Image, b: sitk.Image) -> bool:
-    return (
-        a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), atol=1e-4)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=1e-3)
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-5)
-    )
-
-
-def merged_labels(
-    label: sitk.Image, lesions: Optional[sitk.Image], lesion_info: Sequence[Mapping[str, Any]] = ()
-) -> tuple[np.ndarray, list[tuple[int, T.SegmentSpec]]]:
-    """(z, y, x) map with one value per output segment, and (value, spec) pairs.
-
-    Liver = label 1; lesion k = instance k; tumour voxels outside every instance (should not
-    happen, but the map is the engine's word) go to a 'Tumour' segment rather than vanish.
-    """
-    lab = sitk.GetArrayViewFromImage(label)
-    out = np.zeros(lab.shape, np.uint16)
-    specs: list[tuple[int, T.SegmentSpec]] = []
-    if np.any(lab == 1):
-        out[lab == 1] = 1
-        specs.append((1, T.liver_spec()))
-    classes = {int(d["id"]): d.get("predicted_class") for d in lesion_info if "id" in d}
-    inst = None
-    if lesions is not None:
-        if not _same_grid(label, lesions):
-            raise InputError("lesion map is not on the segmentation's grid")
-        inst = sitk.GetArrayViewFromImage(lesions)
-        ids = [int(i) for i in np.unique(inst) if i != 0]
-        for n, k in enumerate(ids):
-            value = n + 2
-            out[inst == k] = value
-            specs.append((value, T.lesion_spec(k, n, classes.get(k))))
-    rest = (lab == 2) & ((inst == 0) if inst is not None else True)
-    if np.any(rest):
-        value = len(specs) + 2
-        out[rest] = value
-        specs.append((value, T.SegmentSpec("Tumour", T.MORPHOLOGICALLY_ALTERED, T.NEOPLASM,
-                                           T.LESION_COLORS[0], T.LIVER)))
-    return out, specs
 
 
 def oriented_labelmap(array: np.ndarray, reference: sitk.Image) -> slicer.vtkOrientedImageData:
