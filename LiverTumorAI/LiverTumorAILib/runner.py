@@ -155,6 +155,26 @@ def phantom_command(
     return _engine(python) + ["phantom", "-o", str(outdir), "--count", str(count), "--seed", str(seed)]
 
 
+def export_command(
+    result_dir: os.PathLike | str,
+    outdir: os.PathLike | str,
+    formats: Sequence[str],
+    *,
+    ct_dicom: Optional[os.PathLike | str] = None,
+    coordinates: str = "RAS",
+    overwrite: bool = False,
+    python: Optional[str] = None,
+) -> List[str]:
+    """`livertumorai export RESULT_DIR -o OUT --formats a,b [--ct-dicom DIR] --coordinates C` (no JSON progress)."""
+    cmd = _engine(python) + ["export", str(result_dir), "-o", str(outdir), "--formats", ",".join(formats),
+                             "--coordinates", coordinates]
+    if ct_dicom:
+        cmd += ["--ct-dicom", str(ct_dicom)]
+    if overwrite:
+        cmd.append("--overwrite")
+    return cmd
+
+
 def device_probe_command(python: Optional[str] = None) -> List[str]:
     """A child that reports torch/CUDA/GPU as one JSON line on stdout.
 
