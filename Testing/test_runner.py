@@ -15,12 +15,14 @@ import time
 from pathlib import Path
 
 import pytest
+
 from LiverTumorAILib import runner as runner_mod
 from LiverTumorAILib.dependencies import describe_missing, missing_packages, pip_requirements
 from LiverTumorAILib.runner import (
     ProcessRunner,
     classify_command,
     device_probe_command,
+    export_command,
     format_device_info,
     parse_progress_line,
     phantom_command,
@@ -222,6 +224,10 @@ def test_command_builders(tmp_path):
     cmd = classify_command("ct.nrrd", "seg.nii.gz", tmp_path)
     assert cmd[3:7] == ["classify", "ct.nrrd", "--seg", "seg.nii.gz"] and "--progress" in cmd
     assert phantom_command(tmp_path, count=2, seed=5)[3:] == ["phantom", "-o", str(tmp_path), "--count", "2", "--seed", "5"]
+    assert phantom_command(tmp_path, size=64, slices=16)[-4:] == ["--size", "64", "--slices", "16"]
+    cmd = export_command("res", "out", ["dicom-seg", "html"], ct_dicom="dcm", coordinates="LPS", overwrite=True)
+    assert cmd[3:] == ["export", "res", "-o", "out", "--formats", "dicom-seg,html", "--coordinates", "LPS",
+                       "--ct-dicom", "dcm", "--overwrite"]
 
 
 def test_child_can_import_engine_from_any_cwd(tmp_path):
@@ -264,15 +270,35 @@ def _has_phantom_subcommand() -> bool:
         from LiverTumorAILib import cli  # noqa: F401
     except Exception:
         return False
-    src = Path(cli.__file__).read_text()
-    return "phantom" in src
+    try:
+        from LiverTumorAILib.phantom import generate_cohort  # noqa: F401
+    except Exception:
+        return False
+    return "phantom" in Path(cli.__file__).read_text()
 
 
 @pytest.mark.skipif(not _has_phantom_subcommand(), reason="`livertumorai phantom` not available yet")
 def test_real_engine_phantom(tmp_path):
-    runner = ProcessRunner(phantom_command(tmp_path / "ph", count=1, seed=3)).start()
+    runner = ProcessRunner(phantom_command(tmp_path / "ph", count=1, seed=3, size=64, slices=16)).start()
     events = _drain(runner, timeout=300)
     result = runner.result()
     assert result.ok, f"{result.error}\n{result.stderr_tail}"
     assert events[-1]["event"] == "exit"
     assert (tmp_path / "ph" / "case_000" / "ct.nii.gz").is_file()
+
+
+def test_commands_parse_with_the_real_cli(tmp_path):
+    """The command lines the Slicer module builds are accepted by the engine's own parser."""
+    cli = pytest.importorskip("LiverTumorAILib.cli")
+    parser = cli.build_parser()
+    seg = parser.parse_args(segment_command("ct.nrrd", "out", mri="m.nrrd", model="fusion", device="cpu",
+                                            classify=False, heatmap=False, weights="w")[3:])
+    assert (seg.command, seg.mri, seg.model, seg.device, seg.progress) == ("segment", "m.nrrd", "fusion", "cpu", "json")
+    assert seg.no_classify and seg.no_heatmap and seg.outdir == "out"
+    cls = parser.parse_args(classify_command("ct.nrrd", "seg.nii.gz", "out", device="cuda")[3:])
+    assert (cls.command, cls.seg, cls.device, cls.progress) == ("classify", "seg.nii.gz", "cuda", "json")
+    ph = parser.parse_args(phantom_command("ph", count=2, seed=4, size=64, slices=16)[3:])
+    assert (ph.count, ph.seed, ph.size, ph.slices) == (2, 4, 64, 16)
+    ex = parser.parse_args(export_command("res", "out", ["dicom-seg", "html"], ct_dicom="d", coordinates="LPS",
+                                          overwrite=True)[3:])
+    assert ex.formats == ["dicom-seg", "html"] and ex.ct_dicom == "d" and ex.overwrite

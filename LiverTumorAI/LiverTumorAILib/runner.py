@@ -149,10 +149,16 @@ def classify_command(
 
 
 def phantom_command(
-    outdir: os.PathLike | str, *, count: int = 1, seed: int = 0, python: Optional[str] = None
+    outdir: os.PathLike | str, *, count: int = 1, seed: int = 0, size: Optional[int] = None,
+    slices: Optional[int] = None, python: Optional[str] = None,
 ) -> List[str]:
-    """`livertumorai phantom -o DIR --count N --seed S` (synthetic cases for tests and demos)."""
-    return _engine(python) + ["phantom", "-o", str(outdir), "--count", str(count), "--seed", str(seed)]
+    """`livertumorai phantom -o DIR --count N --seed S [--size PX --slices N]` (synthetic test/demo cases)."""
+    cmd = _engine(python) + ["phantom", "-o", str(outdir), "--count", str(count), "--seed", str(seed)]
+    if size:
+        cmd += ["--size", str(size)]
+    if slices:
+        cmd += ["--slices", str(slices)]
+    return cmd
 
 
 def export_command(
