@@ -14,9 +14,9 @@ from functools import lru_cache
 @lru_cache(maxsize=1)
 def scene_available() -> bool:
     """True when MRML classes can be imported (3D Slicer or the slicer-core wheel)."""
-    if importlib.util.find_spec("slicer") is None:
-        return False
     try:
+        if importlib.util.find_spec("slicer") is None:
+            return False
         import slicer
 
         return hasattr(slicer, "vtkMRMLScene") and hasattr(slicer, "vtkMRMLSegmentationNode")
