@@ -20,7 +20,11 @@ if scene_available():
     from LiverTumorAILib.scene.heatmap import HEATMAP_ATTRIBUTE, set_heatmap_opacity
     from LiverTumorAILib.scene.segmentation import create_segmentation_node, segment_array, segment_tag
     from LiverTumorAILib.scene.table import table_rows
-    from LiverTumorAILib.scene.volumes import ijk_to_ras_from_sitk, sitk_from_volume_node, volume_node_from_sitk
+    from LiverTumorAILib.scene.volumes import (
+        ijk_to_ras_from_sitk,
+        sitk_from_volume_node,
+        volume_node_from_sitk,
+    )
 
 REPORT = {
     "liver_volume_ml": 12.5,
@@ -67,11 +71,11 @@ def _phantom():
     lesions[((z - 6) * 2.5) ** 2 + ((y - 18) * 0.8) ** 2 + ((x - 30) * 0.8) ** 2 < 3 ** 2] = 2
     label[lesions > 0] = 2
     ref = _image()
-    L = sitk.GetImageFromArray(label)
-    L.CopyInformation(ref)
-    I = sitk.GetImageFromArray(lesions)
-    I.CopyInformation(ref)
-    return ref, L, I
+    label_img = sitk.GetImageFromArray(label)
+    label_img.CopyInformation(ref)
+    lesion_img = sitk.GetImageFromArray(lesions)
+    lesion_img.CopyInformation(ref)
+    return ref, label_img, lesion_img
 
 
 def _assert_same(a: sitk.Image, b: sitk.Image) -> None:
