@@ -27,7 +27,10 @@ class Progress:
             raise ValueError(f"progress mode must be one of {MODES}, not {mode!r}")
         self.mode = mode
         self.stream = stream if stream is not None else sys.stderr
-        self._tty = bool(getattr(self.stream, "isatty", lambda: False)())
+        try:
+            self._tty = bool(self.stream.isatty())
+        except (AttributeError, OSError, ValueError):
+            self._tty = False
         self._bar_open = False
         self._last_plain: tuple = ("", -1)
         self._last_bar = 0.0
