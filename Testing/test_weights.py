@@ -64,6 +64,15 @@ def test_round_trip_fp32_identical(tmp_path, x):
     assert manifest["dtype"] == "float32" and len(manifest["sha256"]) == 64 and manifest["created"]
 
 
+def test_save_unwraps_and_handles_channels_last(tmp_path, x):
+    ref = _model()
+    wrapped = torch.nn.DataParallel(_model().to(memory_format=torch.channels_last))
+    weights.save_weights(wrapped, tmp_path / "w", {"name": "tam-unet"}, dtype="float32")
+    model, _ = weights.load_weights(tmp_path / "w")
+    with torch.inference_mode():
+        assert torch.equal(model(x), ref(x))
+
+
 def test_round_trip_fp16_close(tmp_path, x):
     ref = _model()
     model, manifest = weights.load_weights(_save(tmp_path / "w", dtype="float16"))

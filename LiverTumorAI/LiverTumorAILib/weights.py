@@ -217,6 +217,7 @@ def save_weights(model: nn.Module, folder: PathLike, manifest: dict, dtype: str 
     if dtype not in SUPPORTED_DTYPES:
         raise WeightsError(f"save_weights: dtype {dtype!r} not one of {', '.join(SUPPORTED_DTYPES)}")
     folder = Path(folder)
+    model = unwrap_model(model)
     out = dict(manifest)
     out.setdefault("architecture", getattr(model, "livertumorai_architecture", None))
     out.setdefault("config", getattr(model, "livertumorai_config", None))
@@ -261,6 +262,20 @@ def save_weights(model: nn.Module, folder: PathLike, manifest: dict, dtype: str 
     except OSError as exc:
         raise WeightsError(f"{folder}: cannot write weights ({exc.strerror or exc})") from None
     return folder
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The bare model inside DistributedDataParallel / DataParallel / torch.compile wrappers,
+    so saved keys never carry ``module.`` or ``_orig_mod.`` prefixes."""
+    from torch import nn
+
+    while True:
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
