@@ -112,6 +112,8 @@ def test_dual_stream_channels_and_gradients_reach_both_streams():
     only_spatial = [i for i in m.spatial_index if i not in m.context_index]
     assert ct.grad[:, only_context].abs().sum() > 0
     assert ct.grad[:, only_spatial].abs().sum() > 0
+    m2 = registry.build_model("dual-stream", {"context_offsets": [-8, 0, 8]})
+    assert m2.ct_offsets == [-8, -3, -2, -1, 0, 1, 2, 3, 8] == m2.livertumorai_config["ct_offsets"]
     with pytest.raises(ValueError, match="union"):
         registry.build_model("dual-stream", {"ct_offsets": [0]})
 

@@ -143,6 +143,13 @@ class DualStreamNet(nn.Module):
             "context_downsample": 2,
         }
 
+    @classmethod
+    def complete_config(cls, cfg: dict, overrides: dict) -> dict:
+        """Derive ``ct_offsets`` from the stream offsets unless the caller set it explicitly."""
+        if "ct_offsets" not in overrides:
+            cfg = {**cfg, "ct_offsets": sorted({int(o) for o in cfg["spatial_offsets"]} | {int(o) for o in cfg["context_offsets"]})}
+        return cfg
+
     def forward(self, ct: torch.Tensor, mri: Optional[torch.Tensor] = None) -> torch.Tensor:
         maps: Optional[dict] = {} if self.keep_attention else None
         xs = ct.index_select(1, self._sidx)

@@ -11,6 +11,8 @@ How a module advertises its classes (checked in this order):
 
 Default config: ``cls.default_config()`` if the class has it, else the keyword defaults
 of ``cls.__init__`` (every model's ``__init__`` takes its config keys as keyword args).
+A class may also define ``complete_config(cfg, overrides) -> cfg`` to fill derived keys
+after the caller's overrides are merged in.
 """
 
 from __future__ import annotations
@@ -119,6 +121,8 @@ def build_model(architecture: str, config: Optional[dict] = None):
                 f"(accepted: {', '.join(sorted(cfg))})"
             )
         cfg.update(_jsonable(config))
+    if hasattr(cls, "complete_config"):  # derived keys, e.g. dual-stream's ct_offsets
+        cfg = _jsonable(cls.complete_config(cfg, dict(config or {})))
     model = cls(**cfg)
     model.livertumorai_architecture = architecture
     model.livertumorai_config = cfg
