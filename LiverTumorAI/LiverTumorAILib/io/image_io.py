@@ -142,6 +142,49 @@ def _check_pixels(name: str, image: sitk.Image, what: str) -> None:
             raise InputError(f"{name}: every voxel has the same value ({lo:g}); the image is blank")
 
 
+_BYTES_PER_VOXEL = {sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2,
+                    sitk.sitkUInt32: 4, sitk.sitkInt32: 4, sitk.sitkFloat32: 4}
+#: Deflate (gzip/zlib) cannot compress better than ~1032:1, so a .nii/.nii.gz/.nrrd/.mha file
+#: claiming more raw bytes than this times its size has a damaged header.
+_MAX_DEFLATE_RATIO = 1100
+
+
+def _check_memory_budget(name: str, path: Optional[Path], size: Sequence[int], pixel_id: int) -> None:
+    """Before allocating: does the claimed volume fit the file and this computer's memory?"""
+    need = math.prod(int(s) for s in size) * _BYTES_PER_VOXEL.get(pixel_id, 8)
+    if path is not None and path.is_file() and _deflate_or_raw(path):
+        have = path.stat().st_size
+        if need > _MAX_DEFLATE_RATIO * have + 65536:
+            raise InputError(f"{name}: header claims a {_fmt_size(size)} volume ({need / 2**20:.0f} MB) but the file "
+                             f"holds only {have / 2**20:.1f} MB; the file is truncated or its header is damaged")
+    try:
+        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return
+    if need > 0.75 * ram:
+        raise InputError(f"{name}: a {_fmt_size(size)} volume needs {need / 2**30:.1f} GB of memory, more than "
+                         f"this computer has ({ram / 2**30:.1f} GB)")
+
+
+def _deflate_or_raw(path: Path) -> bool:
+    """Formats whose pixel data is stored raw or deflate-compressed inside this very file."""
+    lower = path.name.lower()
+    if lower.endswith((".nii", ".nii.gz")):
+        return True
+    if lower.endswith((".nrrd", ".mha")):
+        try:
+            with open(path, "rb") as f:
+                head = f.read(4096).decode("latin-1").lower()
+        except OSError:
+            return False
+        if lower.endswith(".nrrd"):
+            enc = [ln.split(":", 1)[1].strip() for ln in head.splitlines() if ln.startswith("encoding:")]
+            detached = any(ln.startswith(("data file:", "datafile:")) for ln in head.splitlines())
+            return bool(enc) and enc[0] in ("raw", "gzip", "gz") and not detached
+        return "elementdatafile = local" in " ".join(head.split())
+    return False
+
+
 # --------------------------------------------------------------------------- NIfTI raw checks
 
 _NIFTI_FLOAT_TYPES = {16: "<f4", 64: "<f8"}
@@ -317,6 +360,7 @@ def _read_dicom_files(shown: Path, uid: str, files: List[str], where: Path, what
         return LoadedImage(image=None, path=shown, message=f"{name}: DICOM series, {len(files)} files",
                            files=[Path(f) for f in files], series_uid=uid, series_description=desc,
                            other_series=others)
+    _check_memory_budget(name, None, size, info.GetPixelID())
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -398,6 +442,7 @@ def _load_image(path: Path, what: str, pixels: bool = True) -> LoadedImage:
                   reader.GetPixelID(), reader.GetDirection() if dim == 3 else ())
     if not pixels:
         return LoadedImage(image=None, path=path, message=f"{name}: {_fmt_size(size)}", files=[path])
+    _check_memory_budget(name, path, size, reader.GetPixelID())
     _nifti_checks(path, name)
     try:
         image = reader.Execute()
