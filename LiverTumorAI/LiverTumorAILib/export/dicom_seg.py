@@ -8,6 +8,7 @@ onto the DICOM frames, so the result grid and the DICOM slice order need not agr
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -187,7 +188,16 @@ def write_dicom_seg(
     mask = frames_mask(data, series)
     if not mask.any():
         raise InputError("segmentation does not overlap the CT DICOM series (different patient or grid?)")
-    seg = hd.seg.Segmentation(
+    with warnings.catch_warnings():  # e.g. single-component PatientName in the source: its data, not ours
+        warnings.simplefilter("ignore", UserWarning)
+        seg = _segmentation(hd, data, series, mask)
+    path = out_dir / "segmentation.dcm"
+    seg.save_as(path)
+    return [path, *written]
+
+
+def _segmentation(hd, data: ResultData, series: Sequence, mask: np.ndarray):
+    return hd.seg.Segmentation(
         source_images=list(series),
         pixel_array=mask.astype(np.uint8 if len(data.specs) < 255 else np.uint16),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -204,9 +214,6 @@ def write_dicom_seg(
         content_label="LIVERTUMORAI",
         content_description=T.model_tag(data.report)[:64],
     )
-    path = out_dir / "segmentation.dcm"
-    seg.save_as(path)
-    return [path, *written]
 
 
 def _is_dicom(path: Path) -> bool:
