@@ -129,12 +129,12 @@ def segment_into(
     models_used: dict[str, Any] = {"segmentation": _model_entry(seg_model)}
     if localizer is not None:
         models_used["localizer"] = _model_entry(localizer)
-    gradcam_maps: dict[str, np.ndarray] = {}
+    gradcam_map = None
     lesion_image = array_to_image(lesions, ct)
     if classify and lesion_rows:
         progress.stage("classify", 0.0)
         t0 = time.perf_counter()
-        calls, cls_models, gradcam_maps = _classify(ct, lesion_image, mri, weights_dir, torch_device, heatmaps != "none")
+        calls, cls_models, gradcam_map = _classify(ct, lesion_image, mri, weights_dir, torch_device, heatmaps != "none")
         timing["classify"] = time.perf_counter() - t0
         models_used.update(cls_models)
         by_id = {c["id"]: c for c in calls}
@@ -152,7 +152,7 @@ def segment_into(
     _write_image(lesions, ct, folder / "lesions.nii.gz")
     heatmap = None
     if heatmaps != "none":
-        heatmap = _write_heatmaps(folder, ct, label, out.attention, gradcam_maps, heatmaps == "all")
+        heatmap = _write_heatmaps(folder, ct, label, out.attention, gradcam_map, heatmaps == "all")
     timing["heatmap_and_write"] = time.perf_counter() - t0
 
     report = {
@@ -179,30 +179,41 @@ def segment_into(
 
 
 def _classify(ct, lesion_image, mri, weights_dir, device, gradcam: bool):
-    """Lesion table entries, the classifier models used, and Grad-CAM maps on the CT grid."""
-    from LiverTumorAILib.classification.classify import classify_lesions
+    """Lesion table entries, the classifier models used, and the Grad-CAM map on the CT grid (or None)."""
+    from LiverTumorAILib.classification.classify import classify_lesions, gradcam_on_grid, json_ready
 
-    result = classify_lesions(ct, lesion_image, mri, weights_dir=weights_dir, device=str(device), gradcam=gradcam)
-    calls = result if isinstance(result, list) else result["lesions"]
-    maps = {} if isinstance(result, list) else result.get("gradcam", {})
+    results = classify_lesions(
+        ct, lesion_image, mri, weights_dir=weights_dir, device=str(device), gradcam=gradcam, require_weights=False
+    )
+    cam = gradcam_on_grid(results, ct) if gradcam and any("gradcam" in r for r in results) else None
+    calls = json_ready(results)
     models = {}
     for call in calls:
         name = call.get("model")
         if name and name not in models:
-            models[name] = {"name": name, "version": call.get("model_version", "unknown"),
-                            "synthetic": bool(call.get("synthetic", True))}
-    return calls, {f"classifier:{k}": v for k, v in models.items()}, maps
+            models[f"classifier:{name}"] = {
+                "name": name, "version": call.get("weights_version", "unknown"),
+                "synthetic": bool(call.get("synthetic_weights", False)),
+            }
+            if models[f"classifier:{name}"]["synthetic"]:
+                models[f"classifier:{name}"]["notice"] = DEMO_WEIGHTS_NOTICE
+    return calls, models, cam
 
 
-def _write_heatmaps(folder, ct, label, attention, gradcam, write_all: bool) -> np.ndarray:
-    from LiverTumorAILib.heatmaps.combine import combine_heatmaps
+def _write_heatmaps(folder, ct, label, attention: dict, gradcam, write_all: bool) -> np.ndarray:
+    """`heatmap.nii.gz` (combined, masked to the dilated liver) and per-source maps with `--heatmaps all`."""
+    from LiverTumorAILib.heatmaps.combine import heatmap_images
+    from LiverTumorAILib.io.image_io import write_image
 
-    heatmap = combine_heatmaps(attention, gradcam, liver_mask=label >= 1, spacing_zyx=tuple(reversed(ct.GetSpacing())))
-    _write_image(heatmap.astype(np.float32), ct, folder / "heatmap.nii.gz")
-    if write_all:
-        for name, array in {**attention, **{f"gradcam_{k}": v for k, v in gradcam.items()}}.items():
-            _write_image(np.asarray(array, dtype=np.float32), ct, folder / f"heatmap_{name}.nii.gz")
-    return heatmap
+    sources = {name: array_to_image(arr, ct) for name, arr in attention.items()}
+    if gradcam is not None:
+        sources["gradcam"] = gradcam
+    files = heatmap_images(
+        sources, ct, mode="all" if write_all else "combined", liver_mask=array_to_image(label, ct)
+    )
+    for name, image in files.items():
+        write_image(image, folder / name)
+    return sitk.GetArrayFromImage(files["heatmap.nii.gz"])
 
 
 def _write_scene(folder, ct, mri, label, lesions, heatmap, report, ct_path, progress) -> None:
