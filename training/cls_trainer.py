@@ -303,7 +303,7 @@ def train_classifier(
             loss.backward()
             opt.step()
             sched.step()
-            total += float(loss) * len(idx)
+            total += float(loss.detach()) * len(idx)
             seen += len(idx)
         logits = predict_logits(model, val, batch_size=batch_size, device=device, ct_is_hu=ct_is_hu)
         auc = roc_auc(softmax(logits)[:, 1], y_val)

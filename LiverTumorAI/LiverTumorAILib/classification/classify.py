@@ -178,7 +178,8 @@ def classify_lesions(
     use_mri = mri if in_ch == 2 else None
     if mri is not None and in_ch == 1 and not note_w:
         note_w = "CT-only classifier: MRI not used"
-    crops = extract_lesion_crops(ct, lesions, use_mri, geometries=geos)
+    size = int(manifest.get("config", {}).get("crop_size", 64))
+    crops = extract_lesion_crops(ct, lesions, use_mri, geometries=geos, size=size)
     logits, cams = _predict(model, crops, dev, gradcam)
     cal = manifest.get("calibration") or {}
     temperature = float(cal.get("temperature", 1.0)) if isinstance(cal, dict) else 1.0

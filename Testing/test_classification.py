@@ -1,0 +1,351 @@
+"""Lesion classification: crops, hybrid3d / 2D baselines, calibration, Grad-CAM, classify_lesions,
+heatmap combination and the classifier trainer. Fast (small synthetic volumes, a tiny model)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+torch = pytest.importorskip("torch")
+
+from LiverTumorAILib.classification import calibration as cal  # noqa: E402
+from LiverTumorAILib.classification.classify import classify_lesions, gradcam_on_grid, json_ready  # noqa: E402
+from LiverTumorAILib.classification.crops import (  # noqa: E402
+    FOV_MAX_MM,
+    crop_side_mm,
+    extract_lesion_crops,
+    normalise_ct,
+)
+from LiverTumorAILib.classification.gradcam import gradcam3d, paste_crop_maps  # noqa: E402
+from LiverTumorAILib.heatmaps.combine import combine_heatmaps, heatmap_images  # noqa: E402
+from LiverTumorAILib.models import registry  # noqa: E402
+from LiverTumorAILib.models.classifiers2d import slice_majority_vote  # noqa: E402
+
+#: A tiny hybrid3d working on 32^3 crops (the architecture is size-agnostic; ``crop_size`` in the
+#: config makes classify_lesions extract crops of that size), so the test trains in seconds.
+TINY = {"channels": [4, 8, 16, 32], "fc_hidden": 16, "attention_reduction": 4, "dropout": 0.0, "crop_size": 32}
+S = TINY["crop_size"]
+
+
+# ----------------------------------------------------------------------------- synthetic data
+def toy_lesion_hu(rng, radius: float, malignant: bool, size: int = S, centre=None, liver: float = 110.0) -> np.ndarray:
+    """HU volume: liver background with a hypodense lesion; malignant ones have an enhancing rim."""
+    c = np.full(3, (size - 1) / 2.0) if centre is None else np.asarray(centre, float)
+    z, y, x = np.indices((size,) * 3, dtype=np.float32)
+    d = np.sqrt((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2)
+    hu = np.full((size,) * 3, liver, np.float32) + rng.normal(0, 8, (size,) * 3).astype(np.float32)
+    if malignant:
+        hu[d <= radius] = 35.0
+        hu[(d <= radius) & (d > radius - 2)] = 175.0
+    else:
+        hu[d <= radius] = 50.0
+    return hu + rng.normal(0, 8, hu.shape).astype(np.float32) * (d <= radius)
+
+
+def toy_items(n: int, seed: int):
+    from training.cls_trainer import CropItem
+
+    rng = np.random.default_rng(seed)
+    items = []
+    for i in range(n):
+        label = i % 2
+        r = rng.uniform(5.5, 9)
+        items.append(CropItem(toy_lesion_hu(rng, r, bool(label))[None], label, 2 * r * 1.4, "toy", i))
+    return items
+
+
+def make_ct(size=(80, 80, 32), spacing=(1.0, 1.0, 2.5), direction=None, lesions=(), seed=0, liver=110.0):
+    """CT (int16 HU, background liver) and uint16 lesion map; lesions: (centre_lps, radius_mm, malignant)."""
+    rng = np.random.default_rng(seed)
+    ct = sitk.Image(list(size), sitk.sitkInt16)
+    ct.SetSpacing(spacing)
+    if direction is not None:
+        ct.SetDirection(direction)
+    # origin such that the physical centre of the image is at (0, 0, 0)
+    d = np.asarray(ct.GetDirection()).reshape(3, 3)
+    half = d @ (np.asarray(spacing) * (np.asarray(size) - 1) / 2.0)
+    ct.SetOrigin((-half).tolist())
+    idx = np.indices(size[::-1], dtype=np.float64)  # z, y, x
+    xyz = np.stack([idx[2], idx[1], idx[0]]).reshape(3, -1)
+    phys = (d * np.asarray(spacing)[None, :]) @ xyz + np.asarray(ct.GetOrigin())[:, None]
+    hu = np.full(size[::-1], liver, np.float32) + rng.normal(0, 8, size[::-1])
+    lab = np.zeros(size[::-1], np.uint16)
+    for k, (centre, radius, malignant) in enumerate(lesions, start=1):
+        dist = np.linalg.norm(phys - np.asarray(centre, float)[:, None], axis=0).reshape(size[::-1])
+        inside = dist <= radius
+        lab[inside] = k
+        if malignant:
+            hu[inside] = 35.0
+            hu[inside & (dist > radius - 2.5)] = 175.0
+        else:
+            hu[inside] = 50.0
+    img = sitk.GetImageFromArray(np.round(hu).astype(np.int16))
+    img.CopyInformation(ct)
+    les = sitk.GetImageFromArray(lab)
+    les.CopyInformation(ct)
+    return img, les
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny hybrid3d trained for a few epochs on toy crops, saved as a weights folder."""
+    from training.cls_trainer import train_classifier
+
+    torch.manual_seed(0)
+    out = tmp_path_factory.mktemp("weights") / "hybrid3d"
+    metrics = train_classifier(
+        toy_items(48, 1),
+        toy_items(16, 2),
+        out_dir=out,
+        epochs=6,
+        batch_size=8,
+        lr=3e-3,
+        config=dict(TINY),
+        test_items=toy_items(8, 3),
+        training_data={"description": "toy spheres (unit test)", "synthetic": True},
+        log=lambda s: None,
+    )
+    return out, metrics
+
+
+# ----------------------------------------------------------------------------- models
+@pytest.mark.parametrize("channels,fusion", [(1, "early"), (2, "early"), (2, "attention")])
+def test_hybrid3d_shapes(channels, fusion):
+    model = registry.build_model("hybrid3d", {"in_channels": channels, "fusion": fusion})
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, channels, 64, 64, 64))
+    assert set(out) == {"logits", "aux_logits"}
+    assert out["logits"].shape == (2, 2) and out["aux_logits"].shape == (2, 2)
+    assert registry.default_config("hybrid3d")["channels"] == [16, 32, 64, 128]
+    with pytest.raises(ValueError):
+        model(torch.zeros(1, 3 - channels, 64, 64, 64))
+
+
+def test_2d_baselines_and_majority_vote():
+    labels, votes = slice_majority_vote(np.array([[[2.0, 0], [0, 1], [0, 3]], [[0, 1.0], [2, 0], [0.5, 0]]]))
+    assert labels.tolist() == [1, 0]
+    np.testing.assert_allclose(votes[0], [1 / 3, 2 / 3])
+    # a 1:1 tie is broken by the mean probability
+    labels, _ = slice_majority_vote(np.array([[[0.0, 0.2], [3.0, 0.0]]]))
+    assert labels.tolist() == [0]
+    for arch in ("resnet50-2d", "densenet121-2d"):
+        m = registry.build_model(arch, {"n_slices": 3, "slice_stride": 4})
+        m.eval()
+        with torch.no_grad():
+            out = m(torch.randn(1, 1, 32, 32, 32))
+        assert out["logits"].shape == (1, 2) and out["slice_logits"].shape == (1, 3, 2)
+        assert int(out["majority"][0]) == int(slice_majority_vote(out["slice_logits"])[0][0])
+
+
+# ----------------------------------------------------------------------------- crops
+def _mask_centre(mask: np.ndarray) -> np.ndarray:
+    return np.argwhere(mask > 0).mean(axis=0)
+
+
+def test_crop_side_rule():
+    assert crop_side_mm(4.0) == 32.0  # min clamp
+    assert crop_side_mm(40.0) == pytest.approx(76.0)
+    assert crop_side_mm(120.0) == FOV_MAX_MM  # max clamp, lesion still fits
+    assert crop_side_mm(200.0) == pytest.approx(220.0)  # larger than max: whole lesion scaled in
+
+
+def test_crop_at_image_border_is_padded_with_air():
+    ct, les = make_ct(lesions=[((-36.0, -36.0, -36.0), 8.0, True)])  # corner of the volume
+    (crop,) = extract_lesion_crops(ct, les)
+    assert crop.image.shape == (1, 64, 64, 64)
+    assert crop.outside_fraction > 0.3
+    air = float(normalise_ct(np.array(-1000.0)))
+    assert np.isclose(crop.image[0, 0, 0, 0], air)  # padded corner = window minimum
+    assert np.isfinite(crop.image).all()
+    # the lesion part inside the image is where it should be: towards the crop centre
+    assert np.all(np.abs(_mask_centre(crop.mask) - 31.5) < 8)
+
+
+def test_lesion_larger_than_crop_is_scaled_in_whole():
+    ct, les = make_ct(size=(72, 72, 72), spacing=(4.0, 4.0, 4.0), lesions=[((0.0, 0.0, 0.0), 100.0, False)])
+    (crop,) = extract_lesion_crops(ct, les)
+    assert crop.larger_than_max_fov and crop.side_mm > FOV_MAX_MM
+    m = crop.mask
+    assert m.sum() > 0
+    # no lesion voxel touches the crop faces: the whole lesion is inside
+    assert not (m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any() or m[:, :, 0].any() or m[:, :, -1].any())
+
+
+def test_crop_geometry_on_flipped_volume():
+    lesion = ((6.0, -9.0, 12.0), 9.0, True)
+    ct_a, les_a = make_ct(lesions=[lesion], seed=3)
+    flip = (-1.0, 0, 0, 0, -1.0, 0, 0, 0, -1.0)
+    ct_b, les_b = make_ct(direction=flip, lesions=[lesion], seed=3)
+    (a,) = extract_lesion_crops(ct_a, les_a)
+    (b,) = extract_lesion_crops(ct_b, les_b)
+    for crop in (a, b):
+        assert np.all(np.abs(_mask_centre(crop.mask) - 31.5) < 1.0)  # lesion at the crop centre
+    np.testing.assert_allclose(a.origin, b.origin, atol=1e-3)
+    # same anatomy -> same crop (up to the noise, which is not flipped with the grid)
+    assert np.mean(a.mask != b.mask) < 0.01
+    inside = a.mask > 0
+    assert abs(a.image[0][inside].mean() - b.image[0][inside].mean()) < 0.05
+
+
+def test_crop_with_mri_on_its_own_grid():
+    ct, les = make_ct(lesions=[((0.0, 0.0, 0.0), 10.0, True)])
+    arr = np.random.default_rng(0).normal(100.0, 10.0, (20, 40, 40)).astype(np.float32)
+    arr[7:13, 15:25, 15:25] = 400.0  # bright blob at the centre
+    mri = sitk.GetImageFromArray(arr)
+    mri.SetSpacing((2.0, 2.0, 4.0))
+    mri.SetOrigin((-39.0, -39.0, -38.0))
+    (crop,) = extract_lesion_crops(ct, les, mri)
+    assert crop.image.shape == (2, 64, 64, 64) and crop.channels == ("CT", "MRI")
+    m = crop.image[1]
+    assert m[32, 32, 32] > m[5, 5, 5]
+
+
+# ----------------------------------------------------------------------------- calibration
+def test_temperature_scaling_reduces_nll_and_ece_on_held_out_data():
+    rng = np.random.default_rng(0)
+
+    def sample(n):
+        margin = rng.normal(0, 1.5, n)
+        y = (rng.random(n) < 1 / (1 + np.exp(-margin))).astype(int)
+        return np.stack([np.zeros(n), 4.0 * margin], axis=1), y  # 4x over-confident logits
+
+    z_val, y_val = sample(2000)
+    z_test, y_test = sample(2000)
+    t = cal.fit_temperature(z_val, y_val)
+    assert 3.0 < t < 5.0
+    assert cal.nll(z_test, y_test, t) < cal.nll(z_test, y_test) - 0.05
+    ece_before = cal.expected_calibration_error(cal.softmax(z_test), y_test)
+    ece_after = cal.expected_calibration_error(cal.softmax(z_test, t), y_test)
+    assert ece_after < 0.5 * ece_before and ece_after < 0.05
+    assert cal.roc_auc(cal.softmax(z_test, t)[:, 1], y_test) == pytest.approx(cal.roc_auc(z_test[:, 1], y_test))
+    rec = cal.calibration_record(z_val, y_val)
+    assert rec["ece_after"] < rec["ece_before"] and rec["temperature"] == pytest.approx(t, rel=1e-4)
+    assert cal.fit_temperature(z_val[:5], np.zeros(5, int)) == 1.0  # one class: nothing to fit
+
+
+# ----------------------------------------------------------------------------- trainer + Grad-CAM + classify
+def test_trainer_saves_calibrated_manifest(trained):
+    from LiverTumorAILib.weights import load_weights
+
+    folder, metrics = trained
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["task"] == "classification" and manifest["architecture"] == "hybrid3d"
+    assert manifest["dtype"] == "float16" and manifest["training_data"]["synthetic"] is True
+    assert manifest["calibration"]["temperature"] > 0 and "ece_after" in manifest["calibration"]
+    assert manifest["preprocessing"]["window_hu"] == [-100.0, 400.0]
+    assert metrics["val"]["auc"] is not None and metrics["test"]["auc"] is not None
+    model, _ = load_weights(folder)
+    assert model.livertumorai_config["channels"] == TINY["channels"]
+
+
+def test_gradcam_differs_between_lesions_and_concentrates_on_them(trained):
+    from LiverTumorAILib.weights import load_weights
+    from training.cls_trainer import prepare_input
+
+    model, _ = load_weights(trained[0])
+    rng = np.random.default_rng(7)
+    a = toy_lesion_hu(rng, 8, True)
+    b = toy_lesion_hu(rng, 5.5, True)
+    x = torch.as_tensor(np.stack([prepare_input(a[None]), prepare_input(b[None])]))
+    cams = gradcam3d(model, x)
+    assert cams.shape == (2, S, S, S) and cams.min() >= 0 and cams.max() <= 1
+    assert cams[0].max() > 0 and cams[1].max() > 0
+    assert np.abs(cams[0] - cams[1]).mean() > 1e-3
+    c = (S - 1) / 2.0
+    z, y, xx = np.indices((S,) * 3)
+    d = np.sqrt((z - c) ** 2 + (y - c) ** 2 + (xx - c) ** 2)
+    near = d <= 8 + 3  # lesion plus a rim of 3 voxels
+    assert cams[0][near].mean() > 1.5 * cams[0][~near].mean()
+
+
+def test_classify_lesions_on_truth_segmentation(trained):
+    folder, _ = trained
+    flip = (-1.0, 0, 0, 0, 1.0, 0, 0, 0, -1.0)
+    ct, les = make_ct(
+        size=(96, 96, 40),
+        direction=flip,
+        lesions=[((-20.0, -15.0, 0.0), 10.0, True), ((20.0, 15.0, 10.0), 9.0, False), ((0.0, 25.0, -20.0), 3.0, True)],
+    )
+    res = classify_lesions(ct, les, weights_dir=folder.parent, gradcam=True)
+    assert [r["id"] for r in res] == [1, 2, 3]
+    for r in res:
+        assert 0.0 <= r["malignancy_probability"] <= 1.0
+        assert r["model"] == "hybrid3d" and r["modality"] == "CT" and r["calibrated"]
+    assert res[2]["predicted_class"] == "indeterminate" and not res[2]["reliable"] and "10 mm" in res[2]["note"]
+    assert res[0]["predicted_class"] in ("benign", "malignant") and res[0]["reliable"]
+    json.dumps(json_ready(res))
+    cam = gradcam_on_grid(res, ct)
+    assert cam.GetSize() == ct.GetSize() and cam.GetDirection() == ct.GetDirection()
+    arr = sitk.GetArrayFromImage(cam)
+    lab = sitk.GetArrayFromImage(les)
+    assert 0.0 <= arr.min() and arr.max() <= 1.0 and arr.max() > 0
+    assert arr[lab == 1].mean() > arr[lab == 0].mean()
+
+
+def test_classify_lesions_without_weights(monkeypatch, tmp_path):
+    import LiverTumorAILib.weights as w
+    from LiverTumorAILib.errors import WeightsError
+
+    monkeypatch.setattr(w, "bundled_models_dirs", lambda: [tmp_path / "none"])
+    monkeypatch.delenv(w.ENV_MODELS, raising=False)
+    ct, les = make_ct(lesions=[((0.0, 0.0, 0.0), 8.0, True)])
+    with pytest.raises(WeightsError):
+        classify_lesions(ct, les, weights_dir=tmp_path)
+    (r,) = classify_lesions(ct, les, weights_dir=tmp_path, require_weights=False)
+    assert r["malignancy_probability"] is None and r["predicted_class"] == "indeterminate" and not r["reliable"]
+
+
+def test_paste_crop_maps_lands_on_the_lesion():
+    flip = (-1.0, 0, 0, 0, -1.0, 0, 0, 0, 1.0)
+    ct, les = make_ct(direction=flip, lesions=[((10.0, -12.0, 5.0), 8.0, True)])
+    (crop,) = extract_lesion_crops(ct, les)
+    cam = crop.mask.astype(np.float32)  # a "map" that is exactly the lesion
+    img = paste_crop_maps([crop], [cam], ct)
+    arr = sitk.GetArrayFromImage(img)
+    lab = sitk.GetArrayFromImage(les) > 0
+    assert arr[lab].mean() > 0.7 and arr[~lab].mean() < 0.01
+
+
+def test_bundled_classifier_if_present():
+    from LiverTumorAILib.errors import WeightsError
+    from LiverTumorAILib.weights import find_weights
+
+    try:
+        find_weights("hybrid3d")
+    except WeightsError:
+        pytest.skip("bundled Resources/Models/hybrid3d weights are absent")
+    ct, les = make_ct(lesions=[((0.0, 0.0, 0.0), 12.0, True)])
+    (r,) = classify_lesions(ct, les, gradcam=False)
+    assert 0.0 <= r["malignancy_probability"] <= 1.0 and r["synthetic_weights"]
+
+
+# ----------------------------------------------------------------------------- heatmaps
+def test_combine_heatmaps_max_rule_on_ct_grid():
+    ct, les = make_ct(size=(40, 40, 20), lesions=[((0.0, 0.0, 0.0), 6.0, True)])
+    a = sitk.GetImageFromArray(np.full((20, 40, 40), 0.25, np.float32))
+    a.CopyInformation(ct)
+    arr = sitk.GetArrayFromImage(a)
+    arr[10, 20, 20] = 0.5
+    a = sitk.GetImageFromArray(arr)
+    a.CopyInformation(ct)
+    # a source on another grid (coarser, its own origin) is resampled
+    b = sitk.Image([10, 10, 5], sitk.sitkFloat32) + 2.0
+    b.SetSpacing((4.0, 4.0, 10.0))
+    b.SetOrigin((-10.0, -10.0, -15.0))
+    out = combine_heatmaps({"segmentation": a, "gradcam": b}, ct)
+    o = sitk.GetArrayFromImage(out)
+    assert out.GetSize() == ct.GetSize() and out.GetOrigin() == ct.GetOrigin()
+    assert out.GetPixelID() == sitk.sitkFloat32 and o.min() >= 0 and o.max() <= 1
+    assert o[10, 20, 20] == pytest.approx(1.0)  # covered by b (max 1 after normalisation)
+    assert o[0, 0, 0] == pytest.approx(0.5)  # outside b: a normalised (0.25 / 0.5)
+    liver = sitk.Cast(les > 0, sitk.sitkUInt8)
+    masked = sitk.GetArrayFromImage(combine_heatmaps({"segmentation": a}, ct, liver_mask=liver, dilate_mm=2.0))
+    assert masked[0, 0, 0] == 0.0 and masked[10, 20, 20] == pytest.approx(1.0)
+    files = heatmap_images({"segmentation": a, "Grad CAM": b}, ct, mode="all")
+    assert set(files) == {"heatmap.nii.gz", "heatmap_segmentation.nii.gz", "heatmap_grad-cam.nii.gz"}
+    empty = sitk.GetArrayFromImage(combine_heatmaps({}, ct))
+    assert empty.shape == (20, 40, 40) and not empty.any()
