@@ -460,7 +460,9 @@ class LiverTumorAILogic(ScriptedLoadableModuleLogic):
             base = pathlib.Path(folder)
             candidates += [base, base / model]
         moduleDir = pathlib.Path(__file__).resolve().parent
-        candidates += [moduleDir / "Resources" / "Models" / model, moduleDir.parent / "Resources" / "Models" / model]
+        if not (folder and strict):  # a folder the user picked must itself hold the weights
+            candidates += [moduleDir / "Resources" / "Models" / model,
+                           moduleDir.parent / "Resources" / "Models" / model]
         for candidate in candidates:
             manifestPath = candidate / "manifest.json"
             if manifestPath.is_file():
