@@ -65,9 +65,11 @@ def phantom_cases(count: int, *, seed: int = 0, size: int = 128, slices: int = 3
         raise InputError(f"phantom:N needs N >= 1, got {count}")
     cases = []
     for i in range(count):
+        kwargs = dict(size=size, slices=slices, **overrides)
         case = Case(case_id=f"phantom-{seed + i:04d}", ct=None, label=None, source="phantom",
-                    meta={"seed": seed + i, "synthetic": True})
-        gen = _Generated(case, seed + i, dict(size=size, slices=slices, **overrides))
+                    meta={"seed": seed + i, "synthetic": True,
+                          "generator": {"name": "LiverTumorAILib.phantom.generate_case", **kwargs}})
+        gen = _Generated(case, seed + i, kwargs)
         case.ct, case.mri, case.label, case.lesions = (gen.loader(a) for a in ("ct", "mri", "label", "lesions"))
         cases.append(case)
     return CaseList(cases)
