@@ -449,3 +449,27 @@ def test_folder_with_subfolders_and_other_series(tmp_path: Path) -> None:
     assert "'big'" in loaded.message and "1 other series" in loaded.message
     shutil.rmtree(tmp_path / "study" / "big")
     assert read_image(tmp_path / "study").GetSize() == (9, 8, 4)
+
+
+def test_regression_fuzz_nifti_nan_vox_offset(tmp_path: Path) -> None:
+    """Found by Testing/fuzz: a NaN vox_offset crashed the NIfTI check with ValueError."""
+    raw = bytearray(_nifti_bytes(_ct_array(), tmp_path))
+    raw[108:112] = b"\xff\xff\xff\xff"
+    for name, data in (("nan.nii", bytes(raw)), ("nan.nii.gz", gzip.compress(bytes(raw)))):
+        (tmp_path / name).write_bytes(data)
+        _raises_one_line(tmp_path / name, "damaged")
+
+
+def test_header_claiming_more_than_the_file_holds_refused_before_allocation(tmp_path: Path) -> None:
+    """2048x2048x500 doubles (16 GB) is under the size limits but cannot fit a 1 kB file."""
+    t0 = time.monotonic()
+    for enc in ("raw", "gzip"):
+        p = tmp_path / f"big_{enc}.nrrd"
+        p.write_bytes(f"NRRD0004\ntype: double\ndimension: 3\nencoding: {enc}\nendian: little\n"
+                      "sizes: 2048 2048 500\n\n".encode() + b"\0" * 1000)
+        _raises_one_line(p, "truncated or its header is damaged")
+    mha = tmp_path / "big.mha"
+    mha.write_bytes(b"ObjectType = Image\nNDims = 3\nDimSize = 2048 2048 400\nElementType = MET_FLOAT\n"
+                    b"CompressedData = True\nElementDataFile = LOCAL\n" + b"\0" * 100)
+    _raises_one_line(mha, "truncated or its header is damaged")
+    assert time.monotonic() - t0 < 2.0

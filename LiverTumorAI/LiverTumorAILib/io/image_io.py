@@ -219,7 +219,10 @@ def _nifti_checks(path: Path, name: str) -> None:
     dims = struct.unpack(endian + "8h", hdr[40:56])
     datatype, bitpix = struct.unpack(endian + "2h", hdr[70:74])
     pixdim = struct.unpack(endian + "8f", hdr[76:108])
-    vox_offset = int(struct.unpack(endian + "f", hdr[108:112])[0])
+    offset = struct.unpack(endian + "f", hdr[108:112])[0]
+    if not math.isfinite(offset) or offset < 0 or offset > 2**31:
+        raise InputError(f"{name}: NIfTI header is damaged (invalid data offset {offset:g})")
+    vox_offset = int(offset)
     ndim = max(1, min(int(dims[0]), 7))
     spatial = [float(pixdim[i]) for i in range(1, min(ndim, 3) + 1)]
     if any(not math.isfinite(v) or v <= 0 for v in spatial):
