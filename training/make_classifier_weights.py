@@ -1,0 +1,196 @@
+"""Reproduce the bundled demo lesion-classifier weights from synthetic phantoms, in one command:
+
+    python -m training.make_classifier_weights            # both models, defaults below
+
+1. Generates phantom cases with fixed seeds (``LiverTumorAILib.phantom.generate_case``):
+   training seeds 1000+i, validation seeds 5000+i, held-out test seeds 9000+i (disjoint), with
+   ``n_lesions`` lesions per case (default 6: generation dominates the cost, so more lesions per
+   case give more crops per second; the lesion types/sizes keep the generator's distribution).
+2. Extracts 64^3 lesion crops (CT in HU + normalised MRI) with ``classification/crops.py`` and
+   caches them in ``--work`` (``crops_<split>.npz``), so a re-run skips generation.
+3. Trains ``hybrid3d`` (CT) and ``hybrid3d-ctmri`` (CT + MRI, attention fusion) with
+   ``training/cls_trainer.py``, selects the best validation-AUC epoch, fits the temperature on
+   validation, evaluates on the held-out test seeds (AUC, AUC on lesions >= 10 mm, ECE before /
+   after scaling), and saves float16 weights + manifest into ``--out/<name>/``.
+
+Everything is bounded for a 2-core CPU (``--threads 1`` by default, ``--max-minutes`` per model).
+The manifests say ``"synthetic": true`` and "demo weights trained on synthetic phantoms".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+SPLITS = {"train": 1000, "val": 5000, "test": 9000}
+MODELS = {"hybrid3d": 1, "hybrid3d-ctmri": 2}
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _case_crops(args: tuple[int, int, int, int | None]) -> dict:
+    """Generate one phantom case and return its lesion crops (CT HU + MRI) as arrays."""
+    seed, size, slices, n_lesions = args
+    import torch
+
+    torch.set_num_threads(1)
+    from LiverTumorAILib.classification.crops import extract_lesion_crops
+    from LiverTumorAILib.phantom import generate_case
+
+    kw = {"n_lesions": n_lesions} if n_lesions is not None else {}
+    case = generate_case(seed, size=size, slices=slices, **kw)
+    truth = {int(t["id"]): t for t in case.truth.get("lesions", [])}
+    crops = extract_lesion_crops(case.ct, case.lesions, case.mri, raw_hu=True) if truth else []
+    out = {"images": [], "labels": [], "diameters": [], "lesion_ids": [], "types": [], "seed": seed}
+    for c in crops:
+        t = truth.get(c.lesion_id)
+        if t is None:
+            continue
+        out["images"].append(c.image.astype(np.float16))
+        out["labels"].append(1 if t["class"] == "malignant" else 0)
+        out["diameters"].append(float(t.get("diameter_mm", c.geometry.diameter_mm)))
+        out["lesion_ids"].append(c.lesion_id)
+        out["types"].append(str(t.get("type", "")))
+    return out
+
+
+def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int, n_lesions: int | None, jobs: int, log) -> dict:
+    """Crops of one split, from the cache in ``work`` when it matches, else generated."""
+    path = work / f"crops_{split}.npz"
+    key = json.dumps({"n": n_cases, "size": size, "slices": slices, "n_lesions": n_lesions, "base": SPLITS[split]})
+    if path.is_file():
+        data = dict(np.load(path, allow_pickle=False))
+        if str(data.get("key")) == key:
+            log(f"{split}: {len(data['labels'])} cached crops from {path}")
+            return data
+    seeds = [SPLITS[split] + i for i in range(n_cases)]
+    t0 = time.time()
+    tasks = [(s, size, slices, n_lesions) for s in seeds]
+    results = []
+    if jobs > 1:
+        with ProcessPoolExecutor(jobs) as ex:
+            for k, r in enumerate(ex.map(_case_crops, tasks), 1):
+                results.append(r)
+                if k % 10 == 0:
+                    log(f"{split}: {k}/{n_cases} cases ({time.time() - t0:.0f} s)")
+    else:
+        for k, t in enumerate(tasks, 1):
+            results.append(_case_crops(t))
+            if k % 10 == 0:
+                log(f"{split}: {k}/{n_cases} cases ({time.time() - t0:.0f} s)")
+    data = {
+        "images": np.stack([im for r in results for im in r["images"]]),
+        "labels": np.array([v for r in results for v in r["labels"]], dtype=np.int64),
+        "diameters": np.array([v for r in results for v in r["diameters"]], dtype=np.float64),
+        "lesion_ids": np.array([v for r in results for v in r["lesion_ids"]], dtype=np.int64),
+        "seeds": np.array([r["seed"] for r in results for _ in r["labels"]], dtype=np.int64),
+        "types": np.array([v for r in results for v in r["types"]]),
+        "key": np.array(key),
+    }
+    work.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, **data)
+    os.replace(tmp, path)
+    log(
+        f"{split}: {len(data['labels'])} crops ({int(data['labels'].sum())} malignant) from {n_cases} cases "
+        f"in {time.time() - t0:.0f} s"
+    )
+    return data
+
+
+def items_of(data: dict, channels: int) -> list:
+    from training.cls_trainer import CropItem
+
+    return [
+        CropItem(
+            image=data["images"][i, :channels],
+            label=int(data["labels"][i]),
+            diameter_mm=float(data["diameters"][i]),
+            case=f"seed{int(data['seeds'][i])}",
+            lesion_id=int(data["lesion_ids"][i]),
+        )
+        for i in range(len(data["labels"]))
+    ]
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, default=ROOT / "Resources" / "Models")
+    p.add_argument("--work", type=Path, default=ROOT / "build" / "classifier_crops")
+    p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
+    p.add_argument("--train-cases", type=int, default=70)
+    p.add_argument("--val-cases", type=int, default=20)
+    p.add_argument("--test-cases", type=int, default=25)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--slices", type=int, default=64)
+    p.add_argument("--n-lesions", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--jobs", type=int, default=1, help="processes for phantom generation")
+    p.add_argument("--max-minutes", type=float, default=40.0, help="wall-clock bound per model")
+    p.add_argument("--crops-only", action="store_true", help="only generate/cache the crops")
+    a = p.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(a.threads)
+
+    def log(msg: str) -> None:
+        print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    kw = dict(size=a.size, slices=a.slices, n_lesions=a.n_lesions, jobs=a.jobs, log=log)
+    data = {
+        "train": build_split("train", a.train_cases, a.work, **kw),
+        "val": build_split("val", a.val_cases, a.work, **kw),
+        "test": build_split("test", a.test_cases, a.work, **kw),
+    }
+    if a.crops_only:
+        return 0
+    from training.cls_trainer import train_classifier
+
+    summary = {}
+    for name in a.models:
+        channels = MODELS[name]
+        training_data = {
+            "description": "demo weights trained on synthetic phantoms",
+            "synthetic": True,
+            "generator": "LiverTumorAILib.phantom.generate_case",
+            "cases": {"train": a.train_cases, "val": a.val_cases, "test": a.test_cases},
+            "seeds": {k: f"{v}..{v + n - 1}" for (k, v), n in zip(SPLITS.items(), (a.train_cases, a.val_cases, a.test_cases))},
+            "phantom": {"size": a.size, "slices": a.slices, "n_lesions": a.n_lesions},
+            "lesions": {k: int(len(d["labels"])) for k, d in data.items()},
+            "reproduce": "python -m training.make_classifier_weights",
+        }
+        log(f"training {name} ({'CT + MRI' if channels == 2 else 'CT'})")
+        metrics = train_classifier(
+            items_of(data["train"], channels),
+            items_of(data["val"], channels),
+            architecture="hybrid3d",
+            channels=channels,
+            out_dir=a.out / name,
+            name=name,
+            epochs=a.epochs,
+            batch_size=a.batch_size,
+            lr=a.lr,
+            seed=a.seed,
+            test_items=items_of(data["test"], channels),
+            training_data=training_data,
+            max_minutes=a.max_minutes,
+            log=log,
+        )
+        summary[name] = {k: metrics[k] for k in ("val", "val_calibrated", "test", "test_uncalibrated", "calibration", "best_epoch", "epochs_run", "train_time_s")}
+        log(f"{name}: {json.dumps(summary[name]['test'])}")
+    (a.work / f"summary_{'_'.join(a.models)}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
