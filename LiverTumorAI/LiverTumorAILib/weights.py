@@ -204,9 +204,10 @@ def verify_manifest(folder: PathLike) -> dict:
 def save_weights(model: nn.Module, folder: PathLike, manifest: dict, dtype: str = "float16") -> Path:
     """Write ``model``'s state dict + manifest into ``folder`` (created if needed); return ``folder``.
 
-    ``manifest`` needs at least ``name``; ``architecture`` and ``config`` default to the
-    ``livertumorai_architecture`` / ``livertumorai_config`` attributes that
-    ``models.registry.build_model`` sets. Format, weights_file, sha256, size_bytes, dtype,
+    ``manifest`` needs at least ``name``. For a model made by ``models.registry.build_model``
+    the ``architecture`` and ``config`` it was built with (its ``livertumorai_architecture``
+    / ``livertumorai_config`` attributes) are written, so the manifest always rebuilds this
+    exact model; otherwise the manifest must give them. Format, weights_file, sha256, size_bytes, dtype,
     created and code_version are filled in here (the caller's dict is not modified).
     Floating tensors are stored as ``dtype`` (float16 halves the bundle; load casts back
     to float32); integer buffers (BatchNorm's counters) are kept as they are.
@@ -219,8 +220,18 @@ def save_weights(model: nn.Module, folder: PathLike, manifest: dict, dtype: str 
     folder = Path(folder)
     model = unwrap_model(model)
     out = dict(manifest)
-    out.setdefault("architecture", getattr(model, "livertumorai_architecture", None))
-    out.setdefault("config", getattr(model, "livertumorai_config", None))
+    built_arch = getattr(model, "livertumorai_architecture", None)
+    built_cfg = getattr(model, "livertumorai_config", None)
+    if built_arch is not None:
+        if out.get("architecture", built_arch) != built_arch:
+            raise WeightsError(
+                f"{folder}: manifest architecture {out['architecture']!r} but the model was built as {built_arch!r}"
+            )
+        out["architecture"] = built_arch
+    if isinstance(built_cfg, dict):
+        # the config the model was actually built with (defaults + derived keys) is the truth:
+        # load_weights rebuilds from it, and the engine gathers slices from its ct_offsets
+        out["config"] = json.loads(json.dumps(built_cfg))
     for key in ("name", "architecture"):
         if not isinstance(out.get(key), str) or not out[key]:
             raise WeightsError(f"{folder}: save_weights needs manifest[{key!r}] (a non-empty string)")
