@@ -76,11 +76,12 @@ def build_anatomy(rng: np.random.Generator, cirrhotic: bool) -> Anatomy:  # noqa
     u = rng.uniform
     s = u(0.85, 1.15)  # patient size
     # --- body and wall -----------------------------------------------------------
-    a = u(125, 185) * s / 1.0
-    b_ant = u(95, 140) * s
-    b_post = b_ant * u(0.8, 0.95)
-    t_fat = u(5, 45) * (0.6 + 0.4 * a / 155)
+    adipose = u(0.0, 1.0) ** 1.5  # habitus: 0 lean .. 1 obese
+    t_fat = 5 + 35 * adipose * u(0.7, 1.0)
     t_mus = u(6, 14)
+    a = u(115, 145) * s + t_fat + t_mus + 25 * adipose * u(0, 1)
+    b_ant = u(80, 105) * s + t_fat + t_mus + 20 * adipose * u(0, 1)
+    b_post = b_ant * u(0.8, 0.95)
     zmod = FourierNoise(rng, 3, (200, 500))
     zamp = u(0.0, 0.05)
 
@@ -176,16 +177,20 @@ def build_anatomy(rng: np.random.Generator, cirrhotic: bool) -> Anatomy:  # noqa
     st_rot = rotation(u(-20, 20), u(-30, -5), u(-30, 30))
     has_gb = rng.random() < 0.8
 
+    gain = [1.0]  # lobe scale, calibrated below to a target volume
+
     def liver_core(q: Coords) -> np.ndarray:
         x, y, z = q
-        d = ellipsoid(q, rl_c, rl_r, rl_rot)
+        g = gain[0]
+        d = ellipsoid(q, rl_c, vec(np.array(rl_r) * g), rl_rot)
         lx, ly, lz = to_local(q, ll_c, ll_rot)
-        tap = np.clip(1.0 - ll_taper * lx / ll_r[0], 0.35, 1.8)
-        dl = ellipsoid_local(lx, ly / tap, lz / tap, ll_r) * np.minimum(tap, 1.0)
+        llr = vec(np.array(ll_r) * g)
+        tap = np.clip(1.0 - ll_taper * lx / llr[0], 0.35, 1.8)
+        dl = ellipsoid_local(lx, ly / tap, lz / tap, llr) * np.minimum(tap, 1.0)
         d = smin(d, dl, 25.0)
-        d = smin(d, ellipsoid(q, cl_c, cl_r), 15.0)
+        d = smin(d, ellipsoid(q, cl_c, vec(np.array(cl_r) * g)), 15.0)
         if riedel:
-            d = smin(d, ellipsoid(q, riedel_c, (30.0, 25.0, 45.0)), 20.0)
+            d = smin(d, ellipsoid(q, riedel_c, (30.0 * g, 25.0 * g, 45.0 * g)), 20.0)
         d = d + amp_lo * noise_lo(q)
         d = smax(d, z - dome(x, y) + 2.0, 8.0)
         d = smax(d, (inf_z0 + inf_gx * (x - rl_c[0]) + inf_gy * (y - rl_c[1])) - z, 15.0)
@@ -198,13 +203,28 @@ def build_anatomy(rng: np.random.Generator, cirrhotic: bool) -> Anatomy:  # noqa
             d = d + amp_hi * noise_hi(q)
         return d
 
-    # liver bounding box (conservative)
-    lo = np.minimum(np.array(rl_c) - np.max(rl_r) - 15, np.array(ll_c) - np.max(ll_r) * 1.8 - 15)
-    hi = np.maximum(np.array(rl_c) + np.max(rl_r) + 15, np.array(ll_c) + np.max(ll_r) * 1.8 + 15)
+    # liver bounding box (conservative, allows the calibration gain up to 1.8)
+    lo = np.minimum(np.array(rl_c) - np.max(rl_r) * 1.8 - 15, np.array(ll_c) - np.max(ll_r) * 2.8 - 15)
+    hi = np.maximum(np.array(rl_c) + np.max(rl_r) * 1.8 + 15, np.array(ll_c) + np.max(ll_r) * 2.8 + 15)
     hi[2] = min(hi[2], z_dome_r + 15)
     lo = np.maximum(lo, [-a_c - 5, -b_c - 5, -BIG])
     hi = np.minimum(hi, [a_c + 5, b_cp + 5, BIG])
     liver_lo, liver_hi = vec(lo), vec(hi)
+
+    # calibrate the lobe scale so the whole-organ volume hits a plausible target
+    target = float(np.exp(rng.normal(np.log(1550.0), 0.2)))
+    target = float(np.clip(target * (0.75 if cirrhotic else 1.0), 800.0, 2600.0))
+    axes = [np.arange(lo[k], hi[k], 5.0, dtype=np.float32) for k in range(3)]
+    gq = np.meshgrid(*axes, indexing="ij")
+    for _ in range(6):
+        vol = float((liver_core((gq[0], gq[1], gq[2])) < 0).sum()) * 0.125
+        if vol <= 0:
+            gain[0] *= 1.3
+            continue
+        ratio = target / vol
+        if abs(ratio - 1) < 0.05:
+            break
+        gain[0] = float(np.clip(gain[0] * ratio ** 0.5, 0.6, 1.8))
 
     # gallbladder in the fossa on the visceral surface
     gb_c, gb_r, gb_rot = vec((0, 0, 0)), vec((1, 1, 1)), np.eye(3)

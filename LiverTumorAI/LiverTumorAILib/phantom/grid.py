@@ -128,12 +128,19 @@ class View:
         return out[0], out[1], out[2]
 
 
-def _direction(rng: np.random.Generator, probs: Sequence[float], max_oblique: float) -> np.ndarray:
-    kind = rng.choice(["identity", "ras", "flip_z", "flip_x", "oblique"], p=probs)
-    if kind != "oblique":
-        return DIRECTIONS[str(kind)].copy()
+def _direction(rng: np.random.Generator, probs: Sequence[float], max_oblique: float, override=None) -> np.ndarray:
+    """Random direction; always consumes the same draws so overrides keep the rest of a case."""
+    kind = str(rng.choice(["identity", "ras", "flip_z", "flip_x", "oblique"], p=probs))
     angles = rng.uniform(-1, 1, size=3) * np.array([max_oblique * 0.5, max_oblique * 0.5, max_oblique])
     base = DIRECTIONS["identity"] if rng.random() < 0.6 else DIRECTIONS["ras"]
+    if override is not None:
+        if isinstance(override, str) and override == "oblique":
+            kind = "oblique"
+            angles = np.sign(angles) * np.maximum(np.abs(angles), 2.0)
+        else:
+            return parse_direction(override)
+    if kind != "oblique":
+        return DIRECTIONS[kind].copy()
     return rotation(*angles) @ base
 
 
@@ -162,14 +169,8 @@ def sample_ct_grid(rng: np.random.Generator, size: int, slices: int, fov_centre:
     fov = rng.uniform(300.0, 450.0)
     sxy = round(fov / size, 4)
     sz = float(np.clip(round(rng.uniform(150.0, 250.0) / slices, 1), 1.0, 5.0))
-    d = _direction(rng, [0.45, 0.2, 0.1, 0.05, 0.2], 8.0)
-    if spacing is not None:
-        sxy, sz = None, None
-        sp = [float(v) for v in spacing]
-    else:
-        sp = [sxy, sxy, sz]
-    if direction is not None:
-        d = _direction(rng, [0, 0, 0, 0, 1], 8.0) if direction == "oblique" else parse_direction(direction)
+    d = _direction(rng, [0.45, 0.2, 0.1, 0.05, 0.2], 8.0, direction)
+    sp = [sxy, sxy, sz] if spacing is None else [float(v) for v in spacing]
     return make_grid((size, size, slices), sp, d, fov_centre)
 
 
@@ -183,7 +184,5 @@ def sample_mri_grid(rng: np.random.Generator, size: int, fov_centre: np.ndarray,
     if spacing is not None:
         sp = [float(v) for v in spacing]
     nz = int(round(rng.uniform(180.0, 260.0) / sp[2]))
-    d = _direction(rng, [0.4, 0.2, 0.05, 0.05, 0.3], 12.0)
-    if direction is not None:
-        d = _direction(rng, [0, 0, 0, 0, 1], 12.0) if direction == "oblique" else parse_direction(direction)
+    d = _direction(rng, [0.4, 0.2, 0.05, 0.05, 0.3], 12.0, direction)
     return make_grid((nx, ny, nz), sp, d, fov_centre)
