@@ -349,3 +349,14 @@ def test_combine_heatmaps_max_rule_on_ct_grid():
     assert set(files) == {"heatmap.nii.gz", "heatmap_segmentation.nii.gz", "heatmap_grad-cam.nii.gz"}
     empty = sitk.GetArrayFromImage(combine_heatmaps({}, ct))
     assert empty.shape == (20, 40, 40) and not empty.any()
+
+
+def test_classify_with_mri_falls_back_to_ct_weights(trained, monkeypatch, tmp_path):
+    import LiverTumorAILib.weights as w
+
+    monkeypatch.setattr(w, "bundled_models_dirs", lambda: [tmp_path / "none"])
+    monkeypatch.delenv(w.ENV_MODELS, raising=False)
+    ct, les = make_ct(lesions=[((0.0, 0.0, 0.0), 10.0, True)])
+    mri = sitk.Cast(ct, sitk.sitkFloat32) + 1000.0
+    (r,) = classify_lesions(ct, les, mri, weights_dir=trained[0].parent, gradcam=False)
+    assert r["modality"] == "CT" and "CT-only" in r["note"] and "gradcam" not in r
