@@ -30,9 +30,9 @@ SEGMENTATION_MODELS = ("dual-stream", "tam-unet", "fusion")
 TRAIN_SEED, VAL_SEED = 1000, 9000
 
 MODEL_SETTINGS = {
-    "dual-stream": {"loss": "dice_bce", "batch_size": 8, "lr": 1e-3},
-    "tam-unet": {"loss": "ce_dice", "batch_size": 12, "lr": 1e-3},
-    "fusion": {"loss": "ce_dice", "batch_size": 12, "lr": 1e-3},
+    "dual-stream": {"loss": "dice_bce", "batch_size": 8, "lr": 1e-3, "val_every": 4},
+    "tam-unet": {"loss": "ce_dice", "batch_size": 12, "lr": 1e-3, "val_every": 4},
+    "fusion": {"loss": "ce_dice", "batch_size": 10, "lr": 1e-3, "val_every": 4},
 }
 
 

@@ -314,9 +314,12 @@ def train_segmentation(
             cls = torch.tensor([s[3] for s in samples])
             ct, mri, label = augment_batch(ct, mri, label, rng, tc)
             it = epoch * tc["steps_per_epoch"] + step
+            done = it / scheduler_total
+            if max_minutes:  # a wall-clock budget: the schedule follows elapsed time
+                done = max(done, (time.perf_counter() - t_start) / 60 / max_minutes)
             for group in optimiser.param_groups:  # cosine decay with a short warm-up
                 warm = min(1.0, (it + 1) / 50)
-                group["lr"] = tc["lr"] * warm * 0.5 * (1 + math.cos(math.pi * min(it / scheduler_total, 1.0)))
+                group["lr"] = tc["lr"] * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
             logits = train_model(ct.to(dev), mri.to(dev)) if mri is not None else train_model(ct.to(dev))
             loss = segmentation_loss(logits, label.to(dev), tc["loss"])
             head = getattr(model, "class_logits", None)
