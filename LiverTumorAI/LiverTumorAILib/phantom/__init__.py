@@ -14,7 +14,7 @@ API::
     generate_cohort(out_dir, count, seed=0, size=256, slices=64, **overrides)
 
 Overrides: spacing=(x, y, z) mm of the CT; n_lesions=int or (lo, hi);
-lesion_types=[...] subset of TYPES; flip / direction = 'identity' | 'ras' |
+lesion_types=[...] subset of TYPES; lesion_diameters=(lo, hi) mm; flip / direction = 'identity' | 'ras' |
 'flip_z' | 'flip_x' | 'flip_all' | 'oblique' | 9 numbers; mri_sequence='t2' | 't1';
 with_mri=bool; noise=CT noise SD in HU; fatty / cirrhotic / artefacts = bool;
 mri_spacing, mri_direction (as for the CT); debug=True adds `case.debug` (tissue map

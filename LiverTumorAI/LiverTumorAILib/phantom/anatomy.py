@@ -17,7 +17,7 @@ Modelling choices (ranges drawn per case):
   spleen) and a caudate lobe, cut by the diaphragm above and a sloping visceral
   surface below, carved by IVC, gallbladder, right kidney and stomach, perturbed by
   low-frequency noise (3-8 mm). Cirrhosis: right lobe atrophy, caudate/left lobe
-  hypertrophy, nodular surface (1.5-3 mm, 8-20 mm wavelength), splenomegaly, ascites.
+  hypertrophy, nodular surface (1-2.5 mm, 8-20 mm wavelength), splenomegaly, ascites.
   Typical volume 1.1-2.2 l (CHAOS CT example: 1.42 l, 194 x 173 x 140 mm).
 - vessels: portal vein (trunk 7-10 mm radius, from the confluence to the hilum, then
   right/left branches) and three hepatic veins draining into the IVC below the dome,
@@ -161,7 +161,7 @@ def build_anatomy(rng: np.random.Generator, cirrhotic: bool) -> Anatomy:  # noqa
     noise_lo = FourierNoise(rng, 8, (60, 170))
     amp_lo = u(3, 8)
     noise_hi = FourierNoise(rng, 24, (8, 20)) if cirrhotic else None
-    amp_hi = u(1.5, 3.0)
+    amp_hi = u(1.0, 2.5)
     riedel = rng.random() < 0.12
     riedel_c = vec((rl_c[0] - rl_r[0] * 0.3, rl_c[1] + u(-10, 20), rl_c[2] - rl_r[2] * 0.8))
     ao_x, ao_y, ao_r = u(5, 22) * s, y_spine - vb_ry - u(10, 16) * s, u(9, 14) * s
@@ -314,9 +314,9 @@ def build_anatomy(rng: np.random.Generator, cirrhotic: bool) -> Anatomy:  # noqa
 
     # --- the liver and its vessels ---------------------------------------------------
     tex_sigma = u(1.5, 4.0) if not cirrhotic else u(2.5, 5.0)
-    tex_amp = {"ct": u(2, 6) if not cirrhotic else u(6, 14), "t2": u(2, 5), "t1": u(2, 5)}
+    tex_amp = {"ct": u(2, 6) if not cirrhotic else u(5, 10), "t2": u(2, 5), "t1": u(2, 5)}
     if cirrhotic:
-        tex_amp["t2"] = u(6, 12)
+        tex_amp["t2"] = u(5, 10)
 
     def liver_value(q: Coords, d: np.ndarray, ctx: RenderCtx):
         base = ctx.tissue("liver")
@@ -330,12 +330,17 @@ def build_anatomy(rng: np.random.Generator, cirrhotic: bool) -> Anatomy:  # noqa
     structs.append(Structure("portal_trunk", "portal", *_seg_box(confl, hilum, pv_r),
                              lambda q: capsule(q, confl, hilum, pv_r, pv_r * 0.95)))
     segs: List[Tuple[Vec3, Vec3, float, float, str]] = []
-    targets_pv = [((-1.0, 0.2, 0.0), "portal"), ((1.0, -0.8, 0.3), "portal")]
-    for dirn, kind in targets_pv:
-        _grow(rng, segs, hilum, np.array(dirn), u(30, 45) * s, pv_r * u(0.7, 0.85), 4, kind, liver_sdf)
-    hv_root = vec((ivc_x, ivc_y, dome(np.array([ivc_x]), np.array([ivc_y]))[0] - u(15, 25)))
+    pv_root = _nearest_inside(rng, liver_sdf, hilum, 6.0)
+    if pv_root != hilum:
+        segs.append((hilum, pv_root, pv_r * 0.9, pv_r * 0.85, "portal"))
+    for dirn in [(-1.0, 0.2, 0.0), (1.0, -0.8, 0.3)]:
+        _grow(rng, segs, pv_root, np.array(dirn), u(30, 45) * s, pv_r * u(0.7, 0.85), 5, "portal", liver_sdf)
+    ivc_top = vec((ivc_x, ivc_y, dome(np.array([ivc_x]), np.array([ivc_y]))[0] - u(15, 25)))
+    hv_r = u(4.5, 7) * s
     for dirn in [(-1.0, 0.2, -0.4), (-0.3, -1.0, -0.5), (0.8, -0.9, -0.2)]:
-        _grow(rng, segs, hv_root, np.array(dirn), u(30, 45) * s, u(4.5, 7) * s, 4, "hepatic_vein", liver_sdf)
+        root = _nearest_inside(rng, liver_sdf, vec(np.asarray(ivc_top) + np.asarray(dirn) * 12.0), hv_r + 2.0)
+        segs.append((ivc_top, root, hv_r * 1.1, hv_r, "hepatic_vein"))
+        _grow(rng, segs, root, np.array(dirn), u(30, 45) * s, hv_r, 4, "hepatic_vein", liver_sdf)
     for a0, b0, ra, rb, kind in segs:
         structs.append(Structure(f"vessel_{kind}", kind, *_seg_box(a0, b0, max(ra, rb)),
                                  (lambda q, a0=a0, b0=b0, ra=ra, rb=rb: capsule(q, a0, b0, ra, rb)), inside_liver=True))
@@ -349,26 +354,43 @@ def _seg_box(a: Vec3, b: Vec3, r: float) -> Tuple[Vec3, Vec3]:
     return vec(lo), vec(hi)
 
 
+def _nearest_inside(rng: np.random.Generator, liver_sdf: Callable, p: Vec3, depth: float) -> Vec3:
+    """`p` if it is `depth` mm inside the liver, else the closest such point within 80 mm."""
+    if float(liver_sdf(_pts(np.asarray(p)))[0]) < -depth:
+        return p
+    cloud = np.asarray(p) + rng.normal(size=(600, 3)) * 35.0
+    d = liver_sdf(_pts(cloud))
+    ok = np.nonzero(d < -depth)[0]
+    if not len(ok):
+        return p
+    best = ok[np.argmin(np.linalg.norm(cloud[ok] - np.asarray(p), axis=1))]
+    return vec(cloud[best])
+
+
 def _grow(rng: np.random.Generator, out: list, start: Vec3, direction: np.ndarray, length: float,
           radius: float, depth: int, kind: str, liver_sdf: Callable) -> None:
-    """Recursive vessel tree; segments are shortened to stay inside the liver."""
-    d = direction / np.linalg.norm(direction)
+    """Recursive vessel tree; each segment must end inside the liver (a few tries)."""
+    d0 = direction / np.linalg.norm(direction)
+    p0 = np.asarray(start)
     end = None
-    for _ in range(4):
-        cand = np.asarray(start) + d * length
+    for attempt in range(5):
+        d = d0 if attempt == 0 else d0 + rng.normal(size=3) * 0.35 * attempt
+        d = d / np.linalg.norm(d)
+        seg = length * (1.0, 1.4, 0.7, 1.8, 0.5)[attempt]
+        cand = p0 + d * seg
         if float(liver_sdf(_pts(cand))[0]) < -max(radius, 2.0):
             end = cand
             break
-        length *= 0.6
     if end is None:
         return
-    rb = radius * rng.uniform(0.8, 0.95)
+    rb = radius * rng.uniform(0.85, 0.97)
     out.append((vec(start), vec(end), float(radius), float(rb), kind))
-    if depth == 0 or rb < 1.5:
+    if depth == 0 or rb < 1.4:
         return
-    for _ in range(2):
-        nd = d + rng.normal(size=3) * 0.55
-        _grow(rng, out, vec(end), nd, length * rng.uniform(0.65, 0.9), rb * rng.uniform(0.6, 0.8), depth - 1, kind, liver_sdf)
+    n_child = 3 if (depth >= 3 and rng.random() < 0.3) else 2
+    for _ in range(n_child):
+        nd = d + rng.normal(size=3) * 0.6
+        _grow(rng, out, vec(end), nd, length * rng.uniform(0.7, 0.9), rb * rng.uniform(0.62, 0.8), depth - 1, kind, liver_sdf)
 
 
 def _kidney(rng: np.random.Generator, name: str, c: Vec3, r: Vec3, rot: np.ndarray) -> List[Structure]:

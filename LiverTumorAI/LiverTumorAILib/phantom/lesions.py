@@ -12,7 +12,7 @@ subcapsular) and at least 4 mm apart (bounding spheres), so instances never touc
 Appearance, portal-venous CT (L = liver HU, B = portal blood HU), and MRI (T2, T1
 relative to liver = 100 / 175); ranges overlap between types on purpose:
 - cyst: 0-20 HU (15 %: 15-35, proteinaceous), homogeneous, sharp; T2 550-850, T1 25-60.
-- haemangioma: hypodense 30-65 HU with discontinuous peripheral nodules at 0.75-1.0 B
+- haemangioma: hypodense 30-65 HU with 4-8 discontinuous peripheral nodules at 0.75-1.0 B
   and centripetal fill-in (small ones 40 % flash-filling at 0.75-0.95 B); T2 400-650.
 - FNH: L-5..L+20, lobulated, central stellate scar L-50..L-25 (70 % if >= 20 mm, 30 %
   below); T2 1.0-1.4 x liver with a bright scar; T1 near liver.
@@ -135,7 +135,7 @@ def _look(rng: np.random.Generator, kind: str, diameter: float, cirrhotic: bool)
     elif kind == "haemangioma":
         flash = diameter < 15 and rng.random() < 0.4
         lk.update(ct_hypo=u(30, 65), nod=u(0.75, 1.0), fill=1.0 if flash else u(0.0, 0.8), flash=float(flash),
-                  flash_level=u(0.75, 0.95), n_nod=float(rng.integers(4, 10)), nod_size=u(0.18, 0.32),
+                  flash_level=u(0.75, 0.95), n_nod=float(rng.integers(4, 9)), nod_size=u(0.3, 0.5),
                   t2=u(400, 650), t1=u(50, 85))
     elif kind == "fnh":
         scar = rng.random() < (0.7 if diameter >= 20 else 0.3)
@@ -181,8 +181,8 @@ def _appearance(les: Lesion, nod_dirs: np.ndarray, spokes: np.ndarray) -> Callab
                     v = np.full(d.shape, lk["flash_level"] * blood, np.float32)
                 else:
                     cosang = np.max(np.stack([ux * n[0] + uy * n[1] + uz * n[2] for n in nod_dirs]), 0)
-                    nod = (1 - cosang) * 2.0 < lk["nod_size"] ** 2 * 2.5
-                    periph = t > 0.7
+                    nod = (1 - cosang) < lk["nod_size"] ** 2 * 1.2 * (1.0 + 0.3 * (t - 1.0))
+                    periph = t > 0.55
                     v = np.where(nod & periph, bright, hypo).astype(np.float32)
                     v = np.where(t > 1.0 - lk["fill"], np.maximum(v, 0.5 * (hypo + bright)), v)
             else:
@@ -233,7 +233,8 @@ def _unit_dirs(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def sample_lesions(rng: np.random.Generator, liver_sdf: Callable, liver_lo: Vec3, liver_hi: Vec3,
                    ct_grid: Grid, patient: Patient, cirrhotic: bool, n_lesions=None,
-                   lesion_types: Optional[Sequence[str]] = None) -> List[Lesion]:
+                   lesion_types: Optional[Sequence[str]] = None,
+                   diameters: Optional[Tuple[float, float]] = None) -> List[Lesion]:
     """Place non-touching lesions inside the liver, preferring the CT field of view."""
     if n_lesions is None:
         n = int(rng.choice(7, p=[0.1, 0.28, 0.2, 0.15, 0.11, 0.09, 0.07]))
@@ -262,6 +263,9 @@ def sample_lesions(rng: np.random.Generator, liver_sdf: Callable, liver_lo: Vec3
         kind = first_type if (same and first_type) else str(rng.choice(types, p=w))
         first_type = first_type or kind
         diameter = _diameter(rng)
+        if diameters is not None:  # log-uniform in the requested range (the draw above keeps the stream)
+            lo_d, hi_d = float(diameters[0]), float(diameters[1])
+            diameter = float(np.exp(np.log(lo_d) + (np.log(diameter) - np.log(5.0)) / np.log(12.0) * np.log(hi_d / lo_d)))
         placed = None
         for _attempt in range(6):
             rot, ax, waves, r0, bound = _shape(rng, kind, diameter)

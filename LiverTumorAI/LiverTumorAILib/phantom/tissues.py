@@ -66,11 +66,11 @@ def sample_tissues(rng: np.random.Generator, fatty: bool, cirrhotic: bool) -> Ti
     if fatty:
         liver_ct, liver_t2, liver_t1 = u(35, 70), u(100, 130), u(170, 230)
     elif cirrhotic:
-        liver_ct, liver_t2, liver_t1 = u(75, 110), u(85, 120), u(130, 180)
+        liver_ct, liver_t2, liver_t1 = u(75, 110), u(85, 120), u(140, 185)
     else:
-        liver_ct, liver_t2, liver_t1 = u(95, 130) * (0.85 + 0.15 * e), u(80, 110), u(150, 200)
+        liver_ct, liver_t2, liver_t1 = u(95, 130) * (0.85 + 0.15 * e), u(80, 110), u(160, 210)
     t.set("liver", liver_ct, liver_t2, liver_t1)
-    t.set("spleen", u(95, 130) * (0.8 + 0.2 * e), u(150, 210), u(100, 130))
+    t.set("spleen", u(95, 130) * (0.8 + 0.2 * e), u(150, 210), u(95, 125))
     t.set("kidney_cortex", u(150, 210) * e, u(170, 230), u(100, 140))
     t.set("kidney_medulla", u(110, 170) * e, u(200, 260), u(80, 110))
     t.set("urine", u(0, 20), u(600, 800), u(30, 50))
