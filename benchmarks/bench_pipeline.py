@@ -27,7 +27,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 
 class PeakRSS:
@@ -157,7 +156,7 @@ def main(argv=None) -> int:
             res["peak_rss_gb"] = rss.peak_gb
             results["baselines"][kind] = res
             print(kind, json.dumps(res), flush=True)
-    for model, res in results["ours"].items():
+    for res in results["ours"].values():
         res["speedup_vs"] = {k: round(b["total_s"] / res["total_s"], 2) for k, b in results["baselines"].items()}
         res["ram_ratio_vs"] = {k: round(res["peak_rss_gb"] / b["peak_rss_gb"], 2) for k, b in results["baselines"].items()}
     budget_s = 5.0 if device.type == "cuda" else 60.0
