@@ -32,7 +32,8 @@ CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 SEG_MODELS = ("dual-stream", "tam-unet", "fusion", "unet2d")
 CLS_MODELS = ("hybrid3d", "hybrid3d-ctmri", "resnet50-2d", "densenet121-2d")
 #: augment keys the segmentation trainer core implements itself (others are reported, not faked)
-SEG_TRAINER_AUGMENT = {"random_window", "rotate_deg", "zoom", "noise", "hu_shift_sd"}
+SEG_TRAINER_AUGMENT = {"random_window", "rotate_deg", "zoom", "noise", "hu_shift_sd", "flip_axes", "elastic_prob",
+                       "elastic_magnitude"}
 
 
 def load_config(task: str, model: str, path: Optional[Path]) -> Dict[str, Any]:
@@ -65,8 +66,9 @@ def _seg_train_config(cfg: Dict[str, Any], log: Callable[[str], None]) -> Dict[s
         tc["rotation_deg"] = aug["rotate_deg"]
     if "zoom" in aug:
         tc["zoom"] = aug["zoom"]
-    if "noise" in aug:
-        tc["noise"] = aug["noise"]
+    for key in ("noise", "hu_shift_sd", "flip_axes", "elastic_prob", "elastic_magnitude"):
+        if key in aug:
+            tc[key] = aug[key]
     ignored = [k for k, v in aug.items() if k not in SEG_TRAINER_AUGMENT and v not in (None, [], 0, 0.0, False)]
     if ignored:
         log(f"warning: augment settings {ignored} are in the config but training/seg_trainer does not apply them")

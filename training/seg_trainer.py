@@ -125,6 +125,7 @@ class SlabSampler:
         self.p_liver = config.get("p_liver", 0.35)
         self.random_window_p = config.get("random_window_p", 0.5)
         self.window = config.get("window_hu", DEFAULT_WINDOW_HU)
+        self.hu_shift_sd = float(config.get("hu_shift_sd", 8.0))
         self.fg = [(np.argwhere(c.label == 2), np.argwhere(c.label == 1)) for c in self.cases]
 
     def _centre(self, k: int) -> np.ndarray:
@@ -146,7 +147,7 @@ class SlabSampler:
         depth = case.ct_hu.shape[0]
         zi = np.clip(z + self.ct_offsets, 0, depth - 1)
         ct = _crop2d(case.ct_hu[zi].astype(np.float32), y, x, self.patch, -1000.0)
-        ct += self.rng.normal(0, 8)  # HU shift (scanner calibration)
+        ct += self.rng.normal(0, self.hu_shift_sd)  # HU shift (scanner calibration)
         if self.rng.random() < self.random_window_p:
             level = self.rng.uniform(*RANDOM_WINDOW_LEVEL)
             width = self.rng.uniform(*RANDOM_WINDOW_WIDTH)
@@ -177,10 +178,24 @@ def _crop2d(stack: np.ndarray, cy: int, cx: int, size: int, fill: float) -> np.n
 
 
 def augment_batch(ct, mri, label, rng: np.random.Generator, config: dict):
-    """Random in-plane rotation, zoom and shift (same for image, MRI and label) + noise."""
+    """Random in-plane rotation, zoom, shift, optional elastic warp and flips (same for image,
+    MRI and label), then noise.
+
+    `elastic_prob`: probability that a batch gets a smooth random displacement field (a 5x5
+    grid of offsets with SD `elastic_magnitude` in normalised units, upsampled bicubically).
+    `flip_axes`: 2D axes to flip with probability 0.5 each (0 = rows / anterior-posterior,
+    1 = columns / left-right). Off by default: the engine presents every scan in LPS, so
+    the liver's side carries information; paper 000's configs turn left-right flips on.
+    """
     import torch
     import torch.nn.functional as F
 
+    for axis in config.get("flip_axes", []) or []:
+        if rng.random() < 0.5:
+            dim = -1 if int(axis) == 1 else -2
+            ct = torch.flip(ct, dims=[dim])
+            label = torch.flip(label, dims=[dim])
+            mri = torch.flip(mri, dims=[dim]) if mri is not None else None
     b = ct.shape[0]
     max_rot = math.radians(config.get("rotation_deg", 15.0))
     zoom = config.get("zoom", (0.85, 1.15))
@@ -190,11 +205,15 @@ def augment_batch(ct, mri, label, rng: np.random.Generator, config: dict):
     cos, sin = torch.cos(angles) / scales, torch.sin(angles) / scales
     theta = torch.stack([torch.stack([cos, -sin, shifts[:, 0]], 1), torch.stack([sin, cos, shifts[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, ct.shape, align_corners=False)
+    if rng.random() < config.get("elastic_prob", 0.0):
+        coarse = torch.tensor(rng.normal(0, config.get("elastic_magnitude", 0.03), (b, 2, 5, 5)), dtype=torch.float32)
+        field = F.interpolate(coarse, size=ct.shape[-2:], mode="bicubic", align_corners=True)
+        grid = grid + field.permute(0, 2, 3, 1)
     ct = F.grid_sample(ct, grid, mode="bilinear", padding_mode="border", align_corners=False)
     ct = ct + torch.randn_like(ct) * float(rng.uniform(0.0, config.get("noise", 0.08)))
     if mri is not None:
         mri = F.grid_sample(mri, grid, mode="bilinear", padding_mode="border", align_corners=False)
-    label = F.grid_sample(label[:, None], grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
+    label = F.grid_sample(label[:, None].float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)[:, 0]
     return ct, mri, label.long()
 
 
