@@ -48,30 +48,44 @@ def _training_data(count: int, val: int) -> dict:
     }
 
 
-def prepare(cache: Path, count: int, val: int, size: int, slices: int) -> None:
-    """Generate phantoms and cache them on the segmentation and localiser grids."""
+def _prepare_one(job: tuple) -> str:
+    """Generate one phantom and cache it on the segmentation and localiser grids."""
     from LiverTumorAILib.phantom import generate_case
     from training.localizer_trainer import prepare_localizer_case
     from training.seg_trainer import prepare_case, save_prepared
 
-    for split, seed0, n in (("train", TRAIN_SEED, count), ("val", VAL_SEED, val)):
-        seg_dir, loc_dir = cache / "seg" / split, cache / "loc" / split
-        loc_dir.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            case_id = f"{split}_{i:03d}"
-            if (seg_dir / f"{case_id}.npz").exists():
-                continue
-            t0 = time.perf_counter()
-            case = generate_case(seed0 + i, size=size, slices=slices)
-            classes = {int(les["id"]): int(les["class"] == "malignant") for les in case.truth.get("lesions", [])}
-            prepared = prepare_case(
-                case_id, case.ct, case.label, spacing=DEMO_SPACING_MM, mri=case.mri,
-                lesions=case.lesions, lesion_classes=classes,
-            )
-            save_prepared([prepared], seg_dir)
-            x, y = prepare_localizer_case(case.ct, case.label)
-            np.savez(loc_dir / f"{case_id}.npz", x=x, y=y)
-            print(f"{case_id}: {prepared.ct_hu.shape} in {time.perf_counter() - t0:.1f}s", flush=True)
+    cache, split, index, seed, size, slices = job
+    seg_dir, loc_dir = cache / "seg" / split, cache / "loc" / split
+    case_id = f"{split}_{index:03d}"
+    if (seg_dir / f"{case_id}.npz").exists() and (loc_dir / f"{case_id}.npz").exists():
+        return f"{case_id}: cached"
+    t0 = time.perf_counter()
+    case = generate_case(seed, size=size, slices=slices)
+    classes = {int(les["id"]): int(les["class"] == "malignant") for les in case.truth.get("lesions", [])}
+    prepared = prepare_case(
+        case_id, case.ct, case.label, spacing=DEMO_SPACING_MM, mri=case.mri, lesions=case.lesions,
+        lesion_classes=classes,
+    )
+    save_prepared([prepared], seg_dir)
+    x, y = prepare_localizer_case(case.ct, case.label)
+    loc_dir.mkdir(parents=True, exist_ok=True)
+    np.savez(loc_dir / f"{case_id}.npz", x=x, y=y)
+    return f"{case_id}: {prepared.ct_hu.shape} in {time.perf_counter() - t0:.1f}s"
+
+
+def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int = 1) -> None:
+    """Generate phantoms (fixed seeds) and cache them on the model grids, `jobs` at a time."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    work = [(cache, "train", i, TRAIN_SEED + i, size, slices) for i in range(count)]
+    work += [(cache, "val", i, VAL_SEED + i, size, slices) for i in range(val)]
+    if jobs <= 1:
+        for job in work:
+            print(_prepare_one(job), flush=True)
+        return
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        for line in pool.map(_prepare_one, work):
+            print(line, flush=True)
 
 
 def train(model: str, cache: Path, out: Path, minutes: float, threads: int) -> dict:
@@ -113,9 +127,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=64)
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--jobs", type=int, default=1, help="phantoms generated in parallel")
     args = parser.parse_args(argv)
     if args.step in ("prepare", "all"):
-        prepare(args.cache, args.count, args.val, args.size, args.slices)
+        prepare(args.cache, args.count, args.val, args.size, args.slices, args.jobs)
     if args.step == "train":
         if not args.model:
             parser.error("train needs a model name")
