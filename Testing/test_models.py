@@ -16,6 +16,15 @@ WITH_ATTENTION = ["dual-stream", "tam-unet", "fusion"]
 B, S = 2, 64
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls on a busy 2-core box (CONTRIBUTING)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 @pytest.fixture(scope="module")
 def models():
     torch.manual_seed(0)

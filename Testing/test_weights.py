@@ -17,6 +17,15 @@ from LiverTumorAILib.models import registry  # noqa: E402
 SMALL = {"base_channels": 4, "depth": 2}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny tensors: one thread avoids OpenMP barrier stalls on a busy 2-core box (CONTRIBUTING)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def _model():
     torch.manual_seed(0)
     m = registry.build_model("tam-unet", SMALL)
