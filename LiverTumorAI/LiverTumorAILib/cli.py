@@ -176,10 +176,11 @@ def _cmd_segment(args: argparse.Namespace, progress: Progress) -> Any:
     from LiverTumorAILib import pipeline
 
     heatmaps = "none" if args.no_heatmap else args.heatmaps
-    pipeline.run_segment(args.ct, args.outdir, mri_path=args.mri, model=args.model, device=args.device,
+    report = pipeline.run_segment(args.ct, args.outdir, mri_path=args.mri, model=args.model, device=args.device,
                          classify=not args.no_classify, heatmaps=heatmaps, weights_dir=args.weights,
                          overwrite=args.overwrite, threads=args.threads, progress=progress)
     progress.done(args.outdir)
+    print_summary(report)
 
 
 def _cmd_classify(args: argparse.Namespace, progress: Progress) -> Any:
@@ -187,18 +188,27 @@ def _cmd_classify(args: argparse.Namespace, progress: Progress) -> Any:
               overwrite=args.overwrite)
     from LiverTumorAILib import pipeline
 
-    pipeline.run_classify(args.ct, args.seg, args.outdir, mri_path=args.mri, device=args.device,
-                          weights_dir=args.weights, overwrite=args.overwrite, progress=progress)
+    report = pipeline.run_classify(args.ct, args.seg, args.outdir, mri_path=args.mri, device=args.device,
+                                   weights_dir=args.weights, overwrite=args.overwrite, progress=progress)
     progress.done(args.outdir)
+    print_summary(report)
 
 
 def _cmd_demo(args: argparse.Namespace, progress: Progress) -> Any:
     _precheck(outdir=args.outdir, overwrite=args.overwrite)
     from LiverTumorAILib import pipeline
 
-    pipeline.run_demo(args.outdir, model=args.model, device=args.device, overwrite=args.overwrite,
-                      progress=progress)
+    summary = pipeline.run_demo(args.outdir, model=args.model, device=args.device, overwrite=args.overwrite,
+                                progress=progress)
     progress.done(args.outdir)
+    print_summary(summary["report"])
+    seg = summary["scores"]["segmentation"]
+    det = summary["scores"]["detection"]
+    sys.stdout.write(
+        f"Against the phantom's truth: liver Dice {seg['liver']['dice']:.3f}, tumour Dice {seg['tumour']['dice']:.3f}, "
+        f"{det['n_detected_ge_min']}/{det['n_truth_lesions_ge_min']} lesions >= 10 mm found, "
+        f"{det['false_positives']} false positive(s)\n"
+    )
 
 
 def _cmd_phantom(args: argparse.Namespace, progress: Progress) -> Any:
@@ -231,6 +241,20 @@ def _cmd_export(args: argparse.Namespace, progress: Progress) -> Any:
     run_export(args.result_dir, args.outdir, args.formats, ct_dicom=args.ct_dicom,
                coordinates=args.coordinates, deidentify=args.deidentify, overwrite=args.overwrite)
     progress.done(args.outdir)
+
+
+def print_summary(report: dict) -> None:
+    """A few lines on stdout for people: organ, lesions, and the demo-weights notice."""
+    out = sys.stdout
+    out.write(f"Liver {report.get('liver_volume_ml', 0):.0f} ml, tumour burden {report.get('tumour_burden_percent', 0):.1f}%, "
+              f"{report.get('lesion_count', 0)} lesion(s)\n")
+    for les in report.get("lesions", []):
+        p = les.get("malignancy_probability")
+        prob = f"p(malignant) {p:.2f}" if isinstance(p, (int, float)) else "not classified"
+        out.write(f"  lesion {les['id']}: {les['volume_ml']:.1f} ml, {les['longest_diameter_mm']:.0f} mm, "
+                  f"{les['mean_hu']:.0f} HU, {les.get('predicted_class', '?')} ({prob})\n")
+    if report.get("weights_notice"):
+        out.write(f"NOTE: {report['weights_notice']}\n")
 
 
 def _json_default(obj: Any) -> Any:

@@ -369,6 +369,7 @@ def run_demo(outdir, *, model: str = "dual-stream", device: str = "auto", overwr
         scores = evaluate_case(result_dir, case_dir, "demo")
         summary = {"model": model, "scores": scores, "weights_notice": report.get("weights_notice")}
         _write_json(staging / "demo_summary.json", summary)
+        summary["report"] = report
     # The report's input paths point into the staging folder until the rename: fix them up.
     final = Path(outdir)
     report_path = final / "result" / "report.json"
