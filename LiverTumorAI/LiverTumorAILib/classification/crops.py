@@ -50,6 +50,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
 
 from ..errors import InputError
 
@@ -91,7 +93,7 @@ class LesionGeometry:
     lesion_id: int
     centroid_lps: tuple[float, float, float]
     extent_mm: float  # longest axis-aligned (LPS) extent, voxel size included
-    diameter_mm: float  # longest diameter (Feret), at least the equivalent-sphere diameter
+    diameter_mm: float  # longest 3D diameter, same definition as measure.py's longest_diameter_mm
     n_voxels: int
 
 
@@ -178,10 +180,11 @@ def lesion_geometries(lesions: sitk.Image, ids: Iterable[int] | None = None) -> 
         lesions, sitk.sitkUInt32
     )
     stats = sitk.LabelShapeStatisticsImageFilter()
-    stats.ComputeFeretDiameterOn()
     stats.Execute(lab)
     wanted = set(int(i) for i in ids) if ids is not None else None
     spacing = np.asarray(lesions.GetSpacing())
+    arr = sitk.GetArrayViewFromImage(lab)
+    to_phys = np.asarray(lesions.GetDirection()).reshape(3, 3) * spacing[None, :]
     out: dict[int, LesionGeometry] = {}
     for label in stats.GetLabels():
         if wanted is not None and int(label) not in wanted:
@@ -196,9 +199,11 @@ def lesion_geometries(lesions: sitk.Image, ids: Iterable[int] | None = None) -> 
             ]
         )
         extent = float((corners.max(axis=0) - corners.min(axis=0)).max())
-        feret = float(stats.GetFeretDiameter(label))
-        eq_d = 2.0 * float(stats.GetEquivalentSphericalRadius(label))
-        diameter = max(feret + float(spacing.min()), eq_d)  # Feret spans voxel centres: add one voxel
+        sub = arr[bx[2] : bx[2] + bx[5], bx[1] : bx[1] + bx[4], bx[0] : bx[0] + bx[3]] == label
+        surface = sub & ~ndimage.binary_erosion(sub)
+        zyx = np.argwhere(surface) + np.array([bx[2], bx[1], bx[0]])
+        pts = (to_phys @ zyx[:, ::-1].T.astype(float)).T
+        diameter = _max_pairwise_distance(pts) + float(spacing[:2].mean())
         out[int(label)] = LesionGeometry(
             lesion_id=int(label),
             centroid_lps=tuple(float(c) for c in stats.GetCentroid(label)),
@@ -207,6 +212,26 @@ def lesion_geometries(lesions: sitk.Image, ids: Iterable[int] | None = None) -> 
             n_voxels=int(stats.GetNumberOfPixels(label)),
         )
     return out
+
+
+def _max_pairwise_distance(points: np.ndarray) -> float:
+    """Largest distance between two points (convex-hull vertices only, so large lesions stay cheap).
+
+    Diameter = this over the lesion's surface voxel centres + the mean in-plane voxel size: the same
+    definition as ``measure.py``'s ``longest_diameter_mm``, so the "< 10 mm" rule here agrees with
+    the lesion table.
+    """
+    if len(points) < 2:
+        return 0.0
+    cand = points
+    if len(points) > 8:
+        try:
+            cand = points[ConvexHull(points).vertices]
+        except (QhullError, ValueError):  # flat/degenerate: all points (few) or the extreme ones
+            if len(points) > 2000:
+                cand = points[np.unique(np.concatenate([np.argmin(points, 0), np.argmax(points, 0)]))]
+    diff = cand[:, None, :] - cand[None, :, :]
+    return float(np.sqrt((diff**2).sum(-1)).max())
 
 
 def _roi_for(image: sitk.Image, ref_lo: np.ndarray, ref_hi: np.ndarray, pad_vox: int = 3) -> tuple[sitk.Image, bool]:
