@@ -169,3 +169,27 @@ def test_3d_models(arch, out):
     with torch.inference_mode():
         y = m(torch.randn(1, 1, 16, 32, 32))
     assert y.shape == (1, out, 16, 32, 32)
+
+
+@pytest.mark.parametrize("switches", [{"attention_gates": False}, {"context_stream": False},
+                                      {"attention_gates": False, "context_stream": False}])
+def test_dual_stream_ablation_switches(switches):
+    """Paper 001 ablations: without attention gates and/or without the contextual stream."""
+    from LiverTumorAILib.models.registry import build_model
+
+    full = build_model("dual-stream")
+    model = build_model("dual-stream", switches).eval()
+    cfg = model.livertumorai_config
+    n = len(cfg["ct_offsets"])
+    if switches.get("context_stream") is False:
+        assert cfg["ct_offsets"] == cfg["spatial_offsets"]
+    model.keep_attention = True
+    with torch.inference_mode():
+        out = model(torch.randn(1, n, 64, 64))
+    assert out.shape == (1, 3, 64, 64)
+    names = set(model.attention_maps)
+    if switches.get("attention_gates") is False:
+        assert names == set()
+    else:
+        assert names and not any(k.startswith("context") for k in names)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in full.parameters())

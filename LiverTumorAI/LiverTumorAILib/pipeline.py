@@ -129,12 +129,12 @@ def segment_into(
     models_used: dict[str, Any] = {"segmentation": _model_entry(seg_model)}
     if localizer is not None:
         models_used["localizer"] = _model_entry(localizer)
-    gradcam_map = None
+    cls_results: list = []
     lesion_image = array_to_image(lesions, ct)
     if classify and lesion_rows:
         progress.stage("classify", 0.0)
         t0 = time.perf_counter()
-        calls, cls_models, gradcam_map = _classify(ct, lesion_image, mri, weights_dir, torch_device, heatmaps != "none")
+        calls, cls_models, cls_results = _classify(ct, lesion_image, mri, weights_dir, torch_device, heatmaps != "none")
         timing["classify"] = time.perf_counter() - t0
         models_used.update(cls_models)
         by_id = {c["id"]: c for c in calls}
@@ -152,7 +152,7 @@ def segment_into(
     _write_image(lesions, ct, folder / "lesions.nii.gz")
     heatmap = None
     if heatmaps != "none":
-        heatmap = _write_heatmaps(folder, ct, label, out.attention, gradcam_map, heatmaps == "all")
+        heatmap = _write_heatmaps(folder, ct, label, out.attention, out.region, cls_results, heatmaps == "all")
     timing["heatmap_and_write"] = time.perf_counter() - t0
 
     report = {
@@ -179,13 +179,12 @@ def segment_into(
 
 
 def _classify(ct, lesion_image, mri, weights_dir, device, gradcam: bool):
-    """Lesion table entries, the classifier models used, and the Grad-CAM map on the CT grid (or None)."""
-    from LiverTumorAILib.classification.classify import classify_lesions, gradcam_on_grid, json_ready
+    """Lesion table entries, the classifier models used, and the raw results (with Grad-CAM crops)."""
+    from LiverTumorAILib.classification.classify import classify_lesions, json_ready
 
     results = classify_lesions(
         ct, lesion_image, mri, weights_dir=weights_dir, device=str(device), gradcam=gradcam, require_weights=False
     )
-    cam = gradcam_on_grid(results, ct) if gradcam and any("gradcam" in r for r in results) else None
     calls = json_ready(results)
     models = {}
     for call in calls:
@@ -197,23 +196,41 @@ def _classify(ct, lesion_image, mri, weights_dir, device, gradcam: bool):
             }
             if models[f"classifier:{name}"]["synthetic"]:
                 models[f"classifier:{name}"]["notice"] = DEMO_WEIGHTS_NOTICE
-    return calls, models, cam
+    return calls, models, results
 
 
-def _write_heatmaps(folder, ct, label, attention: dict, gradcam, write_all: bool) -> np.ndarray:
-    """`heatmap.nii.gz` (combined, masked to the dilated liver) and per-source maps with `--heatmaps all`."""
+def _write_heatmaps(folder, ct, label, attention: dict, region, cls_results, write_all: bool) -> np.ndarray:
+    """`heatmap.nii.gz` (combined, masked to the dilated liver) and per-source maps with `--heatmaps all`.
+
+    Maps are combined on the CT sub-grid that was segmented (they are zero outside it) and
+    pasted into the full grid only when written, so a long scan is not copied per source."""
+    from LiverTumorAILib.classification.classify import gradcam_on_grid
+    from LiverTumorAILib.geometry import region_reference
     from LiverTumorAILib.heatmaps.combine import heatmap_images
-    from LiverTumorAILib.io.image_io import write_image
 
-    sources = {name: array_to_image(arr, ct) for name, arr in attention.items()}
-    if gradcam is not None:
-        sources["gradcam"] = gradcam
+    full_shape = tuple(reversed(ct.GetSize()))
+    if region is None:
+        empty = np.zeros(full_shape, dtype=np.float32)
+        _write_image(empty, ct, folder / "heatmap.nii.gz")
+        return empty
+    start, size = region
+    ref = region_reference(ct, start, size)
+    sl = tuple(slice(s, s + n) for s, n in zip(reversed(start), reversed(size)))
+    sources = {name: array_to_image(arr, ref) for name, arr in attention.items()}
+    if any("gradcam" in r for r in cls_results):
+        sources["gradcam"] = gradcam_on_grid(cls_results, ref)
     files = heatmap_images(
-        sources, ct, mode="all" if write_all else "combined", liver_mask=array_to_image(label, ct)
+        sources, ref, mode="all" if write_all else "combined", liver_mask=array_to_image(np.ascontiguousarray(label[sl]), ref)
     )
+    heatmap = None
     for name, image in files.items():
-        write_image(image, folder / name)
-    return sitk.GetArrayFromImage(files["heatmap.nii.gz"])
+        full = np.zeros(full_shape, dtype=np.float32)
+        full[sl] = sitk.GetArrayViewFromImage(image)
+        _write_image(full, ct, folder / name)
+        if name == "heatmap.nii.gz":
+            heatmap = full
+        del full
+    return heatmap
 
 
 def _write_scene(folder, ct, mri, label, lesions, heatmap, report, ct_path, progress) -> None:

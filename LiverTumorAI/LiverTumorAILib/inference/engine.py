@@ -50,15 +50,17 @@ class LoadedModel:
 
 @dataclass
 class SegmentationOutput:
-    """Everything on the CT grid, restricted to `region` (index start xyz, size xyz)."""
+    """The label map on the full CT grid; attention only on the CT sub-grid `region`
+    (index start xyz, size xyz) that covers the segmented box - all of it is zero outside."""
 
     label: np.ndarray  # (z, y, x) uint8 on the full CT grid
-    attention: dict[str, np.ndarray]  # per source, (z, y, x) float32 in [0, 1], full CT grid
+    attention: dict[str, np.ndarray]  # per source, (z, y, x) float32 in [0, 1] on `region`
     box: BoundingBox
     localized: bool
     device: str
     timing_s: dict[str, float] = field(default_factory=dict)
     slice_class_logits: np.ndarray | None = None
+    region: tuple | None = None
 
 
 def load_model(name: str, weights_dir, device) -> LoadedModel:
@@ -146,11 +148,9 @@ def segment_volume(
         if maps and not all_attention_sources:  # combine on the small model grid: one full-size array
             maps = {"segmentation": np.mean(np.stack(list(maps.values())), axis=0)}
         for name, att in maps.items():
-            full = np.zeros(full_shape, dtype=np.float32)
-            full[sl] = np.clip(
+            attention_full[name] = np.clip(
                 sitk.GetArrayFromImage(resample_like(array_to_image(att, grid.reference), ref, default=0.0)), 0.0, 1.0
             )
-            attention_full[name] = full
     timing["postprocess"] = time.perf_counter() - t0
     return SegmentationOutput(
         label=label_full,
@@ -160,4 +160,5 @@ def segment_volume(
         device=pred.device,
         timing_s=timing,
         slice_class_logits=pred.class_logits,
+        region=region,
     )

@@ -37,16 +37,18 @@ _RESNET_WIDTHS = (64, 64, 128, 256, 512)  # stem, layer1..layer4 (resnet18/34)
 
 
 class _GatedUp(nn.Module):
-    """Decoder level: x2 upsample, CBAM gate on the skip (gated by the coarse signal), concat, convs."""
+    """Decoder level: x2 upsample, CBAM gate on the skip (gated by the coarse signal), concat, convs.
 
-    def __init__(self, cin: int, skip: int, cout: int, n_convs: int = 2) -> None:
+    `gate=False` (ablation of paper 001) passes the skip through unchanged."""
+
+    def __init__(self, cin: int, skip: int, cout: int, n_convs: int = 2, gate: bool = True) -> None:
         super().__init__()
-        self.gate = CBAMGate(skip, cin)
+        self.gate = CBAMGate(skip, cin) if gate else None
         convs = [conv_bn_relu(cin + skip, cout)] + [conv_bn_relu(cout, cout) for _ in range(n_convs - 1)]
         self.convs = nn.Sequential(*convs)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        gated, a = self.gate(skip, x)
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        gated, a = self.gate(skip, x) if self.gate is not None else (skip, None)
         return self.convs(torch.cat([upsample2x(x), gated], dim=1)), a
 
 
@@ -88,10 +90,16 @@ class DualStreamNet(nn.Module):
         decoder_channels: Sequence[int] = (128, 64, 48, 32, 16),
         context_channels: Sequence[int] = (16, 32, 64, 128),
         context_downsample: int = 2,
+        attention_gates: bool = True,
+        context_stream: bool = True,
     ) -> None:
         super().__init__()
         if list(mri_offsets):
             raise ValueError("dual-stream is CT-only: mri_offsets must be empty")
+        self.attention_gates = bool(attention_gates)
+        self.context_stream = bool(context_stream)
+        if not self.context_stream:
+            context_offsets = ()
         union = sorted({int(o) for o in spatial_offsets} | {int(o) for o in context_offsets})
         if ct_offsets is not None and [int(o) for o in ct_offsets] != union:
             raise ValueError(f"ct_offsets {list(ct_offsets)} must be the sorted union of spatial and context offsets {union}")
@@ -104,8 +112,8 @@ class DualStreamNet(nn.Module):
         self.context_offsets = [int(o) for o in context_offsets]
         self.spatial_index = [union.index(o) for o in self.spatial_offsets]
         self.context_index = [union.index(o) for o in self.context_offsets]
-        self.register_buffer("_sidx", torch.tensor(self.spatial_index), persistent=False)
-        self.register_buffer("_cidx", torch.tensor(self.context_index), persistent=False)
+        self.register_buffer("_sidx", torch.tensor(self.spatial_index, dtype=torch.long), persistent=False)
+        self.register_buffer("_cidx", torch.tensor(self.context_index, dtype=torch.long), persistent=False)
         self.context_downsample = int(context_downsample)
         self.keep_attention = False
         self.attention_maps: dict[str, torch.Tensor] = {}
@@ -116,12 +124,13 @@ class DualStreamNet(nn.Module):
         skips = _RESNET_WIDTHS[:4][::-1]  # layer3, layer2, layer1, stem
         cins = [_RESNET_WIDTHS[4]] + d[:3]
         self.spatial_up = nn.ModuleList(
-            _GatedUp(cin, sk, cout, n_convs=2 if i < 2 else 1) for i, (cin, sk, cout) in enumerate(zip(cins, skips, d[:4]))
+            _GatedUp(cin, sk, cout, n_convs=2 if i < 2 else 1, gate=self.attention_gates)
+            for i, (cin, sk, cout) in enumerate(zip(cins, skips, d[:4]))
         )
         self.spatial_final = conv_bn_relu(d[3], d[4])
 
         # contextual stream: light encoder at reduced resolution + gated decoder
-        c = list(context_channels)
+        c = list(context_channels) if self.context_stream else []
         self.context_pool = nn.AvgPool2d(self.context_downsample) if self.context_downsample > 1 else nn.Identity()
         self.context_enc = nn.ModuleList()
         cin = len(self.context_offsets)
@@ -129,9 +138,11 @@ class DualStreamNet(nn.Module):
             self.context_enc.append(DoubleConv(cin, w))
             cin = w
         self.pool = nn.MaxPool2d(2)
-        self.context_up = nn.ModuleList(_GatedUp(c[i + 1], c[i], c[i], n_convs=1) for i in reversed(range(len(c) - 1)))
+        self.context_up = nn.ModuleList(
+            _GatedUp(c[i + 1], c[i], c[i], n_convs=1, gate=self.attention_gates) for i in reversed(range(len(c) - 1))
+        )
 
-        self.head = nn.Conv2d(d[4] + c[0], num_classes, 1)
+        self.head = nn.Conv2d(d[4] + (c[0] if c else 0), num_classes, 1)
 
     @classmethod
     def default_config(cls) -> dict:
@@ -140,30 +151,36 @@ class DualStreamNet(nn.Module):
             "ct_offsets": sorted(set(spatial) | set(context)), "mri_offsets": [], "num_classes": 3,
             "spatial_offsets": spatial, "context_offsets": context, "spatial_encoder": "resnet34",
             "decoder_channels": [128, 64, 48, 32, 16], "context_channels": [16, 32, 64, 128],
-            "context_downsample": 2,
+            "context_downsample": 2, "attention_gates": True, "context_stream": True,
         }
 
     @classmethod
     def complete_config(cls, cfg: dict, overrides: dict) -> dict:
         """Derive ``ct_offsets`` from the stream offsets unless the caller set it explicitly."""
         if "ct_offsets" not in overrides:
-            cfg = {**cfg, "ct_offsets": sorted({int(o) for o in cfg["spatial_offsets"]} | {int(o) for o in cfg["context_offsets"]})}
+            context = cfg["context_offsets"] if cfg.get("context_stream", True) else []
+            cfg = {**cfg, "ct_offsets": sorted({int(o) for o in cfg["spatial_offsets"]} | {int(o) for o in context})}
         return cfg
 
     def forward(self, ct: torch.Tensor, mri: Optional[torch.Tensor] = None) -> torch.Tensor:
         maps: Optional[dict] = {} if self.keep_attention else None
         xs = ct.index_select(1, self._sidx)
-        xc = ct.index_select(1, self._cidx)
 
         feats = self.encoder(xs)
         x = feats[4]
         for i, up in enumerate(self.spatial_up):
             x, a = up(x, feats[3 - i])
-            if maps is not None:
+            if maps is not None and a is not None:
                 maps[f"spatial_gate{4 - i}"] = a
         x = self.spatial_final(upsample2x(x))
+        if not self.context_stream:
+            logits = self.head(x)
+            if maps is not None:
+                size = tuple(ct.shape[-2:])
+                self.attention_maps = {k: upsample_map(v, size) for k, v in maps.items()}
+            return logits
 
-        y = self.context_pool(xc)
+        y = self.context_pool(ct.index_select(1, self._cidx))
         cskips = []
         for i, enc in enumerate(self.context_enc):
             if i:
@@ -174,7 +191,7 @@ class DualStreamNet(nn.Module):
         for j, up in enumerate(self.context_up):
             level = len(cskips) - 2 - j
             y, a = up(y, cskips[level])
-            if maps is not None:
+            if maps is not None and a is not None:
                 maps[f"context_gate{level + 1}"] = a
         if y.shape[-2:] != x.shape[-2:]:
             y = nn.functional.interpolate(y, size=x.shape[-2:], mode="bilinear", align_corners=False)
