@@ -11,7 +11,6 @@ import torch
 from training.seg_trainer import (
     RANDOM_WINDOW_LEVEL,
     RANDOM_WINDOW_WIDTH,
-    PreparedCase,
     SlabSampler,
     augment_batch,
     load_prepared,
