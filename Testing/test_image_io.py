@@ -473,3 +473,28 @@ def test_header_claiming_more_than_the_file_holds_refused_before_allocation(tmp_
                     b"CompressedData = True\nElementDataFile = LOCAL\n" + b"\0" * 100)
     _raises_one_line(mha, "truncated or its header is damaged")
     assert time.monotonic() - t0 < 2.0
+
+
+def test_regression_fuzz_metaimage_huge_ndims_segfault(tmp_path: Path) -> None:
+    """Found by fuzzing: ITK's MetaImage reader segfaults on NDims = 4444; checked first."""
+    img = _image(_ct_array())
+    write_image(img, tmp_path / "ok.mha")
+    text = (tmp_path / "ok.mha").read_bytes()
+    (tmp_path / "bad.mha").write_bytes(text.replace(b"NDims = 3", b"NDims = 4444", 1))
+    _raises_one_line(tmp_path / "bad.mha", "MetaImage header is damaged")
+    (tmp_path / "bad2.mha").write_bytes(text.replace(b"NDims = 3", b"NDims =4444 3", 1))
+    _raises_one_line(tmp_path / "bad2.mha", "MetaImage header is damaged")
+
+
+def test_regression_fuzz_nifti_orientation_hang(tmp_path: Path) -> None:
+    """Found by fuzzing: invalid qform/sform codes with huge quaternion values made ITK hang."""
+    raw = bytearray(_nifti_bytes(_ct_array(), tmp_path))
+    raw[252:256] = struct.pack("<2h", 6657, 9111)
+    raw[256:260] = struct.pack("<f", 1.33e37)
+    (tmp_path / "hang.nii.gz").write_bytes(gzip.compress(bytes(raw)))
+    t0 = time.monotonic()
+    _raises_one_line(tmp_path / "hang.nii.gz", "NIfTI header is damaged")
+    raw[252:256] = struct.pack("<2h", 1, 0)
+    (tmp_path / "q.nii").write_bytes(bytes(raw))
+    _raises_one_line(tmp_path / "q.nii", "NIfTI header is damaged")
+    assert time.monotonic() - t0 < 2.0

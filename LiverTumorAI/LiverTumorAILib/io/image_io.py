@@ -185,16 +185,50 @@ def _deflate_or_raw(path: Path) -> bool:
     return False
 
 
+# --------------------------------------------------------------------------- MetaImage header
+
+
+def _metaimage_checks(path: Path, name: str) -> None:
+    """ITK's MetaImage reader crashes the whole process (segfault) on some damaged headers,
+    e.g. a huge NDims, so the key fields are checked here first."""
+    if not path.name.lower().endswith((".mha", ".mhd")):
+        return
+    try:
+        with open(path, "rb") as f:
+            head = f.read(65536).decode("latin-1")
+    except OSError:
+        return
+    fields = {}
+    for line in head.splitlines():
+        key, sep, value = line.partition("=")
+        if not sep:
+            continue
+        key = key.strip().lower()
+        fields.setdefault(key, value.strip())
+        if key == "elementdatafile":
+            break
+    try:
+        ndims = int(fields.get("ndims", "3"))
+        dims = [int(v) for v in fields.get("dimsize", "1 1 1").split()]
+        spacing = [float(v) for v in fields.get("elementspacing", fields.get("elementsize", "1 1 1")).split()]
+        channels = int(fields.get("elementnumberofchannels", "1"))
+    except ValueError:
+        raise InputError(f"{name}: MetaImage header is damaged (a number cannot be read)") from None
+    if not 1 <= ndims <= 4 or len(dims) != ndims or any(d < 0 for d in dims) or len(spacing) < ndims \
+            or not 1 <= channels <= 64:
+        raise InputError(f"{name}: MetaImage header is damaged (NDims {fields.get('ndims')}, "
+                         f"DimSize {fields.get('dimsize')})")
+
+
 # --------------------------------------------------------------------------- NIfTI raw checks
 
 _NIFTI_FLOAT_TYPES = {16: "<f4", 64: "<f8"}
 
 
-def _nifti_checks(path: Path, name: str) -> None:
-    """What ITK's NIfTI reader lets through silently: a truncated file (the missing voxels
-    come back as zeros), zero/NaN pixdim (replaced by 1 mm) and NaN voxels (replaced by 0).
-    Reads the 348-byte header; streams the data only for .nii.gz files whose gzip trailer
-    disagrees with the header, and for float files (NaN scan)."""
+def _nifti_header(path: Path, name: str) -> Optional[tuple]:
+    """Check a NIfTI-1 header before ITK sees it: ITK hangs on some damaged orientation
+    fields (invalid qform/sform codes with huge quaternion values), and silently replaces a
+    zero/NaN pixdim by 1 mm. Returns what `_nifti_data_checks` needs, or None (not NIfTI-1)."""
     import gzip
     import struct
     import zlib
@@ -202,7 +236,7 @@ def _nifti_checks(path: Path, name: str) -> None:
     lower = path.name.lower()
     gz = lower.endswith(".nii.gz")
     if not (gz or lower.endswith(".nii")):
-        return
+        return None
     try:
         opener = gzip.open if gz else open
         with opener(path, "rb") as f:
@@ -215,7 +249,7 @@ def _nifti_checks(path: Path, name: str) -> None:
         if struct.unpack(endian + "i", hdr[:4])[0] == 348:
             break
     else:
-        return  # NIfTI-2 or not NIfTI: leave it to ITK
+        return None  # NIfTI-2 or not NIfTI: leave it to ITK
     dims = struct.unpack(endian + "8h", hdr[40:56])
     datatype, bitpix = struct.unpack(endian + "2h", hdr[70:74])
     pixdim = struct.unpack(endian + "8f", hdr[76:108])
@@ -228,6 +262,30 @@ def _nifti_checks(path: Path, name: str) -> None:
     if any(not math.isfinite(v) or v <= 0 for v in spatial):
         raise InputError(f"{name}: voxel spacing in the header ({_fmt_spacing(spatial)} mm) is invalid "
                          "(must be positive)")
+    qform_code, sform_code = struct.unpack(endian + "2h", hdr[252:256])
+    quatern = struct.unpack(endian + "6f", hdr[256:280])
+    srow = struct.unpack(endian + "12f", hdr[280:328])
+    if not (0 <= qform_code <= 5 and 0 <= sform_code <= 5):
+        raise InputError(f"{name}: NIfTI header is damaged (orientation codes {qform_code}/{sform_code})")
+    bad_q = qform_code > 0 and (any(not math.isfinite(v) or abs(v) > 1e6 for v in quatern)
+                                or sum(v * v for v in quatern[:3]) > 1.001)
+    bad_s = sform_code > 0 and any(not math.isfinite(v) or abs(v) > 1e6 for v in srow)
+    if bad_q or bad_s:
+        raise InputError(f"{name}: NIfTI header is damaged (invalid orientation/position values)")
+    return gz, endian, dims, datatype, bitpix, vox_offset, ndim
+
+
+def _nifti_data_checks(path: Path, name: str, info: Optional[tuple]) -> None:
+    """What ITK's NIfTI reader lets through silently: a truncated file (the missing voxels
+    come back as zeros) and NaN voxels (replaced by 0). Streams the data only for .nii.gz
+    files whose gzip trailer disagrees with the header, and for float files (NaN scan)."""
+    import gzip
+    import struct
+    import zlib
+
+    if info is None:
+        return
+    gz, endian, dims, datatype, bitpix, vox_offset, ndim = info
     nvox = math.prod(max(int(d), 1) for d in dims[1:ndim + 1])
     expected = max(vox_offset, 348) + nvox * max(int(bitpix), 8) // 8
     if not gz:
@@ -421,6 +479,8 @@ def _load_image(path: Path, what: str, pixels: bool = True) -> LoadedImage:
         raise InputError(f"{name}: file cannot be read (permission denied)")
     if path.stat().st_size == 0:
         raise InputError(f"{name}: file is empty (0 bytes)")
+    _metaimage_checks(path, name)
+    nifti = _nifti_header(path, name)
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -446,7 +506,7 @@ def _load_image(path: Path, what: str, pixels: bool = True) -> LoadedImage:
     if not pixels:
         return LoadedImage(image=None, path=path, message=f"{name}: {_fmt_size(size)}", files=[path])
     _check_memory_budget(name, path, size, reader.GetPixelID())
-    _nifti_checks(path, name)
+    _nifti_data_checks(path, name, nifti)
     try:
         image = reader.Execute()
     except RuntimeError as e:
