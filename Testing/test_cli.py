@@ -246,6 +246,11 @@ def _bad_inputs(tmp: Path) -> dict:
     cases["rgb"] = (tmp / "rgb.nrrd", "RGB")
     (tmp / "huge.nrrd").write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nencoding: raw\nendian: little\nsizes: 90000 90000 9000\n\n\0\0")
     cases["huge"] = (tmp / "huge.nrrd", "implausibly large")
+    sitk.WriteImage(vol, str(tmp / "dt.nii"))
+    raw = bytearray((tmp / "dt.nii").read_bytes())
+    raw[70:72] = (999).to_bytes(2, "little")  # niftilib prints "** ERROR ..." straight to fd 2
+    (tmp / "dt.nii").write_bytes(bytes(raw))
+    cases["bad-datatype"] = (tmp / "dt.nii", "header is damaged")
     (tmp / "emptydir").mkdir()
     cases["emptydir"] = (tmp / "emptydir", "folder is empty")
     return cases

@@ -201,14 +201,21 @@ def _cmd_demo(args: argparse.Namespace, progress: Progress) -> Any:
     summary = pipeline.run_demo(args.outdir, model=args.model, device=args.device, overwrite=args.overwrite,
                                 progress=progress)
     progress.done(args.outdir)
-    print_summary(summary["report"])
-    seg = summary["scores"]["segmentation"]
-    det = summary["scores"]["detection"]
-    sys.stdout.write(
-        f"Against the phantom's truth: liver Dice {seg['liver']['dice']:.3f}, tumour Dice {seg['tumour']['dice']:.3f}, "
-        f"{det['n_detected_ge_min']}/{det['n_truth_lesions_ge_min']} lesions >= 10 mm found, "
-        f"{det['false_positives']} false positive(s)\n"
-    )
+    if isinstance(summary, dict):
+        print_summary(summary.get("report"))
+        _print_demo_scores(summary.get("scores"))
+
+
+def _print_demo_scores(scores: Any) -> None:
+    """One line: the demo's result against the phantom's truth (skipped if metrics are absent)."""
+    try:
+        seg, det = scores["segmentation"], scores["detection"]
+        line = (f"Against the phantom's truth: liver Dice {seg['liver']['dice']:.3f}, tumour Dice "
+                f"{seg['tumour']['dice']:.3f}, {det['n_detected_ge_min']}/{det['n_truth_lesions_ge_min']} lesions "
+                f">= 10 mm found, {det['false_positives']} false positive(s)\n")
+    except (KeyError, TypeError, ValueError):
+        return
+    sys.stdout.write(line)
 
 
 def _cmd_phantom(args: argparse.Namespace, progress: Progress) -> Any:
@@ -243,8 +250,10 @@ def _cmd_export(args: argparse.Namespace, progress: Progress) -> Any:
     progress.done(args.outdir)
 
 
-def print_summary(report: dict) -> None:
+def print_summary(report: Optional[dict]) -> None:
     """A few lines on stdout for people: organ, lesions, and the demo-weights notice."""
+    if not isinstance(report, dict):
+        return
     out = sys.stdout
     out.write(f"Liver {report.get('liver_volume_ml', 0):.0f} ml, tumour burden {report.get('tumour_burden_percent', 0):.1f}%, "
               f"{report.get('lesion_count', 0)} lesion(s)\n")
@@ -321,6 +330,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     progress = Progress(getattr(args, "progress", "bar"))
     debug = os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
+    from LiverTumorAILib.io.image_io import capture_native_stderr
+
+    capture_native_stderr(True)
     engine_log = logging.getLogger("LiverTumorAILib")
     handler = _ProgressLogHandler(progress)
     engine_log.addHandler(handler)
@@ -351,6 +363,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         _error(f"internal error: {type(e).__name__}: {e} (run with {DEBUG_ENV}=1 for the traceback)", progress)
         return 1
     finally:
+        capture_native_stderr(False)
         engine_log.removeHandler(handler)
         engine_log.setLevel(old_level)
         if old_term is not None:

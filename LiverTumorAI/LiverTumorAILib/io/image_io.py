@@ -56,16 +56,48 @@ class LoadedImage:
     other_series: List[Tuple[str, int]] = field(default_factory=list)
 
 
+_CAPTURE_NATIVE_STDERR = False
+
+
+def capture_native_stderr(enabled: bool = True) -> None:
+    """Route what ITK/NIfTI/MetaIO print straight to file descriptor 2 ("** ERROR: ...") into
+    the debug log while reading. The CLI turns this on to keep its one-line error contract;
+    it is process-wide, so it stays off for in-process use (e.g. inside Slicer)."""
+    global _CAPTURE_NATIVE_STDERR
+    _CAPTURE_NATIVE_STDERR = enabled
+
+
 @contextmanager
 def quiet_itk() -> Iterator[None]:
     """Silence ITK's stderr warnings (e.g. "No Series were found" while scanning folders),
     which would break the CLI's one-line error contract; problems are raised as InputError."""
+    import sys
+    import tempfile
+
     before = sitk.ProcessObject.GetGlobalWarningDisplay()
     sitk.ProcessObject.SetGlobalWarningDisplay(False)
+    saved, sink = None, None
+    if _CAPTURE_NATIVE_STDERR:
+        try:
+            sys.stderr.flush()
+            sink = tempfile.TemporaryFile()
+            saved = os.dup(2)
+            os.dup2(sink.fileno(), 2)
+        except (OSError, ValueError, AttributeError):
+            saved = None
     try:
         yield
     finally:
         sitk.ProcessObject.SetGlobalWarningDisplay(before)
+        if saved is not None and sink is not None:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read(4000).decode("utf-8", "replace").strip()
+            if text:
+                log.debug("native reader messages: %s", " | ".join(text.splitlines()))
+        if sink is not None:
+            sink.close()
 
 
 def _name(path: Path) -> str:
@@ -73,13 +105,16 @@ def _name(path: Path) -> str:
 
 
 def _sitk_reason(err: BaseException) -> str:
-    """The useful last line of a SimpleITK/ITK error, without C++ file names."""
-    text = str(err).strip().splitlines()
-    lines = [ln.strip() for ln in text if ln.strip() and not ln.strip().startswith("Exception thrown")]
-    reason = lines[-1] if lines else "unknown error"
-    if "ERROR:" in reason:
-        reason = reason.split("ERROR:", 1)[1].strip()
-    return reason[:200]
+    """The useful part of a SimpleITK/ITK error, without C++ file names and object addresses."""
+    import re
+
+    lines = [ln.strip() for ln in str(err).strip().splitlines()]
+    lines = [ln for ln in lines if ln and not ln.startswith("Exception thrown")
+             and not ln.startswith("Reason: No such file")]  # stale errno, not the cause
+    text = " ".join(lines) or "unknown error"
+    text = re.sub(r"(ITK ERROR|sitk::ERROR):\s*", "", text)
+    text = re.sub(r"\w+\(0x[0-9a-fA-F]+\):\s*", "", text)
+    return text[:200]
 
 
 def _fmt_size(size: Sequence[int]) -> str:
@@ -237,6 +272,11 @@ def _nifti_header(path: Path, name: str) -> Optional[tuple]:
     gz = lower.endswith(".nii.gz")
     if not (gz or lower.endswith(".nii")):
         return None
+    if gz:
+        with open(path, "rb") as f:
+            if f.read(2) != b"\x1f\x8b":
+                raise InputError(f"{name}: not an image file that can be read (named .nii.gz but not "
+                                 "gzip-compressed NIfTI)")
     try:
         opener = gzip.open if gz else open
         with opener(path, "rb") as f:
@@ -445,7 +485,6 @@ def _read_dicom_files(shown: Path, uid: str, files: List[str], where: Path, what
     if others:
         msg += f"; ignored {len(others)} other series in the folder (" + ", ".join(
             f"{n} files" for _, n in others[:5]) + ")"
-    log.info(msg)
     return LoadedImage(image=image, path=shown, message=msg, files=[Path(f) for f in files],
                        series_uid=uid, series_description=desc, other_series=others)
 
@@ -459,7 +498,9 @@ def load_image(path: PathLike, what: str = "CT") -> LoadedImage:
     `what` ("CT", "MRI", "segmentation", ...) appears in messages; label kinds may be constant.
     """
     with quiet_itk():
-        return _load_image(Path(path), what)
+        loaded = _load_image(Path(path), what)
+    log.info(loaded.message)  # outside quiet_itk: may be printed on stderr by the CLI
+    return loaded
 
 
 def probe_image(path: PathLike, what: str = "CT") -> None:
@@ -486,8 +527,8 @@ def _load_image(path: Path, what: str, pixels: bool = True) -> LoadedImage:
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise InputError(f"{name}: not an image file that can be read (NIfTI, NRRD, MHA, DICOM, ...); "
-                         f"{_sitk_reason(e)}") from None
+        raise InputError(f"{name}: not an image file that can be read (NIfTI, NRRD, MHA, DICOM, ...) "
+                         f"or its header is damaged ({_sitk_reason(e)})") from None
     dim, size = reader.GetDimension(), list(reader.GetSize())
     # A single DICOM slice of a series: read the whole series it belongs to.
     if reader.HasMetaDataKey("0020|000e") and dim == 3 and size[2] == 1:
@@ -518,7 +559,6 @@ def _load_image(path: Path, what: str, pixels: bool = True) -> LoadedImage:
                   image.GetNumberOfComponentsPerPixel(), image.GetPixelID(), image.GetDirection())
     _check_pixels(name, image, what)
     msg = f"{name}: read {what} {_fmt_size(image.GetSize())}, spacing {_fmt_spacing(image.GetSpacing())} mm"
-    log.info(msg)
     return LoadedImage(image=image, path=path, message=msg, files=[path])
 
 
