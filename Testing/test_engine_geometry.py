@@ -147,3 +147,21 @@ def test_normalize_ct_fixed_affine_map():
     out = normalize_ct(hu, (-100, 400))
     scale = 500 / math.sqrt(12)
     assert np.allclose(out, [-250 / scale, -250 / scale, 0.0, 250 / scale, 250 / scale])
+
+
+def test_cascade_grows_a_box_that_cuts_the_liver():
+    """A localiser box that cuts off part of the liver is widened until the liver is enclosed."""
+    from LiverTumorAILib.geometry import BoundingBox
+
+    direction, spacing = GRIDS["flipped_xy"]
+    ct, truth = _phantom(direction, spacing)
+    model = LoadedModel("rule", IntensityRuleNet(), {
+        "config": {"ct_offsets": [0]},
+        "preprocessing": {"spacing_mm": [1.5, 1.5, 2.5], "window_hu": [-100, 400]},
+    })
+    liver_box = mask_bounding_box(ct, truth >= 1)
+    cut = BoundingBox(liver_box.lower + np.array([30.0, 0.0, 0.0]), liver_box.upper)  # drops 30 mm of the liver
+    out = segment_volume(ct, model, localizer=None, mri=None, device=torch.device("cpu"), box=cut, keep_attention=False)
+    assert out.timing_s["grow_steps"] >= 1
+    assert _dice(out.label >= 1, truth >= 1) > 0.93
+    assert np.all(out.box.lower <= liver_box.lower + 1.0)

@@ -31,6 +31,28 @@ from LiverTumorAILib.postprocess import PostprocessConfig, clean_label_map
 from LiverTumorAILib.preprocess import DEFAULT_SPACING_MM, DEFAULT_WINDOW_HU, make_model_grid, normalize_ct
 
 SEGMENTATION_MODELS = ("dual-stream", "tam-unet", "fusion")
+GROW_MM = 40.0
+MAX_GROW_STEPS = 3
+BORDER_VOXELS = 2
+
+
+def grow_box_where_cut(box: BoundingBox, liver: np.ndarray, scan: BoundingBox) -> BoundingBox | None:
+    """`box` widened by GROW_MM on each side where `liver` ((z, y, x) on the box's axis-aligned
+    grid) touches the grid border and the box is not already at the scan's edge; None if none."""
+    lower, upper = box.lower.copy(), box.upper.copy()
+    changed = False
+    b = BORDER_VOXELS
+    for axis_xyz, axis_zyx in ((0, 2), (1, 1), (2, 0)):
+        n = liver.shape[axis_zyx]
+        lo_band = np.take(liver, range(0, min(b, n)), axis=axis_zyx).any()
+        hi_band = np.take(liver, range(max(n - b, 0), n), axis=axis_zyx).any()
+        if lo_band and lower[axis_xyz] > scan.lower[axis_xyz] + 1e-3:
+            lower[axis_xyz] = max(lower[axis_xyz] - GROW_MM, scan.lower[axis_xyz])
+            changed = True
+        if hi_band and upper[axis_xyz] < scan.upper[axis_xyz] - 1e-3:
+            upper[axis_xyz] = min(upper[axis_xyz] + GROW_MM, scan.upper[axis_xyz])
+            changed = True
+    return BoundingBox(lower, upper) if changed else None
 
 
 @dataclass
@@ -85,8 +107,15 @@ def segment_volume(
     postprocess: PostprocessConfig | None = None,
     progress: Callable[[str, float], None] | None = None,
     warn: Callable[[str], None] | None = None,
+    box: BoundingBox | None = None,
 ) -> SegmentationOutput:
-    """Segment liver and tumour on `ct`'s grid with one 2.5D model."""
+    """Segment liver and tumour on `ct`'s grid with one 2.5D model.
+
+    `box`: the physical region to segment (default: the localiser's box, else the scan).
+    The cascade never trusts that box blindly: if the segmented liver touches a side of
+    the box that is not the scan's edge (the coarse localiser cut a lobe), the box grows
+    by `GROW_MM` on that side and the region is segmented again, at most
+    `MAX_GROW_STEPS` times."""
     timing: dict[str, float] = {}
     config = seg.manifest.get("config", {})
     prep = seg.manifest.get("preprocessing", {})
@@ -97,8 +126,10 @@ def segment_volume(
         raise InputError(f"model '{seg.name}' needs an MRI (--mri); use dual-stream or tam-unet for CT only")
 
     t0 = time.perf_counter()
-    box = localize_liver(ct, localizer.model, localizer.manifest, device) if localizer is not None else None
     localized = box is not None
+    if box is None and localizer is not None:
+        box = localize_liver(ct, localizer.model, localizer.manifest, device)
+        localized = box is not None
     if box is None:
         if warn and localizer is not None:
             warn("liver localiser found no liver; segmenting the whole scan (slower)")
@@ -107,27 +138,34 @@ def segment_volume(
     if progress:
         progress("localize", 1.0)
 
+    timing["preprocess"] = timing["segment"] = 0.0
+    scan = image_bounding_box(ct)
+    for attempt in range(MAX_GROW_STEPS + 1):
+        t0 = time.perf_counter()
+        grid = make_model_grid(ct, box, spacing, mri=mri if mri_offsets else None)
+        ct_norm = normalize_ct(grid.ct_hu, window)
+        timing["preprocess"] += time.perf_counter() - t0
+        t0 = time.perf_counter()
+        pred = predict_volume(
+            seg.model,
+            ct_norm,
+            ct_offsets=config.get("ct_offsets", [0]),
+            mri=grid.mri,
+            mri_offsets=mri_offsets,
+            device=device,
+            batch_size=batch_size,
+            keep_attention=keep_attention,
+            progress=(lambda f: progress("segment", f)) if progress else None,
+            warn=warn,
+        )
+        timing["segment"] += time.perf_counter() - t0
+        grown = grow_box_where_cut(box, np.argmax(pred.probabilities, axis=0) >= 1, scan)
+        if not localized or grown is None or attempt == MAX_GROW_STEPS:
+            break
+        box = grown  # the liver reaches a side of the box that is not the scan's edge: widen and redo
+    timing["grow_steps"] = float(attempt)
     t0 = time.perf_counter()
-    grid = make_model_grid(ct, box, spacing, mri=mri if mri_offsets else None)
-    ct_norm = normalize_ct(grid.ct_hu, window)
-    timing["preprocess"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    pred = predict_volume(
-        seg.model,
-        ct_norm,
-        ct_offsets=config.get("ct_offsets", [0]),
-        mri=grid.mri,
-        mri_offsets=mri_offsets,
-        device=device,
-        batch_size=batch_size,
-        keep_attention=keep_attention,
-        progress=(lambda f: progress("segment", f)) if progress else None,
-        warn=warn,
-    )
-    timing["segment"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
+    box = image_bounding_box(grid.reference).intersect(scan)  # the padded grid is segmented too
     region = sub_grid_covering(ct, box)
     full_shape = tuple(reversed(ct.GetSize()))
     label_full = np.zeros(full_shape, dtype=np.uint8)
