@@ -498,3 +498,16 @@ def test_regression_fuzz_nifti_orientation_hang(tmp_path: Path) -> None:
     (tmp_path / "q.nii").write_bytes(bytes(raw))
     _raises_one_line(tmp_path / "q.nii", "NIfTI header is damaged")
     assert time.monotonic() - t0 < 2.0
+
+
+def test_regression_fuzz_ascii_nrrd_claiming_16gb(tmp_path: Path, monkeypatch) -> None:
+    """Found by fuzzing (the process was OOM-killed): an ASCII-encoded NRRD claiming
+    2048x2048x500 doubles passed the size limits and ITK allocated 16 GB."""
+    p = tmp_path / "ascii.nrrd"
+    p.write_bytes(b"NRRD0004\ntype: double\ndimension: 3\nencoding: ascii\nsizes: 2048 2048 500\n\n1 2 3 4\n")
+    _raises_one_line(p, "truncated or its header is damaged")
+    # bzip2 can expand without bound: the memory cap (here set by the environment) refuses it
+    p = tmp_path / "bz.nrrd"
+    p.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nencoding: bzip2\nendian: little\nsizes: 1024 1024 500\n\nBZh9")
+    monkeypatch.setenv("LIVERTUMORAI_MAX_IMAGE_GB", "0.5")
+    _raises_one_line(p, "needs 1.0 GB of memory")

@@ -27,6 +27,10 @@ from LiverTumorAILib.io.image_io import MAX_INPLANE, MAX_SLICES  # noqa: E402
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.slow]
 
+# A damaged header may claim any volume within the size limits; keep what the readers may
+# legitimately allocate small while fuzzing on a shared machine.
+os.environ.setdefault("LIVERTUMORAI_MAX_IMAGE_GB", "0.5")
+
 EXAMPLES = int(os.environ.get("LIVERTUMORAI_FUZZ_EXAMPLES", "200"))
 FUZZ = settings(max_examples=EXAMPLES, deadline=None, derandomize=False,
                 suppress_health_check=list(HealthCheck))

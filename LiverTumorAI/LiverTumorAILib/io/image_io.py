@@ -179,45 +179,75 @@ def _check_pixels(name: str, image: sitk.Image, what: str) -> None:
 
 _BYTES_PER_VOXEL = {sitk.sitkUInt8: 1, sitk.sitkInt8: 1, sitk.sitkUInt16: 2, sitk.sitkInt16: 2,
                     sitk.sitkUInt32: 4, sitk.sitkInt32: 4, sitk.sitkFloat32: 4}
-#: Deflate (gzip/zlib) cannot compress better than ~1032:1, so a .nii/.nii.gz/.nrrd/.mha file
-#: claiming more raw bytes than this times its size has a damaged header.
+#: Deflate (gzip/zlib) cannot compress better than ~1032:1, so a file claiming more raw bytes
+#: than this times its size has a damaged header.
 _MAX_DEFLATE_RATIO = 1100
+#: Optional hard cap on one input's pixel memory (GB), e.g. for servers and fuzzing.
+MAX_IMAGE_GB_ENV = "LIVERTUMORAI_MAX_IMAGE_GB"
+
+
+def _available_memory() -> Optional[int]:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(0.75 * os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (AttributeError, ValueError, OSError):
+        return None
 
 
 def _check_memory_budget(name: str, path: Optional[Path], size: Sequence[int], pixel_id: int) -> None:
     """Before allocating: does the claimed volume fit the file and this computer's memory?"""
     need = math.prod(int(s) for s in size) * _BYTES_PER_VOXEL.get(pixel_id, 8)
-    if path is not None and path.is_file() and _deflate_or_raw(path):
+    ratio = _max_expansion(path) if path is not None and path.is_file() else None
+    if ratio is not None:
         have = path.stat().st_size
-        if need > _MAX_DEFLATE_RATIO * have + 65536:
+        if need > ratio * have + 65536:
             raise InputError(f"{name}: header claims a {_fmt_size(size)} volume ({need / 2**20:.0f} MB) but the file "
                              f"holds only {have / 2**20:.1f} MB; the file is truncated or its header is damaged")
+    cap = os.environ.get(MAX_IMAGE_GB_ENV, "")
     try:
-        ram = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (AttributeError, ValueError, OSError):
-        return
-    if need > 0.75 * ram:
+        limit = float(cap) * 2**30 if cap else None
+    except ValueError:
+        limit = None
+    avail = _available_memory()
+    if avail is not None:
+        limit = min(limit, 0.8 * avail) if limit is not None else 0.8 * avail
+    if limit is not None and need > limit:
         raise InputError(f"{name}: a {_fmt_size(size)} volume needs {need / 2**30:.1f} GB of memory, more than "
-                         f"this computer has ({ram / 2**30:.1f} GB)")
+                         f"is available ({limit / 2**30:.1f} GB)")
 
 
-def _deflate_or_raw(path: Path) -> bool:
-    """Formats whose pixel data is stored raw or deflate-compressed inside this very file."""
+def _max_expansion(path: Path) -> Optional[float]:
+    """How many pixel bytes one byte of this file can hold at most (None: unknown, e.g. bzip2
+    or data in another file): 1 for raw, ~1 voxel per byte for ASCII, 1100 for deflate."""
     lower = path.name.lower()
-    if lower.endswith((".nii", ".nii.gz")):
-        return True
+    if lower.endswith(".nii"):
+        return 1.0
+    if lower.endswith(".nii.gz"):
+        return _MAX_DEFLATE_RATIO
     if lower.endswith((".nrrd", ".mha")):
         try:
             with open(path, "rb") as f:
                 head = f.read(4096).decode("latin-1").lower()
         except OSError:
-            return False
+            return None
+        lines = head.splitlines()
         if lower.endswith(".nrrd"):
-            enc = [ln.split(":", 1)[1].strip() for ln in head.splitlines() if ln.startswith("encoding:")]
-            detached = any(ln.startswith(("data file:", "datafile:")) for ln in head.splitlines())
-            return bool(enc) and enc[0] in ("raw", "gzip", "gz") and not detached
-        return "elementdatafile = local" in " ".join(head.split())
-    return False
+            if any(ln.startswith(("data file:", "datafile:")) for ln in lines):
+                return None
+            enc = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("encoding:")]
+            return {"raw": 1.0, "gzip": _MAX_DEFLATE_RATIO, "gz": _MAX_DEFLATE_RATIO,
+                    "ascii": 8.0, "txt": 8.0, "text": 8.0}.get(enc[0] if enc else "", None)
+        flat = " ".join(head.split())
+        if "elementdatafile = local" not in flat:
+            return None
+        return _MAX_DEFLATE_RATIO if "compresseddata = true" in flat else 1.0
+    return None
 
 
 # --------------------------------------------------------------------------- MetaImage header
