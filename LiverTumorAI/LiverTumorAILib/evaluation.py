@@ -409,14 +409,18 @@ def _read_json(path: Path, case: str) -> Dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        return json.loads(path.read_text())
+        doc = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise InputError(f"{case}: {path}: not valid JSON ({exc})") from exc
+    if not isinstance(doc, dict):
+        raise InputError(f"{case}: {path}: expected a JSON object, found {type(doc).__name__}")
+    return doc
 
 
 def _lesion_entries(doc: Mapping[str, Any]) -> List[Mapping[str, Any]]:
     les = doc.get("lesions", [])
-    return list(les.values()) if isinstance(les, dict) else list(les)
+    entries = list(les.values()) if isinstance(les, dict) else list(les) if isinstance(les, list) else []
+    return [e for e in entries if isinstance(e, Mapping)]  # malformed entries are ignored, never a crash
 
 
 def _lesion_key(entry: Mapping[str, Any]) -> Optional[int]:
@@ -447,7 +451,7 @@ def predicted_probabilities(doc: Mapping[str, Any]) -> Dict[int, float]:
     out: Dict[int, float] = {}
     for i, e in enumerate(_lesion_entries(doc), start=1):
         p = e.get("malignancy_probability")
-        if p is not None:
+        if isinstance(p, (int, float)) and not isinstance(p, bool) and math.isfinite(p):
             out[_lesion_key(e) or i] = float(p)
     return out
 
