@@ -88,7 +88,7 @@ def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int
             print(line, flush=True)
 
 
-def train(model: str, cache: Path, out: Path, minutes: float, threads: int) -> dict:
+def train(model: str, cache: Path, out: Path, minutes: float, threads: int, resume: bool = False) -> dict:
     import torch
 
     torch.set_num_threads(threads)
@@ -108,9 +108,11 @@ def train(model: str, cache: Path, out: Path, minutes: float, threads: int) -> d
     train_set = load_prepared(cache / "seg" / "train")
     val_set = load_prepared(cache / "seg" / "val")
     settings = {**MODEL_SETTINGS[model], "spacing_mm": DEMO_SPACING_MM, "steps_per_epoch": 50, "patch": 128}
+    if resume:  # a second, gentler learning-rate cycle from the last checkpoint
+        settings["lr"] = settings["lr"] * 0.3
     return train_segmentation(
         train_set, val_set, architecture=model, out_dir=out / model, train_config=settings,
-        epochs=10000, max_minutes=minutes, device="cpu",
+        epochs=10000, max_minutes=minutes, device="cpu", resume=resume,
         manifest_extra={"version": "demo-0.1", "training_data": _training_data(len(train_set), len(val_set))},
     )
 
@@ -128,13 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=1, help="phantoms generated in parallel")
+    parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint (a new LR cycle)")
     args = parser.parse_args(argv)
     if args.step in ("prepare", "all"):
         prepare(args.cache, args.count, args.val, args.size, args.slices, args.jobs)
     if args.step == "train":
         if not args.model:
             parser.error("train needs a model name")
-        print(json.dumps(train(args.model, args.cache, args.out, args.minutes, args.threads)))
+        print(json.dumps(train(args.model, args.cache, args.out, args.minutes, args.threads, args.resume)))
     if args.step == "all":
         for name in ("localizer", *SEGMENTATION_MODELS):
             print(name, json.dumps(train(name, args.cache, args.out, args.minutes, args.threads)), flush=True)

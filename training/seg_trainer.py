@@ -322,6 +322,13 @@ def train_segmentation(
     t_start = time.perf_counter()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_metrics: dict = {}
+    if resume and (out_dir / "manifest.json").exists():
+        # the checkpoint is the *last* state; the best one so far is the saved weights folder
+        from LiverTumorAILib.weights import load_weights
+
+        saved, saved_manifest = load_weights(out_dir)
+        best_state = {k: v.to(dev) for k, v in saved.state_dict().items()}
+        best_metrics = dict(saved_manifest.get("metrics", {}))
     model.train()
     for epoch in range(start_epoch, epochs):
         losses = []
