@@ -311,16 +311,17 @@ def test_paste_crop_maps_lands_on_the_lesion():
 
 
 def test_bundled_classifier_if_present():
-    from LiverTumorAILib.errors import WeightsError
-    from LiverTumorAILib.weights import find_weights
+    """The bundled demo classifier (CT+MRI, or CT-only) runs end to end on a synthetic lesion."""
+    import LiverTumorAILib.weights as w
 
-    try:
-        find_weights("hybrid3d")
-    except WeightsError:
-        pytest.skip("bundled Resources/Models/hybrid3d weights are absent")
+    bundled = [n for n in ("hybrid3d-ctmri", "hybrid3d") if any((d / n / "manifest.json").is_file() for d in w.bundled_models_dirs())]
+    if not bundled:
+        pytest.skip("no bundled Resources/Models/hybrid3d(-ctmri) weights")
     ct, les = make_ct(lesions=[((0.0, 0.0, 0.0), 12.0, True)])
-    (r,) = classify_lesions(ct, les, gradcam=False)
-    assert 0.0 <= r["malignancy_probability"] <= 1.0 and r["synthetic_weights"]
+    mri = sitk.Cast(ct, sitk.sitkFloat32) + 1000.0 if bundled[0] == "hybrid3d-ctmri" else None
+    (r,) = classify_lesions(ct, les, mri, gradcam=True)
+    assert 0.0 <= r["malignancy_probability"] <= 1.0 and r["synthetic_weights"] and r["calibrated"]
+    assert sitk.GetArrayFromImage(r["gradcam"]).max() <= 1.0
 
 
 # ----------------------------------------------------------------------------- heatmaps
