@@ -289,7 +289,7 @@ def train_segmentation(
     from LiverTumorAILib.weights import save_weights
 
     tc = {
-        "batch_size": 16, "lr": 1e-4, "patch": 128, "steps_per_epoch": 100, "loss": "dice_bce",
+        "batch_size": 16, "lr": 1e-4, "patch": 128, "steps_per_epoch": "auto", "loss": "dice_bce",
         "val_every": 1, "spacing_mm": [1.0, 1.0, 2.5], "window_hu": list(DEFAULT_WINDOW_HU),
     }
     tc.update(train_config or {})
@@ -317,6 +317,10 @@ def train_segmentation(
         start_epoch, best = int(state["epoch"]) + 1, float(state["best"])
         history = json.loads((work_dir / "history.json").read_text()) if (work_dir / "history.json").exists() else []
         log(f"resumed from epoch {start_epoch}")
+    if tc["steps_per_epoch"] in (None, "auto"):  # one pass over the training slices, in expectation
+        total_slices = sum(int(c.ct_hu.shape[0]) for c in train_cases)
+        tc["steps_per_epoch"] = max(1, math.ceil(total_slices / (tc["batch_size"] * (dist.world_size if dist else 1))))
+        log(f"steps per epoch: {tc['steps_per_epoch']} ({total_slices} training slices)")
     sampler = SlabSampler(train_cases, model_config["ct_offsets"], model_config.get("mri_offsets", []), tc["patch"], rng, tc)
     scheduler_total = max(epochs, 1) * tc["steps_per_epoch"]
     t_start = time.perf_counter()
