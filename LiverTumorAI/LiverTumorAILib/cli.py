@@ -274,17 +274,9 @@ def _json_default(obj: Any) -> Any:
 
 
 def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise OutputError(f"{path.name}: cannot be written ({e.strerror or e})") from None
+    from LiverTumorAILib.io.atomic import write_text_atomic
+
+    write_text_atomic(path, text, what="metrics")
 
 
 # --------------------------------------------------------------------------- main

@@ -189,13 +189,12 @@ def _classify(ct, lesion_image, mri, weights_dir, device, gradcam: bool):
     models = {}
     for call in calls:
         name = call.get("model")
-        if name and name not in models:
-            models[f"classifier:{name}"] = {
-                "name": name, "version": call.get("weights_version", "unknown"),
-                "synthetic": bool(call.get("synthetic_weights", False)),
-            }
-            if models[f"classifier:{name}"]["synthetic"]:
-                models[f"classifier:{name}"]["notice"] = DEMO_WEIGHTS_NOTICE
+        key = f"classifier:{name}"
+        if name and key not in models:
+            models[key] = {"name": name, "version": call.get("weights_version", "unknown"),
+                           "synthetic": bool(call.get("synthetic_weights", False))}
+            if models[key]["synthetic"]:
+                models[key]["notice"] = DEMO_WEIGHTS_NOTICE
     return calls, models, results
 
 
@@ -261,11 +260,9 @@ def _volume_name(path) -> str:
 
 def _write_json(path: Path, data: dict) -> None:
     """Write JSON atomically (temp file + rename): a reader never sees half a report."""
-    import os
+    from LiverTumorAILib.io.atomic import write_text_atomic
 
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, allow_nan=False, default=_json_default))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False, default=_json_default), what="report")
 
 
 def _json_default(value):

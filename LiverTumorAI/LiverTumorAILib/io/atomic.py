@@ -125,3 +125,35 @@ def _commit(staging: Path, outdir: Path, overwrite: bool) -> None:
         os.rename(old, outdir)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+@contextmanager
+def atomic_file(path: Union[str, os.PathLike], what: str = "file") -> Iterator[Path]:
+    """Yield a temporary path next to `path`; it replaces `path` only if the block succeeds.
+
+    A reader never sees half a file; on any failure the temporary file is removed and an
+    OSError becomes one-line `OutputError` naming the file ("disk is full", ...)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except OSError as err:
+        raise OutputError(f"{path.name}: cannot write {what} ({_reason(err)})") from None
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+
+
+def write_text_atomic(path: Union[str, os.PathLike], text: str, what: str = "file") -> Path:
+    """Write `text` (UTF-8) to `path` atomically, creating its folder."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{path.parent.name}: cannot create folder ({_reason(err)})") from None
+    with atomic_file(path, what) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return path

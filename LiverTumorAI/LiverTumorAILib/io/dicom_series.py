@@ -19,6 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from LiverTumorAILib.errors import InputError, OutputError
+from LiverTumorAILib.io.atomic import atomic_file
 
 _INT16 = np.iinfo(np.int16)
 
@@ -145,15 +146,7 @@ def write_dicom_series(
         ds.WindowCenter, ds.WindowWidth = _ds(center), _ds(width)
         ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
         path = folder / f"IM{k + 1:05d}.dcm"
-        tmp = folder / f".{path.name}.tmp-{os.getpid()}"
-        try:
+        with atomic_file(path, "DICOM file") as tmp:
             ds.save_as(tmp, enforce_file_format=True)
-            os.replace(tmp, path)
-        except OSError as e:
-            try:
-                tmp.unlink()
-            except OSError:
-                pass
-            raise OutputError(f"{path.name}: cannot write DICOM file ({e.strerror or e})") from None
         paths.append(path)
     return paths
