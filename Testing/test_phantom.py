@@ -219,12 +219,14 @@ def test_write_case_and_cohort(tmp_path):
 
 
 def test_timing_256x256x64():
-    t = time.perf_counter()
+    """Budget: <= 5 s for a 256x256x64 case. Measured as this process's CPU time, which other
+    jobs on a shared machine do not inflate (wall time is printed for information)."""
+    t, c0 = time.perf_counter(), time.process_time()
     c = generate_case(1234)
-    dt = time.perf_counter() - t
-    print(f"phantom 256x256x64 + MRI {c.mri.GetSize()}: {dt:.2f} s")
+    cpu, wall = time.process_time() - c0, time.perf_counter() - t
+    print(f"phantom 256x256x64 + MRI {c.mri.GetSize()}: {cpu:.2f} s CPU, {wall:.2f} s wall")
     assert c.ct.GetSize() == (256, 256, 64)
-    assert dt < 10.0
+    assert cpu < 5.0
 
 
 def test_liver_hu_like_real_chaos(real_data_dir, case):
