@@ -69,40 +69,26 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray, bounds: tuple[float,
 
 
 def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> float:
-    """Expected calibration error with ``n_bins`` equal-width confidence bins.
+    """Top-label ECE of a binary classifier (one implementation: ``evaluation``'s).
 
-    ``probs`` is either [N, K] class probabilities (confidence = max prob, correct = argmax == label)
-    or [N] probabilities of class 1 (converted to two columns). ECE = sum_b |B|/N * |acc_b - conf_b|.
-    """
+    ``probs`` is [N] probabilities of class 1 or [N, 2] class probabilities."""
+    from LiverTumorAILib.evaluation import expected_calibration_error as ece
+
     p = np.asarray(probs, dtype=np.float64)
-    if p.ndim == 1:
-        p = np.stack([1.0 - p, p], axis=1)
-    y = np.asarray(labels, dtype=int)
-    if len(y) == 0:
+    if p.ndim == 2:
+        if p.shape[1] != 2:
+            raise ValueError("expected_calibration_error: binary classifier probabilities expected")
+        p = p[:, 1]
+    if len(p) == 0:
         return 0.0
-    conf = p.max(axis=1)
-    correct = (p.argmax(axis=1) == y).astype(np.float64)
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    bins = np.clip(np.digitize(conf, edges[1:-1], right=True), 0, n_bins - 1)
-    ece = 0.0
-    for b in range(n_bins):
-        sel = bins == b
-        if sel.any():
-            ece += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    return float(ece)
+    return ece(np.asarray(labels, dtype=int), p, n_bins)
 
 
 def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve (Mann-Whitney U with average ranks for ties); NaN if one class."""
-    s = np.asarray(scores, dtype=np.float64)
-    y = np.asarray(labels, dtype=int)
-    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    from scipy.stats import rankdata
+    """Area under the ROC curve (``evaluation.roc_auc`` with this module's argument order)."""
+    from LiverTumorAILib.evaluation import roc_auc as auc
 
-    ranks = rankdata(s)
-    return float((ranks[y == 1].sum() - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg))
+    return auc(labels, scores)
 
 
 def calibration_record(logits: np.ndarray, labels: np.ndarray, n_bins: int = 10) -> dict:
