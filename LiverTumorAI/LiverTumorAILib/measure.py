@@ -18,7 +18,8 @@ from scipy.spatial import ConvexHull, QhullError
 from LiverTumorAILib.geometry import lps_to_ras, voxel_indices_to_physical
 
 
-def _max_pairwise_distance(points: np.ndarray) -> float:
+def max_pairwise_distance(points: np.ndarray) -> float:
+    """Largest distance between two points (convex-hull vertices only, so large lesions stay cheap)."""
     if len(points) < 2:
         return 0.0
     candidates = points
@@ -51,13 +52,13 @@ def lesion_measurements(ct: sitk.Image, ct_array: np.ndarray, lesions: np.ndarra
         surface_points = voxel_indices_to_physical(ct, surface_zyx) if len(surface_zyx) else points
         axial = 0.0
         for z in np.unique(surface_zyx[:, 0]) if len(surface_zyx) else []:
-            axial = max(axial, _max_pairwise_distance(surface_points[surface_zyx[:, 0] == z]))
+            axial = max(axial, max_pairwise_distance(surface_points[surface_zyx[:, 0] == z]))
         centroid_lps = points.mean(axis=0)
         out.append(
             {
                 "id": int(index),
                 "volume_ml": round(len(zyx) * voxel_ml, 3),
-                "longest_diameter_mm": round(_max_pairwise_distance(surface_points) + in_plane, 1),
+                "longest_diameter_mm": round(max_pairwise_distance(surface_points) + in_plane, 1),
                 "longest_axial_diameter_mm": round(axial + in_plane, 1),
                 "centroid_ras": [round(v, 2) for v in lps_to_ras(centroid_lps)],
                 "mean_hu": round(float(ct_array[region][local].mean()), 1),

@@ -51,7 +51,6 @@ from typing import Iterable, Sequence
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
-from scipy.spatial import ConvexHull, QhullError
 
 from ..errors import InputError
 
@@ -215,23 +214,12 @@ def lesion_geometries(lesions: sitk.Image, ids: Iterable[int] | None = None) -> 
 
 
 def _max_pairwise_distance(points: np.ndarray) -> float:
-    """Largest distance between two points (convex-hull vertices only, so large lesions stay cheap).
+    """Diameter = this over the lesion's surface voxel centres + the mean in-plane voxel size: the
+    same definition (and code) as ``measure.py``'s ``longest_diameter_mm``, so the "< 10 mm" rule
+    here agrees with the lesion table."""
+    from ..measure import max_pairwise_distance
 
-    Diameter = this over the lesion's surface voxel centres + the mean in-plane voxel size: the same
-    definition as ``measure.py``'s ``longest_diameter_mm``, so the "< 10 mm" rule here agrees with
-    the lesion table.
-    """
-    if len(points) < 2:
-        return 0.0
-    cand = points
-    if len(points) > 8:
-        try:
-            cand = points[ConvexHull(points).vertices]
-        except (QhullError, ValueError):  # flat/degenerate: all points (few) or the extreme ones
-            if len(points) > 2000:
-                cand = points[np.unique(np.concatenate([np.argmin(points, 0), np.argmax(points, 0)]))]
-    diff = cand[:, None, :] - cand[None, :, :]
-    return float(np.sqrt((diff**2).sum(-1)).max())
+    return max_pairwise_distance(points)
 
 
 def _roi_for(image: sitk.Image, ref_lo: np.ndarray, ref_hi: np.ndarray, pad_vox: int = 3) -> tuple[sitk.Image, bool]:
