@@ -15,9 +15,11 @@ Combination rule (``combine_heatmaps``):
 3. Combined map = voxel-wise **maximum** over the normalised sources. Max rather than mean: a
    region that one source attends to strongly (e.g. a lesion Grad-CAM looked at) must not be
    halved because the other source is cold there; the heatmap answers "where did any model look".
-4. Optionally masked to the liver dilated by ``dilate_mm`` (10 mm): attention outside the liver
-   (spine, bowel edges) is mostly boundary noise of the segmentation network and distracts; the
-   margin keeps peri-hepatic attention (capsular lesions). The per-source maps of
+4. Optionally masked to the segmented liver (which includes its lesions) dilated by ``dilate_mm``
+   (3 mm): attention outside the liver (spine, bowel edges, the outer side of the liver boundary)
+   is mostly boundary noise of the segmentation network and distracts; the small margin keeps
+   the capsule itself. With 10 mm, 36-46% of the heatmap mass of the demo models lay outside
+   the true liver on held-out phantoms, mostly in that outer rim. The per-source maps of
    ``--heatmaps all`` are written unmasked unless ``mask_sources=True``, so they show each
    model's raw attention.
 
@@ -34,7 +36,7 @@ from typing import Mapping
 import numpy as np
 import SimpleITK as sitk
 
-DEFAULT_DILATE_MM = 10.0
+DEFAULT_DILATE_MM = 3.0
 _NAME_OK = re.compile(r"[^A-Za-z0-9_-]+")
 
 
