@@ -51,7 +51,7 @@ def test_existing_outdir_refused_and_untouched(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="already exists.*--overwrite"):
         with atomic_output_dir(out):
             pytest.fail("must not start")
-    assert (out / "corrected.seg.nrrd").read_text() == "manual edits"
+    assert (out / "corrected.seg.nrrd").read_text(encoding="utf-8") == "manual edits"
     assert _names(tmp_path) == ["out"]
 
 

@@ -232,7 +232,7 @@ def test_trainer_saves_calibrated_manifest(trained):
     from LiverTumorAILib.weights import load_weights
 
     folder, metrics = trained
-    manifest = json.loads((folder / "manifest.json").read_text())
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["task"] == "classification" and manifest["architecture"] == "hybrid3d"
     assert manifest["dtype"] == "float16" and manifest["training_data"]["synthetic"] is True
     assert manifest["calibration"]["temperature"] > 0 and "ece_after" in manifest["calibration"]

@@ -153,7 +153,7 @@ def test_classify_demo_phantom_evaluate_export_dispatch(monkeypatch, tmp_path: P
     assert cli.main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt")]) == 0
     assert json.loads(capsys.readouterr().out) == {"summary": {"dice": 0.5}}
     assert cli.main(["evaluate", str(tmp_path / "pred"), str(tmp_path / "gt"), "-o", str(tmp_path / "r.json")]) == 0
-    assert json.loads((tmp_path / "r.json").read_text())["summary"]["dice"] == 0.5
+    assert json.loads((tmp_path / "r.json").read_text(encoding="utf-8"))["summary"]["dice"] == 0.5
     assert cli.main(["evaluate", str(tmp_path / "nope"), str(tmp_path / "gt")]) == 2
 
     ex = _fake_module(monkeypatch, "export", run_export=lambda *a, **k: None)
@@ -299,7 +299,7 @@ def test_existing_outdir_exit_4_untouched(tmp_path: Path) -> None:
     r = _run(["segment", ct, "-o", out, "--progress", "none"])
     assert r.returncode == 4 and r.stderr.startswith("livertumorai: error: out: output folder already exists")
     assert r.stderr.count("\n") == 1
-    assert (out / "edited.seg.nrrd").read_text() == "manual"
+    assert (out / "edited.seg.nrrd").read_text(encoding="utf-8") == "manual"
 
 
 _SLOW_RUN = textwrap.dedent("""

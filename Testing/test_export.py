@@ -212,14 +212,14 @@ def test_html_report_nifti_and_seg_nrrd(phantom_result, tmp_path):
     folder, ct, label, lesions = phantom_result
     formats = ["html", "nifti"] + (["seg.nrrd"] if scene_available() else [])
     paths = run_export(folder, tmp_path / "out", formats)
-    page = paths["html"][0].read_text()
+    page = paths["html"][0].read_text(encoding="utf-8")
     assert '<table id="lesions">' in page and "16.00" in page and "0.83" in page and "malignant" in page
     assert "Not for clinical use" in page and "synthetic demo weights" in page
     assert "dual-stream: version demo-0.1" in page
     assert page.count("data:image/png;base64,") == 1
     nii = sitk.ReadImage(str(tmp_path / "out" / "labelmap.nii.gz"))
     arr = sitk.GetArrayFromImage(nii)
-    legend = json.loads((tmp_path / "out" / "labelmap.json").read_text())["segments"]
+    legend = json.loads((tmp_path / "out" / "labelmap.json").read_text(encoding="utf-8"))["segments"]
     by_name = {s["name"]: s["value"] for s in legend}
     assert int((arr == by_name["Liver"]).sum()) == int((label == 1).sum())
     assert int((arr == by_name["Lesion 1"]).sum()) == int((lesions == 1).sum())

@@ -207,7 +207,7 @@ def test_write_case_and_cohort(tmp_path):
     for p in paths:
         for f in ("ct.nii.gz", "mri.nii.gz", "label.nii.gz", "lesions.nii.gz", "truth.json"):
             assert (p / f).is_file(), f
-        truth = json.loads((p / "truth.json").read_text())
+        truth = json.loads((p / "truth.json").read_text(encoding="utf-8"))
         seeds.add(truth["seed"])
         les = sitk.ReadImage(str(p / "lesions.nii.gz"))
         assert sorted(set(np.unique(arr(les))) - {0}) == [x["id"] for x in truth["lesions"]]

@@ -79,7 +79,7 @@ def test_segment_outputs_on_the_exact_ct_grid_with_stated_dice(phantom_case, seg
     assert _dice(pred == 2, truth == 2) >= 0.65
     h = sitk.GetArrayFromImage(heat)
     assert 0.0 <= h.min() and h.max() <= 1.0 and h.max() > 0
-    report = json.loads((segmented / "report.json").read_text())
+    report = json.loads((segmented / "report.json").read_text(encoding="utf-8"))
     assert report["lesion_count"] == len(report["lesions"]) == int(sitk.GetArrayFromImage(lesions).max())
     assert "synthetic phantoms" in report["weights_notice"]
     assert report["models"]["segmentation"]["synthetic"] is True

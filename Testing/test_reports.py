@@ -31,7 +31,7 @@ def test_html_report_with_all_plots(tmp_path: Path) -> None:
          {"title": "Per case", "tables": [[{"case": "a", "dice": 0.9}, {"case": "b", "dice": None}]],
           "images": pngs[2:]}],
         note="synthetic data")
-    text = html_path.read_text()
+    text = html_path.read_text(encoding="utf-8")
     for p in pngs:
         assert f"src='{p.name}'" in text
     assert "Evaluation &lt;test&gt;" in text and "dice.mean" in text and "&ndash;" in text

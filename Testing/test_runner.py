@@ -125,9 +125,9 @@ def test_cancel_kills_child_and_grandchild(tmp_path):
     """)
     runner = ProcessRunner([sys.executable, str(child)], grace_s=0.5).start()
     deadline = time.monotonic() + 20
-    while not (pids.exists() and pids.read_text().strip()) and time.monotonic() < deadline:
+    while not (pids.exists() and pids.read_text(encoding="utf-8").strip()) and time.monotonic() < deadline:
         time.sleep(0.05)
-    child_pid, grandchild_pid = map(int, pids.read_text().split())
+    child_pid, grandchild_pid = map(int, pids.read_text(encoding="utf-8").split())
     assert not _gone(child_pid) and not _gone(grandchild_pid)
 
     t0 = time.monotonic()
@@ -274,7 +274,7 @@ def _has_phantom_subcommand() -> bool:
         from LiverTumorAILib.phantom import generate_cohort  # noqa: F401
     except Exception:
         return False
-    return "phantom" in Path(cli.__file__).read_text()
+    return "phantom" in Path(cli.__file__).read_text(encoding="utf-8")
 
 
 @pytest.mark.skipif(not _has_phantom_subcommand(), reason="`livertumorai phantom` not available yet")

@@ -36,7 +36,7 @@ def _ui_widgets() -> dict:
 
 
 def _ui_used_names() -> set:
-    tree = ast.parse(MODULE_PY.read_text())
+    tree = ast.parse(MODULE_PY.read_text(encoding="utf-8"))
     names = set()
     for node in ast.walk(tree):
         if (isinstance(node, ast.Attribute) and isinstance(node.value, ast.Attribute)
@@ -47,7 +47,7 @@ def _ui_used_names() -> set:
 
 
 def _parameter_fields() -> dict:
-    tree = ast.parse(MODULE_PY.read_text())
+    tree = ast.parse(MODULE_PY.read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.ClassDef) and any(
                 isinstance(d, ast.Name) and d.id == "parameterNodeWrapper" for d in node.decorator_list):
@@ -151,7 +151,7 @@ ALLOWED_TOP_IMPORTS = {"__future__", "ctk", "qt", "slicer", "vtk", "os", "sys", 
 
 
 def test_module_imports_nothing_heavy_at_top_level():
-    tree = ast.parse(MODULE_PY.read_text())
+    tree = ast.parse(MODULE_PY.read_text(encoding="utf-8"))
     for node in tree.body:
         if isinstance(node, ast.Import):
             mods = [a.name for a in node.names]
@@ -167,7 +167,7 @@ def test_module_imports_nothing_heavy_at_top_level():
                 f"line {node.lineno}: top-level import of {mod!r} (import heavy things inside functions)"
     # engine modules imported at top level must themselves import only the standard library
     for name in ("runner", "dependencies"):
-        sub = ast.parse((LIB_DIR / f"{name}.py").read_text())
+        sub = ast.parse((LIB_DIR / f"{name}.py").read_text(encoding="utf-8"))
         for node in sub.body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 mod = node.names[0].name if isinstance(node, ast.Import) else (node.module or "")
@@ -175,13 +175,13 @@ def test_module_imports_nothing_heavy_at_top_level():
 
 
 def test_module_classes_follow_the_template():
-    tree = ast.parse(MODULE_PY.read_text())
+    tree = ast.parse(MODULE_PY.read_text(encoding="utf-8"))
     classes = {n.name: [ast.unparse(b) for b in n.bases] for n in tree.body if isinstance(n, ast.ClassDef)}
     assert "ScriptedLoadableModule" in classes["LiverTumorAI"]
     assert "ScriptedLoadableModuleWidget" in classes["LiverTumorAIWidget"]
     assert "ScriptedLoadableModuleLogic" in classes["LiverTumorAILogic"]
     assert "ScriptedLoadableModuleTest" in classes["LiverTumorAITest"]
-    text = MODULE_PY.read_text()
+    text = MODULE_PY.read_text(encoding="utf-8")
     assert "connectGui(self.ui)" in text and "qt.QTimer()" in text
     assert "PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=" in text
     assert "slicer.util.pip_install(" in text
@@ -189,7 +189,7 @@ def test_module_classes_follow_the_template():
 
 def test_no_widget_does_processing():
     """The Widget only wires: no subprocess, file reading or engine pipeline calls in it."""
-    tree = ast.parse(MODULE_PY.read_text())
+    tree = ast.parse(MODULE_PY.read_text(encoding="utf-8"))
     widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "LiverTumorAIWidget")
     src = ast.unparse(widget)
     for forbidden in ("subprocess", "SimpleITK", "sitk.", "numpy", "import torch", "ProcessRunner(", "open("):
@@ -210,7 +210,7 @@ def _lib_py_files() -> list:
 
 
 def test_module_cmakelists_lists_scripts_and_resources():
-    text = _cmake_commands((MODULE_DIR / "CMakeLists.txt").read_text())
+    text = _cmake_commands((MODULE_DIR / "CMakeLists.txt").read_text(encoding="utf-8"))
     assert "slicerMacroBuildScriptedModule(" in text
     assert "set(MODULE_NAME LiverTumorAI)" in text
     assert "${MODULE_NAME}.py" in text
@@ -231,7 +231,7 @@ def test_module_cmakelists_lists_scripts_and_resources():
 
 
 def test_top_level_cmakelists():
-    text = _cmake_commands((ROOT / "CMakeLists.txt").read_text())
+    text = _cmake_commands((ROOT / "CMakeLists.txt").read_text(encoding="utf-8"))
     for needle in ("cmake_minimum_required(", "project(LiverTumorAI)", "find_package(Slicer REQUIRED)",
                    "include(${Slicer_USE_FILE})", "add_subdirectory(LiverTumorAI)",
                    "include(${Slicer_EXTENSION_GENERATE_CONFIG})", "include(${Slicer_EXTENSION_CPACK})"):
@@ -296,7 +296,7 @@ S4EXT_FIELDS = ("scm", "scmurl", "scmrevision", "depends", "build_subdirectory",
 
 def _s4ext() -> dict:
     fields = {}
-    for line in (ROOT / "LiverTumorAI.s4ext").read_text().splitlines():
+    for line in (ROOT / "LiverTumorAI.s4ext").read_text(encoding="utf-8").splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
             key, _, value = line.strip().partition(" ")
             fields[key] = value.strip()
@@ -320,7 +320,7 @@ CATALOG_ALLOWED = CATALOG_REQUIRED | {"scm_revision", "scm_type", "build_depende
 
 
 def test_catalog_entry_matches_schema_and_s4ext():
-    entry = json.loads((ROOT / "LiverTumorAI.json").read_text())
+    entry = json.loads((ROOT / "LiverTumorAI.json").read_text(encoding="utf-8"))
     assert entry["$schema"] == ("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
                                 "slicer-extension-catalog-entry-schema-v1.0.1.json")
     assert CATALOG_REQUIRED <= set(entry) <= CATALOG_ALLOWED, set(entry) ^ CATALOG_ALLOWED

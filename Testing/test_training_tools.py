@@ -98,10 +98,10 @@ def test_train_cli_segmentation_end_to_end(tmp_path: Path) -> None:
                "--config", str(Path(__file__).parents[1] / "training" / "configs" / "demo_segmentation.json"),
                "--device", "cpu", "--phantom-size", "64", "--phantom-slices", "16"])
     assert rc == 0
-    manifest = json.loads((out / "tam-unet" / "manifest.json").read_text())
+    manifest = json.loads((out / "tam-unet" / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["training_data"]["synthetic"] is True and manifest["architecture"] == "tam-unet"
     work = out / "_training" / "tam-unet"
-    split = json.loads((work / "split.json").read_text())
+    split = json.loads((work / "split.json").read_text(encoding="utf-8"))
     assert sum(len(v) for v in split.values()) == 4 and split["test"]
     assert (work / "test" / "report.html").exists() and (work / "test" / "loss.png").exists()
     from LiverTumorAILib.weights import load_weights

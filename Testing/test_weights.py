@@ -43,7 +43,7 @@ def _save(folder: Path, dtype="float32", name="tam-unet", **extra) -> Path:
 
 def _edit_manifest(folder: Path, **changes) -> None:
     path = folder / "manifest.json"
-    m = json.loads(path.read_text())
+    m = json.loads(path.read_text(encoding="utf-8"))
     for k, v in changes.items():
         if v is None:
             m.pop(k, None)

@@ -39,7 +39,7 @@ ABLATIONS: Dict[str, Dict[str, Any]] = {
 
 def ablation_configs(base: Optional[Dict[str, Any]] = None) -> Dict[str, Dict[str, Any]]:
     """{variant: full training config} derived from BASE (default: configs/dual_stream.json)."""
-    base = base or json.loads(BASE_CONFIG.read_text())
+    base = base or json.loads(BASE_CONFIG.read_text(encoding="utf-8"))
     out = {}
     for name, patch in ABLATIONS.items():
         cfg = copy.deepcopy(base)
@@ -65,7 +65,7 @@ def run(data: str, out: Path, *, only: Optional[Sequence[str]] = None, epochs: O
     from training import cli
     from training.evaluate_models import write_segmentation_report
 
-    cfgs = ablation_configs(json.loads(base.read_text()) if base else None)
+    cfgs = ablation_configs(json.loads(base.read_text(encoding="utf-8")) if base else None)
     names = list(only or cfgs)
     for n in names:
         if n not in cfgs:
@@ -84,7 +84,7 @@ def run(data: str, out: Path, *, only: Optional[Sequence[str]] = None, epochs: O
         rc = cli.main(argv)
         if rc != 0:
             raise InputError(f"ablation {n!r}: livertumorai-train exited with status {rc}")
-        res = json.loads((out / n / "_training" / cfgs[n]["model"] / "results.json").read_text())
+        res = json.loads((out / n / "_training" / cfgs[n]["model"] / "results.json").read_text(encoding="utf-8"))
         results[n] = res["folds"][0].get("test_cases", [])
     baseline = "full" if "full" in results else names[0]
     report = write_segmentation_report(results, out / "comparison", baseline=baseline,
@@ -103,7 +103,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args, extra = ap.parse_known_args(argv)
     if args.write_configs:
         args.write_configs.mkdir(parents=True, exist_ok=True)
-        for n, cfg in ablation_configs(json.loads(args.base.read_text()) if args.base else None).items():
+        for n, cfg in ablation_configs(json.loads(args.base.read_text(encoding="utf-8")) if args.base else None).items():
             (args.write_configs / f"{n}.json").write_text(json.dumps(cfg, indent=2))
             flag = "" if not unsupported(cfg) else f"  (needs model support: {unsupported(cfg)})"
             print(f"{args.write_configs / (n + '.json')}{flag}")

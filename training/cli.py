@@ -44,7 +44,7 @@ def load_config(task: str, model: str, path: Optional[Path]) -> Dict[str, Any]:
             cand = CONFIG_DIR / "hybrid3d.json"
         path = cand if cand.exists() else CONFIG_DIR / f"demo_{task}.json"
     try:
-        cfg = json.loads(Path(path).read_text())
+        cfg = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read training config ({exc})") from exc
     if cfg.get("task", task) != task:
@@ -141,7 +141,7 @@ def run_segmentation(args: argparse.Namespace, cfg: Dict[str, Any], cases: Seque
         if ctx.is_main and split.test and not args.no_eval:
             per_case = evaluate_segmentation({model: weights_dir}, prep(split.test), device=str(ctx.device), log=log)
             history_file = weights_dir.parent / f".{weights_dir.name}.training" / "history.json"
-            history = json.loads(history_file.read_text()) if history_file.exists() else None
+            history = json.loads(history_file.read_text(encoding="utf-8")) if history_file.exists() else None
             report = write_segmentation_report(per_case, fold_dir / "test", history=history,
                                                note=_note(cases), title=f"{model}: held-out test split")
             fold["test_report"] = str(report)

@@ -315,7 +315,7 @@ def train_segmentation(
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         start_epoch, best = int(state["epoch"]) + 1, float(state["best"])
-        history = json.loads((work_dir / "history.json").read_text()) if (work_dir / "history.json").exists() else []
+        history = json.loads((work_dir / "history.json").read_text(encoding="utf-8")) if (work_dir / "history.json").exists() else []
         log(f"resumed from epoch {start_epoch}")
     if tc["steps_per_epoch"] in (None, "auto"):  # one pass over the training slices, in expectation
         total_slices = sum(int(c.ct_hu.shape[0]) for c in train_cases)

@@ -409,7 +409,7 @@ def _read_json(path: Path, case: str) -> Dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        doc = json.loads(path.read_text())
+        doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"{case}: {path}: not valid JSON ({exc})") from exc
     if not isinstance(doc, dict):

@@ -20,7 +20,7 @@ def _pairs(root: Path) -> List[Tuple[Path, Path]]:
     meta = root / "dataset.json"
     if meta.is_file():
         try:
-            doc = json.loads(meta.read_text())
+            doc = json.loads(meta.read_text(encoding="utf-8"))
         except ValueError as exc:
             raise InputError(f"{meta}: not valid JSON ({exc})") from exc
         labels = {str(k): str(v).lower() for k, v in doc.get("labels", {}).items()}

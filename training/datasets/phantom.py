@@ -90,7 +90,7 @@ def load_phantom_dir(root: Path, *, skip_bad: bool = False, validate: bool = Tru
         truth = d / "truth.json"
         if truth.exists():
             try:
-                doc = json.loads(truth.read_text())
+                doc = json.loads(truth.read_text(encoding="utf-8"))
                 case.lesion_classes = classes_from_truth(doc)
                 case.meta["truth"] = doc
             except ValueError as exc:
