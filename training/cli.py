@@ -119,7 +119,16 @@ def run_segmentation(args: argparse.Namespace, cfg: Dict[str, Any], cases: Seque
         return prepare_segmentation_cases(cs, spacing=spacing, cache_dir=cache_dir, use_mri=model == "fusion",
                                           log_fn=log)
 
-    folds = args.folds or int(cfg.get("folds", 1))
+    # k-fold only when asked for: a plain run must end with weights `segment --weights` loads.
+    folds = args.folds or 1
+    if folds == 1 and int(cfg.get("folds", 1)) > 1:
+        log(f"note: the paper protocol of this config uses {cfg['folds']}-fold cross-validation; "
+            f"add --folds {cfg['folds']} for it (no final weights are written in k-fold mode)")
+    from training.splits import default_patient_of
+
+    n_patients = len({default_patient_of(c.case_id) for c in cases})
+    if folds > n_patients:
+        raise InputError(f"--folds {folds}: only {n_patients} patient(s) in --data; use fewer folds or more cases")
     splits = (kfold(cases, folds, seed=args.seed, val_fraction=cfg.get("split", {}).get("val", 0.1))
               if folds > 1 else [split_from_config(cases, cfg.get("split"), args.seed)])
     results: Dict[str, Any] = {"task": "segmentation", "model": model, "folds": []}
