@@ -363,7 +363,7 @@ DEMO_SEED = 20261123
 
 def run_demo(outdir, *, model: str = "dual-stream", device: str = "auto", overwrite: bool = False, progress=None) -> dict:
     """`livertumorai demo`: make a synthetic CT+MRI case, run the pipeline, score it against its truth."""
-    from LiverTumorAILib.evaluation import evaluate_case
+    from LiverTumorAILib.evaluation import _nan_to_none, evaluate_case
     from LiverTumorAILib.io.atomic import atomic_output_dir
     from LiverTumorAILib.phantom import generate_case, write_case
 
@@ -380,7 +380,7 @@ def run_demo(outdir, *, model: str = "dual-stream", device: str = "auto", overwr
             result_dir, case.ct, case.mri, ct_path=str(case_dir / "ct.nii.gz"), mri_path=str(case_dir / "mri.nii.gz"),
             model=model, device=device, progress=progress,
         )
-        scores = evaluate_case(result_dir, case_dir, "demo")
+        scores = _nan_to_none(evaluate_case(result_dir, case_dir, "demo"))  # NaN (e.g. no tumour) -> null
         summary = {"model": model, "scores": scores, "weights_notice": report.get("weights_notice")}
         _write_json(staging / "demo_summary.json", summary)
         summary["report"] = report
