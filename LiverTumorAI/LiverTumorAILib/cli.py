@@ -118,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="make a synthetic CT+MRI case and run the whole pipeline on it")
     p.add_argument("-o", "--output", dest="outdir", metavar="OUTDIR", required=True, help="output folder (created)")
-    p.add_argument("--model", choices=MODELS, default="dual-stream", help="segmentation model (default: dual-stream)")
+    p.add_argument("--model", choices=MODELS, default="fusion", help="segmentation model (default: fusion, since the demo case has an MRI)")
     _add_common(p)
     p.set_defaults(handler=_cmd_demo)
 

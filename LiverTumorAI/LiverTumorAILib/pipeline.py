@@ -361,7 +361,7 @@ def run_classify(
 DEMO_SEED = 20261123
 
 
-def run_demo(outdir, *, model: str = "dual-stream", device: str = "auto", overwrite: bool = False, progress=None) -> dict:
+def run_demo(outdir, *, model: str = "fusion", device: str = "auto", overwrite: bool = False, progress=None) -> dict:
     """`livertumorai demo`: make a synthetic CT+MRI case, run the pipeline, score it against its truth."""
     from LiverTumorAILib.evaluation import _nan_to_none, evaluate_case
     from LiverTumorAILib.io.atomic import atomic_output_dir
