@@ -26,7 +26,8 @@ from LiverTumorAILib.models.classifiers2d import slice_majority_vote  # noqa: E4
 
 #: A tiny hybrid3d working on 32^3 crops (the architecture is size-agnostic; ``crop_size`` in the
 #: config makes classify_lesions extract crops of that size), so the test trains in seconds.
-TINY = {"channels": [4, 8, 16, 32], "fc_hidden": 16, "attention_reduction": 4, "dropout": 0.0, "crop_size": 32}
+# a 32^3 crop without input pooling: the same 4^3 Grad-CAM grid as the bundled 64^3 model with input_pool=2
+TINY = {"channels": [4, 8, 16, 32], "fc_hidden": 16, "attention_reduction": 4, "dropout": 0.0, "crop_size": 32, "input_pool": 1}
 S = TINY["crop_size"]
 
 
@@ -112,15 +113,19 @@ def trained(tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------- models
-@pytest.mark.parametrize("channels,fusion", [(1, "early"), (2, "early"), (2, "attention")])
-def test_hybrid3d_shapes(channels, fusion):
-    model = registry.build_model("hybrid3d", {"in_channels": channels, "fusion": fusion})
+@pytest.mark.parametrize("channels,fusion,pool", [(1, "early", 2), (2, "early", 1), (2, "attention", 2), (2, "attention", 1)])
+def test_hybrid3d_shapes(channels, fusion, pool):
+    model = registry.build_model("hybrid3d", {"in_channels": channels, "fusion": fusion, "input_pool": pool})
     model.eval()
     with torch.no_grad():
         out = model(torch.zeros(2, channels, 64, 64, 64))
     assert set(out) == {"logits", "aux_logits"}
     assert out["logits"].shape == (2, 2) and out["aux_logits"].shape == (2, 2)
     assert registry.default_config("hybrid3d")["channels"] == [16, 32, 64, 128]
+    # the Grad-CAM layer: 8^3 at full resolution, 4^3 after the 2x input pooling
+    assert tuple(model.attention.last_pooled.shape) == (2, 128)
+    feat = model.block4(model.block3(torch.zeros(1, model.block3[0].in_channels, 64 // (4 * pool), 64 // (4 * pool), 64 // (4 * pool))))
+    assert feat.shape[-1] == 8 // pool
     with pytest.raises(ValueError):
         model(torch.zeros(1, 3 - channels, 64, 64, 64))
 

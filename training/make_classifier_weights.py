@@ -59,8 +59,25 @@ def _case_crops(args: tuple[int, int, int, int | None]) -> dict:
     return out
 
 
+def _cached_case_crops(args: tuple[Path, int, int, int, int | None]) -> dict:
+    """``_case_crops`` through a per-case cache file, so a larger split only generates the new cases."""
+    folder, seed, size, slices, n_lesions = args
+    path = folder / f"seed{seed}.npz"
+    if path.is_file():
+        z = np.load(path, allow_pickle=False)
+        return {k: (list(z[k]) if k != "seed" else int(z[k])) for k in z.files}
+    r = _case_crops((seed, size, slices, n_lesions))
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.npz")
+    images = np.stack(r["images"]) if r["images"] else np.zeros((0, 2, 64, 64, 64), np.float16)
+    np.savez(tmp, images=images, labels=np.array(r["labels"], np.int64), diameters=np.array(r["diameters"], np.float64),
+             lesion_ids=np.array(r["lesion_ids"], np.int64), types=np.array(r["types"], dtype="U18"), seed=np.array(seed))
+    os.replace(tmp, path)
+    return r
+
+
 def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int, n_lesions: int | None, jobs: int, log) -> dict:
-    """Crops of one split, from the cache in ``work`` when it matches, else generated."""
+    """Crops of one split, from the cache in ``work`` when it matches, else generated (per case, resumable)."""
     path = work / f"crops_{split}.npz"
     key = json.dumps({"n": n_cases, "size": size, "slices": slices, "n_lesions": n_lesions, "base": SPLITS[split]})
     if path.is_file():
@@ -70,17 +87,18 @@ def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int,
             return data
     seeds = [SPLITS[split] + i for i in range(n_cases)]
     t0 = time.time()
-    tasks = [(s, size, slices, n_lesions) for s in seeds]
+    case_dir = work / "cases" / f"{size}x{slices}_n{n_lesions}"
+    tasks = [(case_dir, s, size, slices, n_lesions) for s in seeds]
     results = []
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as ex:
-            for k, r in enumerate(ex.map(_case_crops, tasks), 1):
+            for k, r in enumerate(ex.map(_cached_case_crops, tasks), 1):
                 results.append(r)
                 if k % 10 == 0:
                     log(f"{split}: {k}/{n_cases} cases ({time.time() - t0:.0f} s)")
     else:
         for k, t in enumerate(tasks, 1):
-            results.append(_case_crops(t))
+            results.append(_cached_case_crops(t))
             if k % 10 == 0:
                 log(f"{split}: {k}/{n_cases} cases ({time.time() - t0:.0f} s)")
     data = {
