@@ -17,6 +17,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from LiverTumorAILib.errors import InputError
+from LiverTumorAILib.io.image_io import probe_image
 
 log = logging.getLogger("training.datasets")
 
@@ -158,29 +159,12 @@ def read_image(path: Path) -> sitk.Image:
 
 
 def _source_size(src: ImageSource) -> Optional[Tuple[int, ...]]:
+    """Voxel size of a source without reading its pixels (the engine's header probe)."""
     if isinstance(src, sitk.Image):
         return tuple(src.GetSize())
     if callable(src):
         return None  # assembled lazily; its adapter checks the parts
-    path = Path(src)
-    if not path.exists():
-        raise InputError(f"{path}: not found")
-    if path.is_dir():
-        names = dicom_files(path)
-        r = sitk.ImageFileReader()
-        r.SetFileName(names[0])
-        try:
-            r.ReadImageInformation()
-        except RuntimeError as exc:
-            raise InputError(f"{names[0]}: unreadable DICOM ({_short(exc)})") from exc
-        return tuple(r.GetSize()[:2]) + (len(names),)
-    r = sitk.ImageFileReader()
-    r.SetFileName(str(path))
-    try:
-        r.ReadImageInformation()
-    except RuntimeError as exc:
-        raise InputError(f"{path}: cannot read image header ({_short(exc)})") from exc
-    return tuple(r.GetSize())
+    return probe_image(Path(src), "image").size
 
 
 def finish(cases: Iterable[Case], *, skip_bad: bool = False, validate: bool = True,

@@ -54,6 +54,7 @@ class LoadedImage:
     series_uid: str = ""
     series_description: str = ""
     other_series: List[Tuple[str, int]] = field(default_factory=list)
+    size: Tuple[int, ...] = ()  # (x, y, z) voxels, also known to a header-only probe
 
 
 _CAPTURE_NATIVE_STDERR = False
@@ -490,7 +491,7 @@ def _read_dicom_files(shown: Path, uid: str, files: List[str], where: Path, what
     if not pixels:
         return LoadedImage(image=None, path=shown, message=f"{name}: DICOM series, {len(files)} files",
                            files=[Path(f) for f in files], series_uid=uid, series_description=desc,
-                           other_series=others)
+                           other_series=others, size=tuple(int(v) for v in size))
     _check_memory_budget(name, None, size, info.GetPixelID())
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
@@ -533,11 +534,12 @@ def load_image(path: PathLike, what: str = "CT") -> LoadedImage:
     return loaded
 
 
-def probe_image(path: PathLike, what: str = "CT") -> None:
+def probe_image(path: PathLike, what: str = "CT") -> LoadedImage:
     """Header-only validation (no pixels loaded): lets the CLI refuse a bad input in a
-    fraction of a second, before the models are loaded. `read_image` repeats all checks."""
+    fraction of a second, before the models are loaded; returns the size and source files
+    (``image`` is None). `read_image` repeats all checks."""
     with quiet_itk():
-        _load_image(Path(path), what, pixels=False)
+        return _load_image(Path(path), what, pixels=False)
 
 
 def _load_image(path: Path, what: str, pixels: bool = True) -> LoadedImage:
@@ -575,7 +577,8 @@ def _load_image(path: Path, what: str, pixels: bool = True) -> LoadedImage:
     _check_header(name, dim, size, list(reader.GetSpacing())[:dim], reader.GetNumberOfComponents(),
                   reader.GetPixelID(), reader.GetDirection() if dim == 3 else ())
     if not pixels:
-        return LoadedImage(image=None, path=path, message=f"{name}: {_fmt_size(size)}", files=[path])
+        return LoadedImage(image=None, path=path, message=f"{name}: {_fmt_size(size)}", files=[path],
+                           size=tuple(int(v) for v in size))
     _check_memory_budget(name, path, size, reader.GetPixelID())
     _nifti_data_checks(path, name, nifti)
     try:
