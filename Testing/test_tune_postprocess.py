@@ -1,0 +1,57 @@
+"""The lesion-confidence threshold tuner: components, scoring and the choice rule."""
+
+import numpy as np
+
+from training.tune_postprocess import case_components, choose_threshold, score
+
+SPACING = (2.0, 1.0, 1.0)
+
+
+def _ball(shape, centre, radius_vox):
+    z, y, x = np.indices(shape)
+    return ((z - centre[0]) * 2.0) ** 2 + (y - centre[1]) ** 2 + (x - centre[2]) ** 2 <= radius_vox ** 2
+
+
+def _case(name, lesion_peak, fp_peak, small_peak=None):
+    shape = (20, 60, 60)
+    truth = np.ones(shape, np.uint8)
+    lesion = _ball(shape, (10, 20, 20), 7.0)  # ~14 mm
+    truth[lesion] = 2
+    small = _ball(shape, (10, 45, 45), 2.0)  # ~4 mm, below the 10 mm target
+    truth[small] = 2
+    label = truth.copy()
+    fp = _ball(shape, (10, 45, 15), 3.0)
+    label[fp] = 2
+    prob = np.zeros(shape, np.float32)
+    prob[lesion] = lesion_peak
+    prob[fp] = fp_peak
+    prob[small] = small_peak if small_peak is not None else 0.0
+    if small_peak is None:
+        label[small] = 1  # the model missed it
+    return case_components(name, label, prob, truth, SPACING)
+
+
+def test_components_and_truth_sizes():
+    c = _case("a", 0.99, 0.7, small_peak=0.6)
+    assert sorted(len(h) for _, h in c.predicted) == [0, 1, 1]  # one false positive, two hits
+    diam = sorted(c.truth_diameters.values())
+    assert diam[0] < 10.0 <= diam[1]
+
+
+def test_threshold_cuts_false_positives_but_keeps_large_lesions():
+    cases = [_case("a", 0.99, 0.7, small_peak=0.6), _case("b", 0.82, 0.5)]
+    base = score(cases, 0.0)
+    assert base["false_positives"] == 2 and base["found_ge_10mm"] == 2 and base["found_all"] == 3
+    threshold, table = choose_threshold(cases)
+    # 0.82 is the weakest large lesion's peak: the highest grid value at or below it is 0.8
+    assert threshold == 0.8
+    chosen = score(cases, threshold)
+    assert chosen["found_ge_10mm"] == 2 and chosen["false_positives"] == 0
+    assert chosen["found_all"] == 2  # the small lesion (peak 0.6) is given up
+    assert table[0]["threshold"] == 0.0 and len(table) > 5
+
+
+def test_no_threshold_when_every_value_loses_a_lesion():
+    cases = [_case("a", 0.45, 0.3)]
+    threshold, _ = choose_threshold(cases)
+    assert threshold == 0.0
