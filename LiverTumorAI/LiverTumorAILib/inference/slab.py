@@ -97,16 +97,20 @@ def predict_volume(
         except (RuntimeError, torch.cuda.OutOfMemoryError) as error:
             if device.type != "cuda" or not is_out_of_memory(error):
                 raise
-            torch.cuda.empty_cache()
-            if batch_size > 1:
+            try:
+                torch.cuda.empty_cache()
+            except RuntimeError:
+                pass  # the GPU itself is gone: nothing to free
+            memory_only = isinstance(error, torch.cuda.OutOfMemoryError) or "out of memory" in str(error).lower()
+            if memory_only and batch_size > 1:
                 batch_size //= 2
                 if warn:
                     warn(f"GPU out of memory: retrying with batch size {batch_size}")
-            else:
+            else:  # out of memory even one slice at a time, or the GPU failed / went away
                 device = torch.device("cpu")
                 model.to(device)
                 if warn:
-                    warn("GPU out of memory or unavailable: continuing on the CPU (slower)")
+                    warn(f"GPU {'out of memory' if memory_only else 'failed or unavailable'}: continuing on the CPU (slower)")
             continue
         if probs is None:
             probs = np.zeros((3, depth, height, width), dtype=np.float32)
