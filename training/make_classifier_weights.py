@@ -141,19 +141,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "Resources" / "Models")
     p.add_argument("--work", type=Path, default=ROOT / "build" / "classifier_crops")
     p.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    p.add_argument("--train-cases", type=int, default=70)
+    p.add_argument("--train-cases", type=int, default=200)
     p.add_argument("--val-cases", type=int, default=20)
     p.add_argument("--test-cases", type=int, default=25)
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--slices", type=int, default=64)
     p.add_argument("--n-lesions", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=14)
+    p.add_argument("--epochs", type=int, default=40)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--jobs", type=int, default=1, help="processes for phantom generation")
-    p.add_argument("--max-minutes", type=float, default=40.0, help="wall-clock bound per model")
+    p.add_argument("--max-minutes", type=float, default=30.0, help="wall-clock bound per model")
     p.add_argument("--crops-only", action="store_true", help="only generate/cache the crops")
     a = p.parse_args(argv)
 
@@ -201,6 +201,7 @@ def main(argv: list[str] | None = None) -> int:
             seed=a.seed,
             test_items=items_of(data["test"], channels),
             training_data=training_data,
+            version="demo-0.2",
             max_minutes=a.max_minutes,
             log=log,
         )
