@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from LiverTumorAILib.errors import InputError
+from LiverTumorAILib.geometry import nonzero_slices
 from LiverTumorAILib.scene import scene_available
 
 pytestmark = pytest.mark.skipif(not scene_available(), reason="slicer-core not installed")
@@ -300,3 +302,50 @@ def test_scene_available_and_import_without_slicer():
             "assert scene_available() is False\n"
             "import LiverTumorAILib.export\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.parametrize("kind", sorted(GEOMETRIES))
+def test_sub_grid_inputs_give_the_same_scene(kind, tmp_path):
+    """The pipeline hands the scene only the segmented box of the CT (label, lesions, heatmap on
+    a sub-grid, zero outside): nodes and files must be those of the whole-grid maps, on the CT grid."""
+    direction, spacing = GEOMETRIES[kind]
+    _, label, lesions = _phantom()
+    ct = _image(direction, spacing)
+    for img in (label, lesions):
+        img.CopyInformation(ct)
+    heat = sitk.Cast(label, sitk.sitkFloat32) / 2.0
+    box = nonzero_slices(sitk.GetArrayViewFromImage(label))  # (z, y, x), + 1 voxel where there is room
+    start = [max(box[i].start - 1, 0) for i in (2, 1, 0)]
+    size = [min(box[i].stop + 1, n) - s for i, n, s in zip((2, 1, 0), label.GetSize(), start)]
+    assert size != list(label.GetSize())
+    sub = [sitk.RegionOfInterest(img, size, start) for img in (label, lesions, heat)]
+    assert sitk.GetArrayViewFromImage(sub[0]).sum() == sitk.GetArrayViewFromImage(label).sum()
+
+    (tmp_path / "whole").mkdir()
+    (tmp_path / "boxed").mkdir()
+    whole = build_result_scene(ct, None, label, lesions, heat, REPORT, tmp_path / "whole", ct_name="CT")
+    boxed = build_result_scene(ct, None, *sub, REPORT, tmp_path / "boxed", ct_name="CT")
+    a, b = (sitk.ReadImage(str(p["segmentation_seg_nrrd"])) for p in (whole, boxed))
+    _assert_same(a, b)
+    scenes = [read_mrb(p["scene_mrb"]) for p in (whole, boxed)]
+    for cls in ("vtkMRMLScalarVolumeNode", "vtkMRMLSegmentationNode"):
+        assert [s.GetNumberOfNodesByClass(cls) for s in scenes] == [2 if cls.startswith("vtkMRMLScalar") else 1] * 2
+    heat_nodes = [next(s.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode") for i in range(2)
+                       if s.GetNthNodeByClass(i, "vtkMRMLScalarVolumeNode").GetAttribute(HEATMAP_ATTRIBUTE))
+                  for s in scenes]
+    _assert_same(sitk_from_volume_node(heat_nodes[0]), sitk_from_volume_node(heat_nodes[1]))
+    in_memory = populate_scene(new_scene(), ct, None, *sub, REPORT, ct_name="CT")
+    _assert_same(sitk_from_volume_node(in_memory["heatmap"]), heat)
+    summaries = [_segments_summary_slicer(s.GetFirstNodeByClass("vtkMRMLSegmentationNode")) for s in scenes]
+    assert summaries[0] == summaries[1] and len(summaries[0]) == 3
+
+
+def test_sub_grid_off_the_reference_grid_is_refused():
+    ct, label, lesions = _phantom()
+    moved = sitk.RegionOfInterest(label, (10, 10, 4), (3, 3, 3))
+    moved.SetOrigin([o + 0.3 for o in moved.GetOrigin()])  # not on the CT's voxel centres
+    scene = new_scene()
+    with pytest.raises(InputError):
+        create_segmentation_node(scene, moved, None, report=REPORT, reference=ct)
+    with pytest.raises(InputError):
+        volume_node_from_sitk(scene, sitk.Cast(moved, sitk.sitkFloat32), "heat", reference=ct)

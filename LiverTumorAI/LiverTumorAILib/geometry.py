@@ -135,6 +135,64 @@ def sub_grid_covering(image: sitk.Image, box: BoundingBox) -> tuple[tuple[int, i
     return (tuple(int(v) for v in lo), tuple(int(v) for v in size))
 
 
+def nonzero_slices(
+    array: np.ndarray, value: int | None = None, chunk_voxels: int = 1 << 23
+) -> tuple[slice, slice, slice] | None:
+    """(z, y, x) slices of the smallest box holding every non-zero voxel of `array` (or every voxel
+    equal to `value`); None if there is none.
+
+    Scanned a few slices at a time, so a long scan's label map costs no full-size temporary."""
+    depth = array.shape[0]
+    step = max(1, chunk_voxels // max(1, int(np.prod(array.shape[1:]))))
+    z_hit = np.zeros(depth, dtype=bool)
+    y_hit = np.zeros(array.shape[1], dtype=bool)
+    x_hit = np.zeros(array.shape[2], dtype=bool)
+    for z0 in range(0, depth, step):
+        chunk = array[z0 : z0 + step]
+        mask = chunk != 0 if value is None else chunk == value
+        in_plane = mask.any(axis=0)
+        z_hit[z0 : z0 + step] = mask.any(axis=(1, 2))
+        y_hit |= in_plane.any(axis=1)
+        x_hit |= in_plane.any(axis=0)
+    if not z_hit.any():
+        return None
+    return tuple(slice(int(np.argmax(h)), len(h) - int(np.argmax(h[::-1]))) for h in (z_hit, y_hit, x_hit))
+
+
+def region_slices(start: Sequence[int], size: Sequence[int]) -> tuple[slice, slice, slice]:
+    """(z, y, x) array slices of the index region start..start+size (given x, y, z, as ITK does)."""
+    return tuple(slice(int(s), int(s) + int(n)) for s, n in zip(reversed(start), reversed(size)))
+
+
+def region_start(image: sitk.Image, region: sitk.Image) -> tuple[int, int, int] | None:
+    """Index (x, y, z) of `image` where `region`'s first voxel lies, if `region` is a sub-grid of
+    `image` (same spacing and direction, voxel centres on `image`'s voxel centres, inside it);
+    else None."""
+    if region.GetDimension() != 3 or image.GetDimension() != 3:
+        return None
+    if not (np.allclose(region.GetSpacing(), image.GetSpacing(), rtol=1e-6, atol=1e-6)
+            and np.allclose(region.GetDirection(), image.GetDirection(), atol=1e-6)):
+        return None
+    index = np.asarray(image.TransformPhysicalPointToContinuousIndex(region.GetOrigin()))
+    start = np.round(index).astype(int)
+    if not np.allclose(index, start, atol=1e-3):
+        return None
+    if np.any(start < 0) or np.any(start + np.asarray(region.GetSize()) > np.asarray(image.GetSize())):
+        return None
+    return tuple(int(v) for v in start)
+
+
+def paste_into_grid(region: sitk.Image, reference: sitk.Image, start: Sequence[int]) -> sitk.Image:
+    """A new image on `reference`'s full grid, zero everywhere but the index region `start`
+    (x, y, z) + `region`'s size, which holds `region` (same pixel type). The full-size image
+    is allocated once and filled in place: no second full-size copy."""
+    full = sitk.Image(reference.GetSize(), region.GetPixelID())
+    full.CopyInformation(reference)
+    end = [int(s) + int(n) for s, n in zip(start, region.GetSize())]
+    full[start[0] : end[0], start[1] : end[1], start[2] : end[2]] = region
+    return full
+
+
 def region_reference(image: sitk.Image, start: Sequence[int], size: Sequence[int]) -> sitk.Image:
     """An empty image with `image`'s spacing/direction covering index region start..start+size."""
     ref = sitk.Image([int(s) for s in size], sitk.sitkUInt8)

@@ -66,9 +66,57 @@ def _model_entry(loaded) -> dict:
 
 
 def _write_image(array: np.ndarray, reference: sitk.Image, path: Path) -> None:
+    _write_sitk(array_to_image(array, reference), path)
+
+
+def _write_sitk(image: sitk.Image, path: Path) -> None:
     from LiverTumorAILib.io.image_io import write_image
 
-    write_image(array_to_image(array, reference), path)
+    write_image(image, path)
+
+
+def _lesion_image(label: np.ndarray, ct: sitk.Image) -> sitk.Image:
+    """uint16 lesion instances on the CT grid, labelled inside the tumour's box and pasted into
+    one whole-scan image (no second whole-scan copy)."""
+    from LiverTumorAILib.geometry import paste_into_grid
+    from LiverTumorAILib.postprocess import lesion_instances
+
+    crop, box = lesion_instances(label)
+    if box is None:
+        image = sitk.Image(ct.GetSize(), sitk.sitkUInt16)
+        image.CopyInformation(ct)
+        return image
+    return paste_into_grid(sitk.GetImageFromArray(crop), ct, [box[2].start, box[1].start, box[0].start])
+
+
+class _SubGrid:
+    """The CT sub-grid `region` ((start, size) in x, y, z; None: nothing was segmented) that
+    holds every non-zero result, as arrays/images on it and back on the whole CT grid."""
+
+    def __init__(self, ct: sitk.Image, region):
+        from LiverTumorAILib.geometry import region_reference, region_slices
+
+        self.ct = ct
+        if region is None:  # nothing segmented: a one-voxel sub-grid of zeros stands for it
+            region = ((0, 0, 0), (1, 1, 1))
+        self.start, self.size = region
+        self.slices = region_slices(self.start, self.size)
+        self.reference = region_reference(ct, self.start, self.size)
+
+    def crop(self, array: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(array[self.slices])
+
+    def crop_image(self, image: sitk.Image) -> sitk.Image:
+        return sitk.RegionOfInterest(image, [int(v) for v in self.size], [int(v) for v in self.start])
+
+    def image(self, array: np.ndarray) -> sitk.Image:
+        return array_to_image(array, self.reference)
+
+    def full(self, image: sitk.Image) -> sitk.Image:
+        """`image` (on the sub-grid) pasted into a zero image on the whole CT grid."""
+        from LiverTumorAILib.geometry import paste_into_grid
+
+        return paste_into_grid(image, self.ct, self.start)
 
 
 def segment_into(
@@ -91,7 +139,6 @@ def segment_into(
     from LiverTumorAILib.inference.device import configure_cpu_threads, describe_device, select_device
     from LiverTumorAILib.inference.engine import load_model, segment_volume
     from LiverTumorAILib.measure import lesion_measurements, organ_summary
-    from LiverTumorAILib.postprocess import label_lesions
 
     progress = progress or _NullProgress()
     if model not in SEGMENTATION_MODEL_NAMES:
@@ -119,8 +166,16 @@ def segment_into(
         progress=lambda stage, f: progress.stage(stage, f), warn=progress.warn,
     )
     timing.update(out.timing_s)
-    label = out.label
-    lesions = label_lesions(label)
+    # Whole-scan arrays are what a long scan cannot afford several of: from here on the CT,
+    # the uint8 label map and one uint16 lesion image are the only ones, each held once,
+    # and each is dropped as soon as its file is written. Everything else (attention,
+    # heatmaps, what the scene shows) lives on `region`, the CT sub-grid that was segmented
+    # and outside which every result is zero.
+    label, attention, region = out.label, out.attention, out.region
+    seg_device, localized = out.device, out.localized
+    del out
+    lesion_image = _lesion_image(label, ct)
+    lesions = sitk.GetArrayViewFromImage(lesion_image)
     ct_array = sitk.GetArrayViewFromImage(ct)
     t0 = time.perf_counter()
     lesion_rows = lesion_measurements(ct, ct_array, lesions)
@@ -130,7 +185,6 @@ def segment_into(
     if localizer is not None:
         models_used["localizer"] = _model_entry(localizer)
     cls_results: list = []
-    lesion_image = array_to_image(lesions, ct)
     if classify and lesion_rows:
         progress.stage("classify", 0.0)
         t0 = time.perf_counter()
@@ -149,10 +203,16 @@ def segment_into(
     t0 = time.perf_counter()
     progress.stage("write", 0.0)
     _write_image(label, ct, folder / "segmentation.nii.gz")
-    _write_image(lesions, ct, folder / "lesions.nii.gz")
+    _write_sitk(lesion_image, folder / "lesions.nii.gz")
+    organ = organ_summary(ct, label)
+    # The scene needs only the segmented sub-grid: keep that, drop the whole-scan maps.
+    sub = _SubGrid(ct, region)
+    label_region, lesion_region = sub.crop(label), sub.crop_image(lesion_image)
+    del lesions, lesion_image, label
     heatmap = None
     if heatmaps != "none":
-        heatmap = _write_heatmaps(folder, ct, label, out.attention, out.region, cls_results, heatmaps == "all")
+        heatmap = _write_heatmaps(folder, ct, sub, label_region, attention, cls_results, heatmaps == "all")
+    del attention, cls_results
     timing["heatmap_and_write"] = time.perf_counter() - t0
 
     report = {
@@ -161,19 +221,19 @@ def segment_into(
         "inputs": {"ct": str(Path(ct_path).resolve()), "mri": str(Path(mri_path).resolve()) if mri_path else None},
         "ct_grid": {"size": list(ct.GetSize()), "spacing": list(ct.GetSpacing()),
                     "origin": list(ct.GetOrigin()), "direction": list(ct.GetDirection())},
-        **organ_summary(ct, label),
+        **organ,
         "lesion_count": len(lesion_rows),
         "lesions": lesion_rows,
         "models": models_used,
         "weights_notice": DEMO_WEIGHTS_NOTICE if any(m.get("synthetic") for m in models_used.values()) else None,
-        "device": describe_device(torch_device) | {"used": out.device},
-        "liver_localized": out.localized,
+        "device": describe_device(torch_device) | {"used": seg_device},
+        "liver_localized": localized,
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
     }
-    if not out.localized and localizer is not None:
+    if not localized and localizer is not None:
         report["warnings"] = ["liver localiser found no liver; whole scan segmented"]
     _write_json(folder / "report.json", report)
-    _write_scene(folder, ct, mri, label, lesions, heatmap, report, ct_path, progress)
+    _write_scene(folder, ct, mri, sub.image(label_region), lesion_region, heatmap, report, ct_path, progress)
     progress.stage("write", 1.0)
     return report
 
@@ -198,42 +258,33 @@ def _classify(ct, lesion_image, mri, weights_dir, device, gradcam: bool):
     return calls, models, results
 
 
-def _write_heatmaps(folder, ct, label, attention: dict, region, cls_results, write_all: bool) -> np.ndarray:
+def _write_heatmaps(folder, ct, sub: _SubGrid, label_region: np.ndarray, attention: dict, cls_results,
+                    write_all: bool) -> sitk.Image:
     """`heatmap.nii.gz` (combined, masked to the dilated liver) and per-source maps with `--heatmaps all`.
 
     Maps are combined on the CT sub-grid that was segmented (they are zero outside it) and
-    pasted into the full grid only when written, so a long scan is not copied per source."""
+    pasted into the full grid only to be written, one file at a time, so a long scan is not
+    copied per source. Returns the combined heatmap on the sub-grid."""
     from LiverTumorAILib.classification.classify import gradcam_on_grid
-    from LiverTumorAILib.geometry import region_reference
     from LiverTumorAILib.heatmaps.combine import heatmap_images
 
-    full_shape = tuple(reversed(ct.GetSize()))
-    if region is None:
-        empty = np.zeros(full_shape, dtype=np.float32)
-        _write_image(empty, ct, folder / "heatmap.nii.gz")
-        return empty
-    start, size = region
-    ref = region_reference(ct, start, size)
-    sl = tuple(slice(s, s + n) for s, n in zip(reversed(start), reversed(size)))
+    ref = sub.reference
     sources = {name: array_to_image(arr, ref) for name, arr in attention.items()}
     if any("gradcam" in r for r in cls_results):
         sources["gradcam"] = gradcam_on_grid(cls_results, ref)
-    files = heatmap_images(
-        sources, ref, mode="all" if write_all else "combined", liver_mask=array_to_image(np.ascontiguousarray(label[sl]), ref)
-    )
-    heatmap = None
+    mode = "all" if write_all else "combined"
+    files = heatmap_images(sources, ref, mode=mode, liver_mask=sub.image(label_region))
+    del sources
     for name, image in files.items():
-        full = np.zeros(full_shape, dtype=np.float32)
-        full[sl] = sitk.GetArrayViewFromImage(image)
-        _write_image(full, ct, folder / name)
-        if name == "heatmap.nii.gz":
-            heatmap = full
-        del full
-    return heatmap
+        _write_sitk(sub.full(image), folder / name)
+    return files["heatmap.nii.gz"]
 
 
 def _write_scene(folder, ct, mri, label, lesions, heatmap, report, ct_path, progress) -> None:
-    """`segmentation.seg.nrrd` and `scene.mrb` where slicer-core (or Slicer) is available."""
+    """`segmentation.seg.nrrd` and `scene.mrb` where slicer-core (or Slicer) is available.
+
+    `label`, `lesions` and `heatmap` may lie on a sub-grid of the CT: the scene puts them
+    on the CT's grid."""
     try:
         from LiverTumorAILib.scene import scene_available
     except ImportError:
@@ -243,11 +294,7 @@ def _write_scene(folder, ct, mri, label, lesions, heatmap, report, ct_path, prog
         return
     from LiverTumorAILib.scene.build import build_result_scene
 
-    build_result_scene(
-        ct, mri, array_to_image(label, ct), array_to_image(lesions, ct),
-        array_to_image(heatmap.astype(np.float32), ct) if heatmap is not None else None,
-        report, folder, ct_name=_volume_name(ct_path),
-    )
+    build_result_scene(ct, mri, label, lesions, heatmap, report, folder, ct_name=_volume_name(ct_path))
 
 
 def _volume_name(path) -> str:

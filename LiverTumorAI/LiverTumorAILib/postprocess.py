@@ -8,6 +8,10 @@
   5 mm sphere: the smallest lesion the phantoms and LiTS annotate);
 * lesions = 3D connected components (26-connectivity) of what remains, numbered by
   decreasing volume.
+
+Every step works inside the bounding box of what it labels (the organ, the tumour), so a
+long scan costs what its liver costs: connected-component labels are int32, and a
+whole-scan label image of them would be 4 bytes per CT voxel.
 """
 
 from __future__ import annotations
@@ -45,23 +49,44 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
 
 
 def clean_label_map(label: np.ndarray, spacing_zyx: Sequence[float], config: PostprocessConfig | None = None) -> np.ndarray:
-    """Return a cleaned uint8 label map (0 bg, 1 liver, 2 tumour) on the same grid."""
+    """Return a cleaned uint8 label map (0 bg, 1 liver, 2 tumour) on the same grid.
+
+    Computed inside the organ's bounding box (+ the tumour margin): components, holes and
+    the dilated envelope are the same there as on the whole grid, since nothing of the
+    organ lies outside it."""
+    from LiverTumorAILib.geometry import nonzero_slices
     from LiverTumorAILib.inference.localize import largest_component
 
     config = config or PostprocessConfig()
     voxel_mm3 = float(np.prod(spacing_zyx))
-    organ = label >= 1
-    if not organ.any():
-        return np.zeros_like(label, dtype=np.uint8)
-    organ = fill_holes(largest_component(organ))
-    if organ.sum() * voxel_mm3 / 1000.0 < config.min_liver_ml:
-        return np.zeros_like(label, dtype=np.uint8)
+    out = np.zeros(label.shape, dtype=np.uint8)
+    box = nonzero_slices(label)  # label >= 1
+    if box is None:
+        return out
+    organ = largest_component(label[box] >= 1)
+    organ_box = nonzero_slices(organ)
     radius = [config.tumour_margin_mm / s for s in spacing_zyx]
-    envelope = ndimage.binary_dilation(organ, structure=_ellipsoid(radius)) if max(radius) >= 0.5 else organ
-    tumour = (label == 2) & envelope
+    dilate = max(radius) >= 0.5
+    pad = [int(np.ceil(r)) + 1 if dilate else 1 for r in radius]  # room for the holes' border and the envelope
+    crop = tuple(
+        slice(max(b.start + o.start - p, 0), min(b.start + o.stop + p, n))
+        for b, o, p, n in zip(box, organ_box, pad, label.shape)
+    )
+    inner = tuple(slice(c.start - b.start, c.stop - b.start) for c, b in zip(crop, box))
+    organ_crop = np.zeros(tuple(c.stop - c.start for c in crop), dtype=bool)
+    src = tuple(slice(max(i.start, 0), min(i.stop, n)) for i, n in zip(inner, organ.shape))
+    dst = tuple(slice(s.start - i.start, s.stop - i.start) for s, i in zip(src, inner))
+    organ_crop[dst] = organ[src]
+    del organ
+    organ = fill_holes(organ_crop)
+    if organ.sum() * voxel_mm3 / 1000.0 < config.min_liver_ml:
+        return out
+    envelope = ndimage.binary_dilation(organ, structure=_ellipsoid(radius)) if dilate else organ
+    tumour = (label[crop] == 2) & envelope
     tumour = remove_small_components(tumour, config.min_lesion_mm3 / voxel_mm3)
-    out = organ.astype(np.uint8)
-    out[tumour] = 2
+    cleaned = organ.astype(np.uint8)
+    cleaned[tumour] = 2
+    out[crop] = cleaned
     return out
 
 
@@ -75,13 +100,28 @@ def remove_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
     return keep[labels]
 
 
-def label_lesions(label: np.ndarray) -> np.ndarray:
-    """uint16 instance map of tumour components, numbered 1..n by decreasing volume."""
-    labels, count = ndimage.label(label == 2, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
-        return np.zeros(label.shape, dtype=np.uint16)
-    sizes = ndimage.sum_labels(np.ones_like(labels), labels, index=np.arange(1, count + 1))
+def lesion_instances(label: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice, slice] | None]:
+    """Tumour components of `label` numbered 1..n by decreasing volume, as (instance map, box):
+    the uint16 map covers only the tumour's bounding box `box` ((z, y, x) slices of `label`;
+    None and an empty map when there is no tumour). Same numbering as on the whole grid:
+    components and their raster order do not change inside a box that holds them all."""
+    from LiverTumorAILib.geometry import nonzero_slices
+
+    box = nonzero_slices(label, value=2)
+    if box is None:
+        return np.zeros((0, 0, 0), dtype=np.uint16), None
+    labels, count = ndimage.label(label[box] == 2, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     order = np.argsort(-sizes, kind="stable")
     remap = np.zeros(count + 1, dtype=np.uint16)
     remap[order + 1] = np.arange(1, count + 1, dtype=np.uint16)
-    return remap[labels]
+    return remap[labels], box
+
+
+def label_lesions(label: np.ndarray) -> np.ndarray:
+    """uint16 instance map of tumour components on `label`'s grid, numbered 1..n by decreasing volume."""
+    crop, box = lesion_instances(label)
+    out = np.zeros(label.shape, dtype=np.uint16)
+    if box is not None:
+        out[box] = crop
+    return out

@@ -68,9 +68,13 @@ def _check_inputs(ct: sitk.Image, lesions: sitk.Image) -> sitk.Image:
         if np.any(arr < 0) or np.any(arr != np.round(arr)):
             raise InputError("lesion map must hold non-negative integer lesion ids")
         lesions = sitk.Cast(lesions, sitk.sitkUInt32)
-    # The instance map must share the CT's physical grid; copy it so tiny header noise is harmless.
-    lesions = sitk.Image(lesions)
-    lesions.CopyInformation(ct)
+    # The instance map must share the CT's physical grid; copy it so tiny header noise is harmless
+    # (only when there is some: a copy of a long scan's lesion map is half a gigabyte).
+    same = (lesions.GetOrigin() == ct.GetOrigin() and lesions.GetSpacing() == ct.GetSpacing()
+            and lesions.GetDirection() == ct.GetDirection())
+    if not same:
+        lesions = sitk.Image(lesions)
+        lesions.CopyInformation(ct)
     return lesions
 
 

@@ -2,9 +2,11 @@
 
 Cost is kept proportional to the liver, not the scan: a coarse 3D localiser finds the
 liver, only its box (+ margin) is resampled to the model spacing, and only the CT
-voxels inside that box are resampled back. Probabilities (not labels) are resampled
-back with linear interpolation and the argmax is taken on the CT grid, so boundaries
-are as sharp as the CT grid allows and nothing is mirrored or shifted by resampling.
+voxels inside that box are resampled back, a few slices at a time (the only
+whole-scan array the engine makes is the uint8 label map). Probabilities (not labels)
+are resampled back with linear interpolation and the argmax is taken on the CT grid, so
+boundaries are as sharp as the CT grid allows and nothing is mirrored or shifted by
+resampling.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from LiverTumorAILib.geometry import (
     array_to_image,
     image_bounding_box,
     region_reference,
+    region_slices,
     resample_like,
     sub_grid_covering,
 )
@@ -53,6 +56,27 @@ def grow_box_where_cut(box: BoundingBox, liver: np.ndarray, scan: BoundingBox) -
             upper[axis_xyz] = min(upper[axis_xyz] + GROW_MM, scan.upper[axis_xyz])
             changed = True
     return BoundingBox(lower, upper) if changed else None
+
+
+def label_on_grid(
+    ct: sitk.Image, start, size, class_probabilities: list[sitk.Image], chunk_voxels: int = 1 << 23
+) -> np.ndarray:
+    """Argmax label (0 bg, 1 liver, 2 tumour) on the CT index region `start` + `size` (x, y, z).
+
+    `class_probabilities` are the liver and tumour probability images on the model grid; they
+    are resampled (linear) onto the CT grid a few slices at a time, background = 1 - both, and
+    the argmax is taken per slab: only a slab's float32 maps exist at any time, never three
+    of the whole region (nor an int64 argmax of it)."""
+    shape = tuple(reversed(size))
+    label = np.empty(shape, dtype=np.uint8)
+    step = max(1, chunk_voxels // (int(size[0]) * int(size[1])))
+    for z0 in range(0, shape[0], step):
+        n = min(step, shape[0] - z0)
+        ref = region_reference(ct, (start[0], start[1], start[2] + z0), (size[0], size[1], n))
+        back = [sitk.GetArrayFromImage(resample_like(p, ref, default=0.0)) for p in class_probabilities]
+        background = 1.0 - back[0] - back[1]
+        label[z0 : z0 + n] = np.argmax(np.stack([background, back[0], back[1]]), axis=0)
+    return label
 
 
 @dataclass
@@ -173,22 +197,18 @@ def segment_volume(
     if region is not None:
         start, size = region
         ref = region_reference(ct, start, size)
-        sl = tuple(slice(s, s + n) for s, n in zip(reversed(start), reversed(size)))
-        back = [
-            sitk.GetArrayFromImage(resample_like(array_to_image(pred.probabilities[c], grid.reference), ref, default=0.0))
-            for c in (1, 2)
-        ]
-        background = 1.0 - back[0] - back[1]
-        label = np.argmax(np.stack([background, back[0], back[1]]), axis=0).astype(np.uint8)
+        sl = region_slices(start, size)
+        probabilities = [array_to_image(pred.probabilities[c], grid.reference) for c in (1, 2)]
+        label = label_on_grid(ct, start, size, probabilities)
         spacing_zyx = tuple(reversed(ct.GetSpacing()))
         label_full[sl] = clean_label_map(label, spacing_zyx, postprocess)
+        del label
         maps = pred.attention
         if maps and not all_attention_sources:  # combine on the small model grid: one full-size array
             maps = {"segmentation": np.mean(np.stack(list(maps.values())), axis=0)}
         for name, att in maps.items():
-            attention_full[name] = np.clip(
-                sitk.GetArrayFromImage(resample_like(array_to_image(att, grid.reference), ref, default=0.0)), 0.0, 1.0
-            )
+            back = sitk.GetArrayFromImage(resample_like(array_to_image(att, grid.reference), ref, default=0.0))
+            attention_full[name] = np.clip(back, 0.0, 1.0, out=back)
     timing["postprocess"] = time.perf_counter() - t0
     return SegmentationOutput(
         label=label_full,

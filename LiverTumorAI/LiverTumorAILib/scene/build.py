@@ -35,16 +35,21 @@ def populate_scene(
     *,
     ct_name: str = "CT",
 ) -> dict[str, Any]:
-    """Add CT, MRI, segmentation, heatmap and lesion table nodes; returns the nodes by role."""
+    """Add CT, MRI, segmentation, heatmap and lesion table nodes; returns the nodes by role.
+
+    `label`, `lesions` and `heatmap` lie on the CT's grid or on a sub-grid of it (the box
+    that was segmented; zero outside): the nodes are on the CT's grid either way."""
     ct_node = volume_node_from_sitk(scene, ct, scene.GenerateUniqueName(ct_name))
     ct_node.CreateDefaultDisplayNodes()
     nodes: dict[str, Any] = {"ct": ct_node}
     if mri is not None:
         nodes["mri"] = volume_node_from_sitk(scene, mri, scene.GenerateUniqueName(f"{ct_name} MRI"))
         nodes["mri"].CreateDefaultDisplayNodes()
-    nodes["segmentation"] = create_segmentation_node(scene, label, lesions, ct_node=ct_node, report=report)
+    nodes["segmentation"] = create_segmentation_node(scene, label, lesions, ct_node=ct_node, report=report,
+                                                      reference=ct)
     if heatmap is not None:
-        nodes["heatmap"] = add_heatmap_node(scene, heatmap, f"{ct_name} LiverTumorAI heatmap", ct_node=ct_node)
+        nodes["heatmap"] = add_heatmap_node(scene, heatmap, f"{ct_name} LiverTumorAI heatmap", ct_node=ct_node,
+                                           reference=ct)
     nodes["table"] = create_lesion_table(scene, report, f"{ct_name} LiverTumorAI lesions")
     return nodes
 

@@ -46,9 +46,14 @@ def add_heatmap_node(
     *,
     ct_node: Optional[slicer.vtkMRMLVolumeNode] = None,
     opacity: float = DEFAULT_OPACITY,
+    reference: Optional[sitk.Image] = None,
 ) -> slicer.vtkMRMLScalarVolumeNode:
-    """Scalar volume with an Inferno, window/level [0, 1] display; foreground where views exist."""
-    node = volume_node_from_sitk(scene, sitk.Cast(heatmap, sitk.sitkFloat32), scene.GenerateUniqueName(name))
+    """Scalar volume with an Inferno, window/level [0, 1] display; foreground where views exist.
+
+    `reference`: the (CT) grid the node gets when `heatmap` covers only a sub-grid of it
+    (zero elsewhere); see `volume_node_from_sitk`."""
+    node = volume_node_from_sitk(scene, sitk.Cast(heatmap, sitk.sitkFloat32), scene.GenerateUniqueName(name),
+                                 reference=reference)
     display = slicer.vtkMRMLScalarVolumeDisplayNode()
     scene.AddNode(display)
     display.SetAndObserveColorNodeID(inferno_color_node(scene).GetID())

@@ -15,26 +15,54 @@ import vtk
 from vtk.util import numpy_support
 
 from ..errors import InputError
+from ..geometry import nonzero_slices, region_start
 from . import terminology as T
-from .labels import merged_labels
+from .labels import _same_grid, merged_labels
 from .volumes import ijk_to_ras_from_sitk, vtk_matrix
 
 SOURCE_ATTRIBUTE = "LiverTumorAI.Source"
 
 
-def oriented_labelmap(array: np.ndarray, reference: sitk.Image) -> slicer.vtkOrientedImageData:
-    """vtkOrientedImageData of `array` on `reference`'s grid, cropped to its non-zero extent."""
+def oriented_labelmap(array: np.ndarray, reference: sitk.Image, offset=(0, 0, 0)) -> slicer.vtkOrientedImageData:
+    """vtkOrientedImageData of `array` on `reference`'s grid, cropped to its non-zero extent.
+
+    `offset`: index (x, y, z) of `reference` where `array`'s first voxel lies (when `array`
+    covers only a box of the grid)."""
     nz = np.argwhere(array)
     if len(nz) == 0:
         lo, hi = np.zeros(3, int), np.zeros(3, int)
     else:
         lo, hi = nz.min(0), nz.max(0)
     crop = np.ascontiguousarray(array[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1])
+    lo, hi = lo + np.asarray(offset[::-1]), hi + np.asarray(offset[::-1])
     data = slicer.vtkOrientedImageData()
     data.SetExtent(lo[2], hi[2], lo[1], hi[1], lo[0], hi[0])
     data.GetPointData().SetScalars(numpy_support.numpy_to_vtk(crop.ravel(), deep=True))
     data.SetImageToWorldMatrix(vtk_matrix(ijk_to_ras_from_sitk(reference)))
     return data
+
+
+def _content_box(
+    label: sitk.Image, lesions: Optional[sitk.Image]
+) -> tuple[sitk.Image, Optional[sitk.Image], tuple]:
+    """`label` and `lesions` cropped to the box holding all their non-zero voxels, and that
+    box's start index (x, y, z) in `label`'s grid: a long scan's maps are never expanded to a
+    whole-scan uint16 array and masks just to find the few segments in them."""
+    if lesions is not None and not _same_grid(label, lesions):
+        return label, lesions, (0, 0, 0)  # merged_labels says what is wrong
+    boxes = [nonzero_slices(sitk.GetArrayViewFromImage(label))]
+    if lesions is not None:
+        boxes.append(nonzero_slices(sitk.GetArrayViewFromImage(lesions)))
+    boxes = [b for b in boxes if b is not None]
+    if not boxes:
+        return label, lesions, (0, 0, 0)
+    zyx = [slice(min(b[i].start for b in boxes), max(b[i].stop for b in boxes)) for i in range(3)]
+    start = [zyx[2].start, zyx[1].start, zyx[0].start]
+    size = [zyx[2].stop - zyx[2].start, zyx[1].stop - zyx[1].start, zyx[0].stop - zyx[0].start]
+    if list(size) == list(label.GetSize()):
+        return label, lesions, (0, 0, 0)
+    crop = [sitk.RegionOfInterest(im, size, start) if im is not None else None for im in (label, lesions)]
+    return crop[0], crop[1], tuple(start)
 
 
 def default_name(ct_node: Optional[slicer.vtkMRMLNode], ct_name: str = "CT") -> str:
@@ -81,13 +109,24 @@ def create_segmentation_node(
     report: Optional[Mapping[str, Any]] = None,
     name: Optional[str] = None,
     replace: bool = False,
+    reference: Optional[sitk.Image] = None,
 ) -> slicer.vtkMRMLSegmentationNode:
     """Segments 'Liver' and 'Lesion k' with terminology, colours and model tags.
 
-    `label`/`lesions` are on the CT's world grid (as the engine writes them). The node is
+    `label`/`lesions` are on the CT's world grid (as the engine writes them), or on a
+    sub-grid of `reference` (the CT grid; zero outside the sub-grid). The node is
     named '<CT name> LiverTumorAI' (made unique unless `replace`).
     """
     report = report or {}
+    offset = (0, 0, 0)
+    if reference is None:
+        reference = label
+    else:
+        offset = region_start(reference, label)
+        if offset is None:
+            raise InputError("the label map does not lie on the reference grid")
+    label, lesions, box_start = _content_box(label, lesions)
+    offset = tuple(int(o) + int(b) for o, b in zip(offset, box_start))
     array, specs = merged_labels(label, lesions, report.get("lesions") or ())
     node = _target_node(scene, name or default_name(ct_node), replace)
     seg = node.GetSegmentation()
@@ -96,9 +135,9 @@ def create_segmentation_node(
     else:  # label grid is the CT's world grid
         seg.SetConversionParameter(
             slicer.vtkSegmentationConverter.GetReferenceImageGeometryParameterName(),
-            slicer.vtkSegmentationConverter.SerializeImageGeometry(_full_geometry(label)),
+            slicer.vtkSegmentationConverter.SerializeImageGeometry(_full_geometry(reference)),
         )
-    labelmap = oriented_labelmap(array, label)
+    labelmap = oriented_labelmap(array, reference, offset)
     if specs:
         before = set(seg.GetSegmentIDs())
         if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, node, "tmp"):

@@ -17,6 +17,7 @@ import vtk
 from vtk.util import numpy_support
 
 from ..errors import InputError
+from ..geometry import region_start
 
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
@@ -81,6 +82,27 @@ def array_from_image_data(data: vtk.vtkImageData) -> np.ndarray:
     return numpy_support.vtk_to_numpy(scalars).reshape(nz, ny, nx).copy()
 
 
+def image_data_on_grid(array: np.ndarray, size_xyz, start_xyz) -> vtk.vtkImageData:
+    """vtkImageData of `size_xyz`, zero except the (z, y, x) `array` placed at index `start_xyz`.
+
+    The scalars are allocated by VTK and filled in place, so a small array on a large grid
+    costs one large buffer, not a large numpy array and then its copy."""
+    array = np.asarray(array)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8)
+    data = vtk.vtkImageData()
+    data.SetDimensions(*[int(v) for v in size_xyz])
+    data.AllocateScalars(numpy_support.get_vtk_array_type(array.dtype), 1)
+    scalars = data.GetPointData().GetScalars()
+    scalars.SetName("ImageScalars")
+    values = numpy_support.vtk_to_numpy(scalars).reshape(tuple(int(v) for v in reversed(size_xyz)))
+    values.fill(0)
+    x, y, z = (int(v) for v in start_xyz)
+    nz, ny, nx = array.shape
+    values[z : z + nz, y : y + ny, x : x + nx] = array
+    return data
+
+
 def set_node_geometry(node: slicer.vtkMRMLVolumeNode, image: sitk.Image) -> None:
     """Copy the ITK grid of `image` onto `node` (IJK->RAS)."""
     node.SetIJKToRASMatrix(vtk_matrix(ijk_to_ras_from_sitk(image)))
@@ -93,15 +115,29 @@ def volume_node_from_sitk(
     *,
     labelmap: bool = False,
     node: Optional[slicer.vtkMRMLVolumeNode] = None,
+    reference: Optional[sitk.Image] = None,
 ) -> slicer.vtkMRMLVolumeNode:
-    """Add (or refill `node`) a scalar or labelmap volume node holding `image`."""
+    """Add (or refill `node`) a scalar or labelmap volume node holding `image`.
+
+    `reference`: the grid the node gets, of which `image` is a sub-grid (same spacing and
+    direction, voxels on its voxels); zero outside `image`. Default: `image`'s own grid."""
     if image.GetDimension() != 3 or image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"{name}: a 3D single-component image is needed")
+    start = (0, 0, 0)
+    if reference is not None:
+        start = region_start(reference, image)
+        if start is None:
+            raise InputError(f"{name}: the image does not lie on the reference grid")
     if node is None:
         cls = slicer.vtkMRMLLabelMapVolumeNode if labelmap else slicer.vtkMRMLScalarVolumeNode
         node = scene.AddNewNodeByClass(cls.__name__, name)
-    set_node_geometry(node, image)
-    node.SetAndObserveImageData(image_data_from_array(sitk.GetArrayViewFromImage(image)))
+    if reference is None or (start == (0, 0, 0) and image.GetSize() == reference.GetSize()):
+        set_node_geometry(node, image)
+        node.SetAndObserveImageData(image_data_from_array(sitk.GetArrayViewFromImage(image)))
+    else:
+        set_node_geometry(node, reference)
+        data = image_data_on_grid(sitk.GetArrayViewFromImage(image), reference.GetSize(), start)
+        node.SetAndObserveImageData(data)
     return node
 
 
