@@ -2,6 +2,7 @@
 
 import numpy as np
 
+from LiverTumorAILib.postprocess import PostprocessConfig, clean_label_map, drop_uncertain_lesions
 from training.tune_postprocess import case_components, choose_threshold, score
 
 SPACING = (2.0, 1.0, 1.0)
@@ -55,3 +56,29 @@ def test_no_threshold_when_every_value_loses_a_lesion():
     cases = [_case("a", 0.45, 0.3)]
     threshold, _ = choose_threshold(cases)
     assert threshold == 0.0
+
+
+def test_engine_filter_drops_only_uncertain_components():
+    shape = (20, 60, 60)
+    label = np.zeros(shape, np.uint8)
+    label[2:18, 5:55, 5:55] = 1
+    lesion, fp = _ball(shape, (10, 20, 20), 7.0), _ball(shape, (10, 45, 15), 3.0)
+    label[lesion | fp] = 2
+    prob = np.zeros(shape, np.float32)
+    prob[lesion], prob[fp] = 0.97, 0.7
+    kept = drop_uncertain_lesions(label == 2, prob, 0.9)
+    assert kept[lesion].all() and not kept[fp].any()
+    # the same through clean_label_map, with the uint8 map the engine builds (round(255 p))
+    u8 = np.rint(prob * 255).astype(np.uint8)
+    config = PostprocessConfig(min_tumour_peak=0.9, min_lesion_mm3=1.0)
+    cleaned = clean_label_map(label, SPACING, config, tumour_probability=u8)
+    assert (cleaned[lesion] == 2).all() and (cleaned[fp] == 1).all()  # the dropped blob is liver again
+    assert (clean_label_map(label, SPACING, PostprocessConfig(min_lesion_mm3=1.0))[fp] == 2).all()  # off by default
+
+
+def test_threshold_read_from_the_manifest_defensively():
+    assert PostprocessConfig.from_manifest({"postprocess": {"min_tumour_peak": 0.93}}).min_tumour_peak == 0.93
+    assert PostprocessConfig.from_manifest({}).min_tumour_peak == 0.0
+    for bad in ("high", None, float("nan"), [1]):
+        assert PostprocessConfig.from_manifest({"postprocess": {"min_tumour_peak": bad}}).min_tumour_peak == 0.0
+    assert PostprocessConfig.from_manifest({"postprocess": {"min_tumour_peak": 7}}).min_tumour_peak == 1.0

@@ -49,7 +49,7 @@ def case_components(case: str, label: np.ndarray, tumour_prob: np.ndarray, truth
     voxel_mm3 = float(np.prod(spacing_zyx))
     for k, size in enumerate(np.bincount(truth_ids.ravel())[1:], start=1):
         out.truth_diameters[k] = float((6.0 * size * voxel_mm3 / np.pi) ** (1.0 / 3.0))
-    comps, n = ndimage.label(label == 2)
+    comps, n = ndimage.label(label == 2, structure=np.ones((3, 3, 3), bool))  # as the engine's filter
     if n == 0:
         return out
     peaks = ndimage.maximum(tumour_prob, comps, index=np.arange(1, n + 1))

@@ -6,6 +6,10 @@
   capsule may bulge slightly);
 * tumour components smaller than `min_lesion_mm3` are removed (default 65 mm^3, about a
   5 mm sphere: the smallest lesion the phantoms and LiTS annotate);
+* tumour components whose peak tumour probability stays below `min_tumour_peak` go back to
+  liver (0 = off; each model's manifest carries its value under "postprocess", tuned on
+  validation phantoms by training/tune_postprocess.py): uncertain blobs in vessels and at the
+  liver edge were most of the false positives;
 * lesions = 3D connected components (26-connectivity) of what remains, numbered by
   decreasing volume.
 
@@ -31,6 +35,18 @@ class PostprocessConfig:
     min_lesion_mm3: float = MIN_LESION_MM3
     tumour_margin_mm: float = TUMOUR_MARGIN_MM
     min_liver_ml: float = 10.0
+    min_tumour_peak: float = 0.0
+
+    @classmethod
+    def from_manifest(cls, manifest: dict) -> PostprocessConfig:
+        """Defaults, with the model's tuned `min_tumour_peak` where its manifest has one."""
+        tuned = manifest.get("postprocess", {}) if isinstance(manifest, dict) else {}
+        peak = tuned.get("min_tumour_peak", 0.0) if isinstance(tuned, dict) else 0.0
+        try:
+            peak = float(peak)
+        except (TypeError, ValueError):
+            peak = 0.0
+        return cls(min_tumour_peak=min(max(peak, 0.0), 1.0) if np.isfinite(peak) else 0.0)
 
 
 def _ellipsoid(radius_vox: Sequence[float]) -> np.ndarray:
@@ -48,8 +64,16 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return out
 
 
-def clean_label_map(label: np.ndarray, spacing_zyx: Sequence[float], config: PostprocessConfig | None = None) -> np.ndarray:
+def clean_label_map(
+    label: np.ndarray,
+    spacing_zyx: Sequence[float],
+    config: PostprocessConfig | None = None,
+    tumour_probability: np.ndarray | None = None,
+) -> np.ndarray:
     """Return a cleaned uint8 label map (0 bg, 1 liver, 2 tumour) on the same grid.
+
+    `tumour_probability` (same grid; float in [0, 1] or uint8 as 255 x p) enables the
+    `min_tumour_peak` filter; without it that step is skipped.
 
     Computed inside the organ's bounding box (+ the tumour margin): components, holes and
     the dilated envelope are the same there as on the whole grid, since nothing of the
@@ -84,10 +108,26 @@ def clean_label_map(label: np.ndarray, spacing_zyx: Sequence[float], config: Pos
     envelope = ndimage.binary_dilation(organ, structure=_ellipsoid(radius)) if dilate else organ
     tumour = (label[crop] == 2) & envelope
     tumour = remove_small_components(tumour, config.min_lesion_mm3 / voxel_mm3)
+    if config.min_tumour_peak > 0 and tumour_probability is not None:
+        tumour = drop_uncertain_lesions(tumour, tumour_probability[crop], config.min_tumour_peak)
     cleaned = organ.astype(np.uint8)
     cleaned[tumour] = 2
     out[crop] = cleaned
     return out
+
+
+def drop_uncertain_lesions(mask: np.ndarray, probability: np.ndarray, min_peak: float) -> np.ndarray:
+    """`mask` without the 26-connected components whose maximum `probability` is below `min_peak`.
+
+    `probability` is float in [0, 1] or uint8 holding round(255 p)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return mask
+    threshold = round(min_peak * 255) if probability.dtype == np.uint8 else min_peak
+    peaks = ndimage.maximum(probability, labels, index=np.arange(1, count + 1))
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[1:] = np.asarray(peaks) >= threshold
+    return keep[labels]
 
 
 def remove_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:

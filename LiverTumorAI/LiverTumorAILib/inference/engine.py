@@ -59,14 +59,16 @@ def grow_box_where_cut(box: BoundingBox, liver: np.ndarray, scan: BoundingBox) -
 
 
 def label_on_grid(
-    ct: sitk.Image, start, size, class_probabilities: list[sitk.Image], chunk_voxels: int = 1 << 23
+    ct: sitk.Image, start, size, class_probabilities: list[sitk.Image], chunk_voxels: int = 1 << 23,
+    tumour_out: np.ndarray | None = None,
 ) -> np.ndarray:
     """Argmax label (0 bg, 1 liver, 2 tumour) on the CT index region `start` + `size` (x, y, z).
 
     `class_probabilities` are the liver and tumour probability images on the model grid; they
     are resampled (linear) onto the CT grid a few slices at a time, background = 1 - both, and
     the argmax is taken per slab: only a slab's float32 maps exist at any time, never three
-    of the whole region (nor an int64 argmax of it)."""
+    of the whole region (nor an int64 argmax of it). `tumour_out` (uint8, region shape), if
+    given, receives the tumour probability as round(255 p) for the confidence filter."""
     shape = tuple(reversed(size))
     label = np.empty(shape, dtype=np.uint8)
     step = max(1, chunk_voxels // (int(size[0]) * int(size[1])))
@@ -76,6 +78,8 @@ def label_on_grid(
         back = [sitk.GetArrayFromImage(resample_like(p, ref, default=0.0)) for p in class_probabilities]
         background = 1.0 - back[0] - back[1]
         label[z0 : z0 + n] = np.argmax(np.stack([background, back[0], back[1]]), axis=0)
+        if tumour_out is not None:
+            tumour_out[z0 : z0 + n] = np.rint(np.clip(back[1], 0.0, 1.0) * 255.0)
     return label
 
 
@@ -199,10 +203,12 @@ def segment_volume(
         ref = region_reference(ct, start, size)
         sl = region_slices(start, size)
         probabilities = [array_to_image(pred.probabilities[c], grid.reference) for c in (1, 2)]
-        label = label_on_grid(ct, start, size, probabilities)
+        config = postprocess or PostprocessConfig.from_manifest(seg.manifest)
+        tumour_u8 = np.empty(tuple(reversed(size)), np.uint8) if config.min_tumour_peak > 0 else None
+        label = label_on_grid(ct, start, size, probabilities, tumour_out=tumour_u8)
         spacing_zyx = tuple(reversed(ct.GetSpacing()))
-        label_full[sl] = clean_label_map(label, spacing_zyx, postprocess)
-        del label
+        label_full[sl] = clean_label_map(label, spacing_zyx, config, tumour_probability=tumour_u8)
+        del label, tumour_u8
         maps = pred.attention
         if maps and not all_attention_sources:  # combine on the small model grid: one full-size array
             maps = {"segmentation": np.mean(np.stack(list(maps.values())), axis=0)}
