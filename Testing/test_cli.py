@@ -453,3 +453,25 @@ def test_progress_survives_closed_stream() -> None:
 ])
 def test_parse_progress_line(line, expected) -> None:
     assert parse_progress_line(line) == expected
+
+
+@needs_pipeline
+def test_classify_bad_inputs_one_line_exit_2(tmp_path: Path) -> None:
+    """The same corpus as CT and as SEG of `classify`, plus a SEG on another grid."""
+    ct = _ct_file(tmp_path / "ct.nii.gz")
+    seg = tmp_path / "seg.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 24, 24), np.uint8)), str(seg))
+    other = tmp_path / "seg_other.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((5, 20, 20), np.uint8)), str(other))
+    (tmp_path / "s").mkdir()
+    runs = [(name, [path, "--seg", seg], text) for name, (path, text) in _bad_inputs(tmp_path).items()]
+    runs += [(f"seg-{name}", [ct, "--seg", path], text) for name, (path, text) in _bad_inputs(tmp_path / "s").items()
+             if name in ("missing", "text", "2d", "4d", "bad-datatype")]
+    runs.append(("seg-other-grid", [ct, "--seg", other], "grid"))
+    for name, args, text in runs:
+        out = tmp_path / f"out_{name}"
+        r = _run(["classify", *args, "-o", out, "--progress", "none", "--device", "cpu"])
+        assert r.returncode == 2, (name, r.stderr)
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("livertumorai: error:"), (name, r.stderr)
+        assert text in r.stderr, (name, r.stderr)
+        assert not out.exists(), name

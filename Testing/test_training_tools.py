@@ -117,3 +117,28 @@ def test_train_cli_bad_data_is_one_line_error(tmp_path: Path, capsys) -> None:
     err = capsys.readouterr().err
     assert err.startswith("livertumorai-train: error:") and "nope" in err
     assert main(["segmentation", "--data", "phantom:2", "--model", "hybrid3d", "--out", str(tmp_path / "o")]) == 2
+
+
+def test_train_cli_bad_input_files_one_line_no_output(tmp_path: Path) -> None:
+    """The segment corpus of bad files, as a training case: one line, exit 2, no output folder."""
+    import subprocess
+    import sys
+
+    import SimpleITK as sitk
+    from test_cli import _bad_inputs, _ct_file
+
+    label = tmp_path / "label.nii.gz"
+    sitk.WriteImage(sitk.GetImageFromArray(np.zeros((6, 24, 24), np.uint8)), str(label))
+    corpus = _bad_inputs(tmp_path)
+    corpus["label-on-another-grid"] = (_ct_file(tmp_path / "ct_small.nii.gz", shape=(5, 20, 20)), "differs from")
+    for name, (path, text) in corpus.items():
+        csv = tmp_path / f"{name}.csv"
+        csv.write_text(f"case_id,ct,label\n{name},{path},{label}\n", encoding="utf-8")
+        out = tmp_path / f"out_{name}"
+        r = subprocess.run([sys.executable, "-m", "training.cli", "segmentation", "--data", str(csv), "--model",
+                            "tam-unet", "--out", str(out), "--device", "cpu"],
+                           capture_output=True, text=True, timeout=120, cwd=Path(__file__).parents[1])
+        assert r.returncode == 2, (name, r.stderr)
+        assert r.stderr.count("\n") == 1 and r.stderr.startswith("livertumorai-train: error:"), (name, r.stderr)
+        assert text in r.stderr, (name, r.stderr)
+        assert not out.exists(), name

@@ -273,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from LiverTumorAILib.io.image_io import capture_native_stderr
+
+    capture_native_stderr(True)  # ITK/NIfTI's own "** ERROR" prints would break the one-line error
     ctx = None
     try:
         import torch
@@ -316,6 +319,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("livertumorai-train: interrupted", file=sys.stderr)
         return 130
     finally:
+        capture_native_stderr(False)  # process-wide: off again for in-process callers
         if ctx is not None:
             ctx.cleanup()
 
