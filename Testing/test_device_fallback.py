@@ -48,13 +48,20 @@ def _fake_gpu(failure, fits_batch: int):
     return run, calls
 
 
-def test_out_of_memory_halves_the_batch_and_keeps_the_gpu(monkeypatch):
+def _predict_on_fake_gpu(monkeypatch, failure, fits_batch: int, batch_size: int):
+    """predict_volume asked for CUDA, with `_fake_gpu` in place; returns (model, ct, prediction, warnings, calls)."""
     model, ct = _model(), _volume()
-    fake, calls = _fake_gpu(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"), fits_batch=2)
+    fake, calls = _fake_gpu(failure, fits_batch)
     monkeypatch.setattr(slab, "_run_batch", fake)
-    warnings = []
-    pred = slab.predict_volume(model, ct, ct_offsets=[0], device=torch.device("cuda"), batch_size=8,
+    warnings: list[str] = []
+    pred = slab.predict_volume(model, ct, ct_offsets=[0], device=torch.device("cuda"), batch_size=batch_size,
                                keep_attention=False, warn=warnings.append)
+    return model, ct, pred, warnings, calls
+
+
+def test_out_of_memory_halves_the_batch_and_keeps_the_gpu(monkeypatch):
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    model, ct, pred, warnings, calls = _predict_on_fake_gpu(monkeypatch, oom, fits_batch=2, batch_size=8)
     assert warnings == ["GPU out of memory: retrying with batch size 4", "GPU out of memory: retrying with batch size 2"]
     assert pred.batch_size == 2 and pred.device == "cuda"
     assert all(kind == "cuda" for kind, _ in calls)
@@ -62,25 +69,16 @@ def test_out_of_memory_halves_the_batch_and_keeps_the_gpu(monkeypatch):
 
 
 def test_out_of_memory_at_batch_one_falls_back_to_cpu(monkeypatch):
-    model, ct = _model(), _volume()
-    fake, calls = _fake_gpu(torch.cuda.OutOfMemoryError("CUDA out of memory."), fits_batch=0)
-    monkeypatch.setattr(slab, "_run_batch", fake)
-    warnings = []
-    pred = slab.predict_volume(model, ct, ct_offsets=[0], device=torch.device("cuda"), batch_size=2,
-                               keep_attention=False, warn=warnings.append)
+    oom = torch.cuda.OutOfMemoryError("CUDA out of memory.")
+    model, ct, pred, warnings, calls = _predict_on_fake_gpu(monkeypatch, oom, fits_batch=0, batch_size=2)
     assert warnings[-1] == "GPU out of memory: continuing on the CPU (slower)"
     assert pred.device == "cpu" and calls[-1][0] == "cpu"
     np.testing.assert_allclose(pred.probabilities, _cpu_reference(model, ct).probabilities, atol=1e-6)
 
 
 def test_gpu_that_goes_away_falls_back_to_cpu_at_once(monkeypatch):
-    model, ct = _model(), _volume()
     lost = RuntimeError("CUDA error: unspecified launch failure (GPU has fallen off the bus)")
-    fake, calls = _fake_gpu(lost, fits_batch=0)
-    monkeypatch.setattr(slab, "_run_batch", fake)
-    warnings = []
-    pred = slab.predict_volume(model, ct, ct_offsets=[0], device=torch.device("cuda"), batch_size=8,
-                               keep_attention=False, warn=warnings.append)
+    model, ct, pred, warnings, calls = _predict_on_fake_gpu(monkeypatch, lost, fits_batch=0, batch_size=8)
     assert warnings == ["GPU failed or unavailable: continuing on the CPU (slower)"]  # no batch halving first
     assert [kind for kind, _ in calls] == ["cuda"] + ["cpu"] * (len(calls) - 1)
     np.testing.assert_allclose(pred.probabilities, _cpu_reference(model, ct).probabilities, atol=1e-6)
