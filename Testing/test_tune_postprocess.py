@@ -40,12 +40,13 @@ def test_components_and_truth_sizes():
 
 
 def test_threshold_cuts_false_positives_but_keeps_large_lesions():
-    cases = [_case("a", 0.99, 0.7, small_peak=0.6), _case("b", 0.82, 0.5)]
+    cases = [_case("a", 0.99, 0.72, small_peak=0.6), _case("b", 0.82, 0.5)]
     base = score(cases, 0.0)
     assert base["false_positives"] == 2 and base["found_ge_10mm"] == 2 and base["found_all"] == 3
     threshold, table = choose_threshold(cases)
-    # 0.82 is the weakest large lesion's peak: the highest grid value at or below it is 0.8
-    assert threshold == 0.8
+    # loss-free up to 0.8 (the weakest large lesion peaks at 0.82); no false positive from 0.75 on:
+    # the lowest threshold as good as the best is chosen
+    assert threshold == 0.75
     chosen = score(cases, threshold)
     assert chosen["found_ge_10mm"] == 2 and chosen["false_positives"] == 0
     assert chosen["found_all"] == 2  # the small lesion (peak 0.6) is given up
@@ -82,3 +83,10 @@ def test_threshold_read_from_the_manifest_defensively():
     for bad in ("high", None, float("nan"), [1]):
         assert PostprocessConfig.from_manifest({"postprocess": {"min_tumour_peak": bad}}).min_tumour_peak == 0.0
     assert PostprocessConfig.from_manifest({"postprocess": {"min_tumour_peak": 7}}).min_tumour_peak == 1.0
+
+
+def test_lowest_threshold_within_tolerance_is_preferred():
+    cases = [_case("a", 0.99, 0.72), _case("b", 0.99, 0.96)]
+    # 0.97: no false positive; 0.75: one in two cases (0.5 / case) - beyond the 0.2 tolerance
+    assert choose_threshold(cases)[0] == 0.97
+    assert choose_threshold(cases, fp_tolerance=0.5)[0] == 0.75
