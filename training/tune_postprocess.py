@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 THRESHOLDS = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.93, 0.95, 0.97, 0.98, 0.99)
 MIN_DIAMETER_MM = 10.0
@@ -48,16 +47,16 @@ class CaseComponents:
 def case_components(case: str, label: np.ndarray, tumour_prob: np.ndarray, truth: np.ndarray,
                     spacing_zyx: Sequence[float]) -> CaseComponents:
     """Components of a cleaned label map (2 = tumour) against a truth label map (2 = tumour)."""
+    from LiverTumorAILib.evaluation import equivalent_diameter_mm, lesion_instances
+    from LiverTumorAILib.postprocess import component_peaks
+
     out = CaseComponents(case)
-    truth_ids, n_truth = ndimage.label(truth == 2)
-    voxel_mm3 = float(np.prod(spacing_zyx))
+    truth_ids = lesion_instances(truth == 2)
     for k, size in enumerate(np.bincount(truth_ids.ravel())[1:], start=1):
-        out.truth_diameters[k] = float((6.0 * size * voxel_mm3 / np.pi) ** (1.0 / 3.0))
-    comps, n = ndimage.label(label == 2, structure=np.ones((3, 3, 3), bool))  # as the engine's filter
-    if n == 0:
-        return out
-    peaks = ndimage.maximum(tumour_prob, comps, index=np.arange(1, n + 1))
-    for k, peak in enumerate(np.atleast_1d(peaks), start=1):
+        out.truth_diameters[k] = equivalent_diameter_mm(size, spacing_zyx)
+    comps = lesion_instances(label == 2)  # 26-connected, as the engine's filter
+    peaks = component_peaks(comps, int(comps.max()), tumour_prob)
+    for k, peak in enumerate(peaks, start=1):
         hit = truth_ids[comps == k]
         out.predicted.append((float(peak), {int(t) for t in np.unique(hit[hit > 0])}))
     return out
@@ -99,28 +98,26 @@ def components_from_cache(model_name: str, cache: Path, weights_dir: Path | None
     from LiverTumorAILib.inference.engine import load_model
     from LiverTumorAILib.inference.slab import predict_volume
     from LiverTumorAILib.postprocess import clean_label_map
-    from LiverTumorAILib.preprocess import normalize_ct
+    from LiverTumorAILib.preprocess import DEFAULT_SPACING_MM, DEFAULT_WINDOW_HU, normalize_ct
+    from training.seg_trainer import load_prepared
 
     loaded = load_model(model_name, weights_dir, torch.device("cpu"))
     config = loaded.manifest.get("config", {})
     prep = loaded.manifest.get("preprocessing", {})
-    spacing_xyz = prep.get("spacing_mm", [1.0, 1.0, 2.5])
-    spacing_zyx = tuple(reversed([float(s) for s in spacing_xyz]))
+    spacing_zyx = tuple(reversed([float(s) for s in prep.get("spacing_mm", DEFAULT_SPACING_MM)]))
     mri_offsets = list(config.get("mri_offsets", []) or [])
-    files = sorted((cache / "seg" / "val").glob("*.npz"))
-    if not files:
+    prepared = load_prepared(cache / "seg" / "val")
+    if not prepared:
         raise SystemExit(f"no validation cases in {cache / 'seg' / 'val'}; run make_demo_weights prepare first")
     cases = []
-    for path in files:
-        with np.load(path, allow_pickle=False) as z:
-            ct = normalize_ct(z["ct_hu"].astype(np.float32), prep.get("window_hu", [-100, 400]))
-            mri = z["mri"].astype(np.float32) if mri_offsets and "mri" in z.files else None
-            truth = z["label"]
+    for case in prepared:
+        ct = normalize_ct(case.ct_hu.astype(np.float32), prep.get("window_hu", DEFAULT_WINDOW_HU))
+        mri = case.mri.astype(np.float32) if mri_offsets and case.mri is not None else None
         pred = predict_volume(loaded.model, ct, ct_offsets=config.get("ct_offsets", [0]), mri=mri,
                               mri_offsets=mri_offsets, keep_attention=False)
         label = clean_label_map(np.argmax(pred.probabilities, axis=0).astype(np.uint8), spacing_zyx)
-        cases.append(case_components(path.stem, label, pred.probabilities[2], truth, spacing_zyx))
-        print(f"{path.stem}: {len(cases[-1].predicted)} tumour components", flush=True)
+        cases.append(case_components(case.case_id, label, pred.probabilities[2], case.label, spacing_zyx))
+        print(f"{case.case_id}: {len(cases[-1].predicted)} tumour components", flush=True)
     return cases, loaded.manifest
 
 

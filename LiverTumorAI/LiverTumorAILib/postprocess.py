@@ -124,10 +124,16 @@ def drop_uncertain_lesions(mask: np.ndarray, probability: np.ndarray, min_peak: 
     if count == 0:
         return mask
     threshold = round(min_peak * 255) if probability.dtype == np.uint8 else min_peak
-    peaks = ndimage.maximum(probability, labels, index=np.arange(1, count + 1))
     keep = np.zeros(count + 1, dtype=bool)
-    keep[1:] = np.asarray(peaks) >= threshold
+    keep[1:] = component_peaks(labels, count, probability) >= threshold
     return keep[labels]
+
+
+def component_peaks(labels: np.ndarray, count: int, probability: np.ndarray) -> np.ndarray:
+    """Maximum of `probability` in each component 1..count of the instance map `labels`."""
+    if count == 0:
+        return np.zeros(0, dtype=probability.dtype)
+    return np.atleast_1d(np.asarray(ndimage.maximum(probability, labels, index=np.arange(1, count + 1))))
 
 
 def remove_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
