@@ -25,6 +25,11 @@ import threading
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_pipeline import PeakRSS  # noqa: E402
+
+_rss = PeakRSS.current
+
 # (module, attribute) of the functions to trace; nested calls are charged to the innermost one.
 STEPS = [
     ("LiverTumorAILib.pipeline", "_read_inputs"),
@@ -55,14 +60,6 @@ STEPS = [
     ("LiverTumorAILib.scene.build", "write_segmentation"),
     ("LiverTumorAILib.scene.build", "write_mrb"),
 ]
-
-
-def _rss() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 class Tracer:
