@@ -130,6 +130,87 @@ def test_hybrid3d_shapes(channels, fusion, pool):
         model(torch.zeros(1, 3 - channels, 64, 64, 64))
 
 
+@pytest.mark.parametrize("channels", [1, 2])
+def test_hybrid3d_radial_prior_and_shell_statistics_shapes(channels):
+    cfg = {"in_channels": channels, "radial_prior": True, "shell_stats": True}
+    model = registry.build_model("hybrid3d", cfg)
+    assert model.input_channels == channels + 1
+    model.eval()
+    with torch.no_grad():
+        out = model(torch.zeros(2, channels + 1, 64, 64, 64))
+    assert out["logits"].shape == (2, 2)
+    with pytest.raises(ValueError):  # the radial channel is missing
+        model(torch.zeros(2, channels, 64, 64, 64))
+    with pytest.raises(ValueError):
+        registry.build_model("hybrid3d", {"in_channels": channels, "shell_stats": True})
+
+
+def test_radial_prior_map_marks_the_expected_lesion_surface():
+    from LiverTumorAILib.classification.crops import crop_side_mm, radial_prior_map
+
+    size, d = 64, 20.0
+    m = radial_prior_map(d, size)
+    radius_vox = size * d / crop_side_mm(d) / 2
+    assert m.shape == (size,) * 3 and m.dtype == np.float32
+    assert m.min() >= -1.0 and m.max() == pytest.approx(2.0)
+    c = size // 2
+    assert m[c, c, c] < -0.9  # the centre
+    # along an axis the map crosses 0 at the expected radius
+    profile = m[c, c, c:]
+    crossing = int(np.argmax(profile >= 0))
+    assert abs((crossing + 0.5) - radius_vox) <= 1.0
+    # symmetric, so the cube-symmetry augmentation leaves it unchanged
+    assert np.array_equal(m, np.flip(m, 0)) and np.array_equal(m, np.transpose(m, (2, 0, 1)))
+    # a larger lesion occupies more of its (larger) crop
+    assert (radial_prior_map(50.0, size) < 0).sum() > (m < 0).sum()
+
+
+def test_shell_statistics_read_lesion_and_rim_values():
+    from LiverTumorAILib.classification.crops import radial_prior_map
+    from LiverTumorAILib.models.hybrid3d import SHELL_EDGES, ShellStatistics
+
+    radial = radial_prior_map(20.0, 32)
+    r = radial + 1.0
+    img = np.where(r < 0.7, -1.0, np.where(r < 1.0, 0.5, 0.2)).astype(np.float32)  # core, wall, liver
+    x = torch.as_tensor(np.stack([img, radial])[None])
+    f = ShellStatistics(1)(x)[0].numpy()
+    n = len(SHELL_EDGES) - 1
+    assert f.shape == (2 * n + 3,)
+    means, stds = f[0 : 2 * n : 2], f[1 : 2 * n : 2]
+    assert means[0] == pytest.approx(-1.0) and means[1] == pytest.approx(-1.0)
+    assert means[2] == pytest.approx(0.5) and means[3] == pytest.approx(0.2) and means[4] == pytest.approx(0.2)
+    assert np.all(stds < 1e-3)
+    assert f[2 * n] == pytest.approx(-1.2) and f[2 * n + 2] == pytest.approx(0.3)  # contrasts to the rim shell
+
+
+def test_radial_shell_classifier_trains_and_classifies_a_truth_segmentation(tmp_path):
+    """The CT-only configuration of the bundled weights, end to end: trainer (radial channel appended
+    to each item), save/load, ``classify_lesions`` (radial channel from the segmented lesion)."""
+    from training.cls_trainer import train_classifier
+
+    torch.manual_seed(0)
+    out = tmp_path / "hybrid3d"
+    metrics = train_classifier(
+        toy_items(48, 1),
+        toy_items(16, 2),
+        out_dir=out,
+        epochs=6,
+        batch_size=8,
+        lr=3e-3,
+        config={**TINY, "radial_prior": True, "shell_stats": True},
+        test_items=toy_items(16, 3),
+        training_data={"description": "toy spheres (unit test)", "synthetic": True},
+        log=lambda s: None,
+    )
+    assert metrics["test"]["auc"] >= 0.9
+    manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
+    assert manifest["config"]["radial_prior"] and manifest["config"]["shell_stats"]
+    ct, les = make_ct(size=(96, 96, 40), lesions=[((-20.0, -15.0, 0.0), 10.0, True), ((20.0, 15.0, 10.0), 10.0, False)])
+    malignant, benign = classify_lesions(ct, les, weights_dir=tmp_path, gradcam=True)
+    assert malignant["malignancy_probability"] > benign["malignancy_probability"]
+    assert sitk.GetArrayFromImage(malignant["gradcam"]).shape == (S, S, S)
+
+
 def test_2d_baselines_and_majority_vote():
     labels, votes = slice_majority_vote(np.array([[[2.0, 0], [0, 1], [0, 3]], [[0, 1.0], [2, 0], [0.5, 0]]]))
     assert labels.tolist() == [1, 0]
@@ -323,10 +404,12 @@ def test_bundled_classifier_if_present():
     if not bundled:
         pytest.skip("no bundled Resources/Models/hybrid3d(-ctmri) weights")
     ct, les = make_ct(lesions=[((0.0, 0.0, 0.0), 12.0, True)])
-    mri = sitk.Cast(ct, sitk.sitkFloat32) + 1000.0 if bundled[0] == "hybrid3d-ctmri" else None
-    (r,) = classify_lesions(ct, les, mri, gradcam=True)
-    assert 0.0 <= r["malignancy_probability"] <= 1.0 and r["synthetic_weights"] and r["calibrated"]
-    assert sitk.GetArrayFromImage(r["gradcam"]).max() <= 1.0
+    for name in bundled:
+        mri = sitk.Cast(ct, sitk.sitkFloat32) + 1000.0 if name == "hybrid3d-ctmri" else None
+        (r,) = classify_lesions(ct, les, mri, gradcam=True)
+        assert r["model"] == name
+        assert 0.0 <= r["malignancy_probability"] <= 1.0 and r["synthetic_weights"] and r["calibrated"]
+        assert sitk.GetArrayFromImage(r["gradcam"]).max() <= 1.0
 
 
 # ----------------------------------------------------------------------------- heatmaps

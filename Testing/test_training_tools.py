@@ -86,6 +86,16 @@ def test_ablation_configs() -> None:
     assert unsupported(cfgs["full"]) == [] and unsupported(cfgs["no_random_window"]) == []
 
 
+def test_classification_config_augment_reaches_the_trainer() -> None:
+    from training.cli import _ct_augment
+    from training.cls_trainer import HU_SHIFT, RANDOM_WINDOW_P
+
+    paper = json.loads((Path(__file__).resolve().parents[1] / "training" / "configs" / "hybrid3d.json").read_text())
+    assert _ct_augment(paper["augment"]) == {"random_window_p": 0.3, "hu_shift": 20.0}
+    assert _ct_augment({}) == {"random_window_p": RANDOM_WINDOW_P, "hu_shift": HU_SHIFT}
+    assert _ct_augment({"random_window": None, "hu_shift": 5}) == {"random_window_p": 0.0, "hu_shift": 5.0}
+
+
 def test_train_cli_segmentation_end_to_end(tmp_path: Path) -> None:
     pytest.importorskip("torch")
     phantom = pytest.importorskip("LiverTumorAILib.phantom")

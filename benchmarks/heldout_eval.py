@@ -9,7 +9,11 @@ artefacts. Each case goes through `run_segment` (the function behind `livertumor
 segment`) with the bundled weights, then `evaluate_dirs`. Reported per model: liver and
 tumour Dice per case, detection of lesions >= 10 mm, false positives per case, lesion-level
 AUC and ECE of the malignancy probability (lesions >= 10 mm matched to truth), and the
-fraction of heatmap mass inside the true liver. All figures are measured by this run.
+fraction of heatmap mass inside the true liver. With ``--classify`` each case also goes
+through `run_classify` (the function behind `livertumorai classify`) on its *truth*
+segmentation, once on the CT alone and once with the MRI, and the lesion-level AUC / ECE of
+lesions >= 10 mm are reported per input (``classify_truth_seg`` in the summary). All figures
+are measured by this run.
 """
 
 from __future__ import annotations
@@ -58,6 +62,28 @@ def heatmap_mass_in_liver(pred_dir: Path, gt_dir: Path) -> float | None:
     return float(heat[liver].sum() / total) if total > 0 else None
 
 
+def classify_truth(gt_dirs: list[Path], gt_root: Path, out_root: Path, device: str, weights) -> dict:
+    """`run_classify` on each case's truth label map, CT alone and CT + MRI; lesion-level metrics."""
+    from LiverTumorAILib.evaluation import evaluate_dirs
+    from LiverTumorAILib.pipeline import run_classify
+
+    result = {}
+    for inputs in ("CT", "CT+MRI"):
+        pred_root = out_root / f"classify_{'ct' if inputs == 'CT' else 'ctmri'}"
+        for gt in gt_dirs:
+            if not (pred_root / gt.name / "report.json").exists():
+                run_classify(gt / "ct.nii.gz", gt / "label.nii.gz", pred_root / gt.name, device=device,
+                             mri_path=gt / "mri.nii.gz" if inputs == "CT+MRI" else None, weights_dir=weights)
+        ev = evaluate_dirs(pred_root, gt_root)
+        (out_root / f"evaluation_{pred_root.name}.json").write_text(json.dumps(ev, indent=1, default=str))
+        models = {v.get("name") for g in gt_dirs
+                  for k, v in json.loads((pred_root / g.name / "report.json").read_text())["models"].items()
+                  if k.startswith("classifier:")}
+        result[inputs] = {"classifier": sorted(m for m in models if m), **ev["summary"]["lesion_classification"]}
+        print("classify", inputs, json.dumps(result[inputs]), flush=True)
+    return result
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-o", "--output", type=Path, default=Path("benchmarks/results/heldout"))
@@ -65,6 +91,8 @@ def main(argv=None) -> int:
     parser.add_argument("--count", type=int, default=len(HELD_OUT))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--weights", default=None)
+    parser.add_argument("--classify", action="store_true",
+                        help="also classify the truth segmentations (CT alone and CT + MRI)")
     args = parser.parse_args(argv)
 
     from LiverTumorAILib.evaluation import evaluate_dirs
@@ -73,7 +101,9 @@ def main(argv=None) -> int:
     gt_root = args.output / "gt"
     gt_dirs = make_cases(gt_root, args.count)
     summary: dict = {"cases": len(gt_dirs), "held_out": [[s, {k: list(v) if isinstance(v, tuple) else v for k, v in o.items()}] for s, o in HELD_OUT[: args.count]]}
-    for model in args.models.split(","):
+    if args.classify:
+        summary["classify_truth_seg"] = classify_truth(gt_dirs, gt_root, args.output, args.device, args.weights)
+    for model in [m for m in args.models.split(",") if m]:
         pred_root = args.output / model
         times = []
         for gt in gt_dirs:

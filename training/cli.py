@@ -197,6 +197,15 @@ def _crop_items(cases: Sequence[Any], channels: int, log: Callable[[str], None])
     return items
 
 
+def _ct_augment(augment: Dict[str, Any]) -> Dict[str, float]:
+    """``train_classifier``'s CT augmentation arguments from a config's ``augment`` block."""
+    from training.cls_trainer import HU_SHIFT, RANDOM_WINDOW_P
+
+    window = augment.get("random_window", {})
+    prob = 0.0 if window is None else float(window.get("prob", RANDOM_WINDOW_P))  # None: switched off
+    return {"random_window_p": prob, "hu_shift": float(augment.get("hu_shift", HU_SHIFT))}
+
+
 def run_classification(args: argparse.Namespace, cfg: Dict[str, Any], cases: Sequence[Any], ctx: Any,
                        log: Callable[[str], None]) -> Dict[str, Any]:
     from training.cls_trainer import predict_logits, train_classifier
@@ -224,7 +233,7 @@ def run_classification(args: argparse.Namespace, cfg: Dict[str, Any], cases: Seq
         lr=float(t.get("lr", 1e-4)), class_weights=t.get("class_weights", "balanced"), device=str(ctx.device),
         seed=args.seed, log=log, name=name, config=cfg.get("model_config") or None, test_items=te or None,
         training_data=_training_data(args.data, cases, split), max_minutes=args.max_minutes,
-        weight_decay=float(t.get("weight_decay", 1e-5)))
+        weight_decay=float(t.get("weight_decay", 1e-5)), **_ct_augment(cfg.get("augment") or {}))
     result = {"task": "classification", "model": name, "metrics": metrics}
     if ctx.is_main and te and not args.no_eval:
         import numpy as np

@@ -118,9 +118,10 @@ def _predict(model, crops: Sequence[LesionCrop], device, want_cam: bool) -> tupl
     logits_all: list[np.ndarray] = []
     cams: list[np.ndarray | None] = []
     use_cam = want_cam and hasattr(model, "gradcam_layer")
+    radial = bool(getattr(model, "radial_prior", False))
     for start in range(0, len(crops), BATCH):
         batch = crops[start : start + BATCH]
-        x = torch.as_tensor(np.stack([c.model_input() for c in batch]), dtype=torch.float32, device=device)
+        x = torch.as_tensor(np.stack([c.model_input(radial) for c in batch]), dtype=torch.float32, device=device)
         with torch.no_grad():
             out = model(x)
         logits_all.append((out["logits"] if isinstance(out, dict) else out).float().cpu().numpy())

@@ -41,6 +41,8 @@ Crop rule (documented contract, also recorded in the classifier manifests' ``pre
   manual truth in training, so a mask channel would teach the classifier the shape of *truth*
   masks and transfer segmentation errors into the call; and paper 001 feeds intensity crops only.
   The mask crop is still returned (``LesionCrop.mask``) for evaluation and Grad-CAM checks.
+  What models with ``radial_prior`` get instead is a smooth sphere of the lesion's equivalent
+  diameter (``radial_prior_map``): where the lesion should end, from one number, not a mask shape.
 """
 
 from __future__ import annotations
@@ -132,13 +134,31 @@ class LesionCrop:
         img.SetSpacing([self.spacing_mm] * 3)
         return img
 
-    def model_input(self) -> np.ndarray:
-        """Channel-stacked, normalised float32 input (normalises channel 0 if it is raw HU)."""
-        if not self.raw_hu:
-            return self.image
-        out = self.image.copy()
-        out[0] = normalise_ct(out[0])
+    def model_input(self, radial_prior: bool = False) -> np.ndarray:
+        """Channel-stacked, normalised float32 input (normalises channel 0 if it is raw HU); with
+        ``radial_prior`` the :func:`radial_prior_map` of this lesion is appended as the last channel."""
+        out = self.image.copy() if self.raw_hu else self.image
+        if self.raw_hu:
+            out[0] = normalise_ct(out[0])
+        if radial_prior:
+            out = np.concatenate([out, radial_prior_map(self.geometry.diameter_mm, self.size)[None]], axis=0)
         return out
+
+
+def radial_prior_map(diameter_mm: float, size: int = CROP_SIZE) -> np.ndarray:
+    """Distance from the crop centre in units of the lesion's expected radius, minus 1, float32.
+
+    0 on the surface of a sphere of the lesion's equivalent diameter as the FOV rule places it in
+    the crop (its radius is ``size * d / crop_side_mm(d) / 2`` voxels, ``d`` standing in for the
+    extent), -1 at the centre, clipped at 2 (three radii). Only the diameter enters, not the mask:
+    the classifier is told where the lesion should end, not the shape of a (truth or predicted)
+    mask; see the mask-channel note in the module docstring.
+    """
+    d = max(float(diameter_mm), 1e-3)
+    radius_vox = max(size * d / crop_side_mm(d) / 2.0, 1.0)
+    axis = (np.arange(size, dtype=np.float32) - (size - 1) / 2.0) ** 2
+    dist = np.sqrt(axis[:, None, None] + axis[None, :, None] + axis[None, None, :])
+    return (np.minimum(dist / radius_vox, 3.0) - 1.0).astype(np.float32)
 
 
 def normalise_ct(hu: np.ndarray, window: Sequence[float] = CT_WINDOW_HU) -> np.ndarray:
