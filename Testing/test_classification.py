@@ -90,26 +90,30 @@ def make_ct(size=(80, 80, 32), spacing=(1.0, 1.0, 2.5), direction=None, lesions=
     return img, les
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """A tiny hybrid3d trained for a few epochs on toy crops, saved as a weights folder."""
+def train_toy(out, config: dict, n_test: int = 8) -> dict:
+    """Train a tiny hybrid3d for a few epochs on toy crops and save it to ``out``."""
     from training.cls_trainer import train_classifier
 
     torch.manual_seed(0)
-    out = tmp_path_factory.mktemp("weights") / "hybrid3d"
-    metrics = train_classifier(
+    return train_classifier(
         toy_items(48, 1),
         toy_items(16, 2),
         out_dir=out,
         epochs=6,
         batch_size=8,
         lr=3e-3,
-        config=dict(TINY),
-        test_items=toy_items(8, 3),
+        config=config,
+        test_items=toy_items(n_test, 3),
         training_data={"description": "toy spheres (unit test)", "synthetic": True},
         log=lambda s: None,
     )
-    return out, metrics
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A tiny hybrid3d trained for a few epochs on toy crops, saved as a weights folder."""
+    out = tmp_path_factory.mktemp("weights") / "hybrid3d"
+    return out, train_toy(out, dict(TINY))
 
 
 # ----------------------------------------------------------------------------- models
@@ -186,22 +190,8 @@ def test_shell_statistics_read_lesion_and_rim_values():
 def test_radial_shell_classifier_trains_and_classifies_a_truth_segmentation(tmp_path):
     """The CT-only configuration of the bundled weights, end to end: trainer (radial channel appended
     to each item), save/load, ``classify_lesions`` (radial channel from the segmented lesion)."""
-    from training.cls_trainer import train_classifier
-
-    torch.manual_seed(0)
     out = tmp_path / "hybrid3d"
-    metrics = train_classifier(
-        toy_items(48, 1),
-        toy_items(16, 2),
-        out_dir=out,
-        epochs=6,
-        batch_size=8,
-        lr=3e-3,
-        config={**TINY, "radial_prior": True, "shell_stats": True},
-        test_items=toy_items(16, 3),
-        training_data={"description": "toy spheres (unit test)", "synthetic": True},
-        log=lambda s: None,
-    )
+    metrics = train_toy(out, {**TINY, "radial_prior": True, "shell_stats": True}, n_test=16)
     assert metrics["test"]["auc"] >= 0.9
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["config"]["radial_prior"] and manifest["config"]["shell_stats"]

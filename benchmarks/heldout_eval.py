@@ -91,6 +91,8 @@ def main(argv=None) -> int:
     parser.add_argument("--count", type=int, default=len(HELD_OUT))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--weights", default=None)
+    parser.add_argument("--no-mri", action="store_true",
+                        help="run `segment` on the CT alone (CT-only models; the CT-only classifier then decides)")
     parser.add_argument("--classify", action="store_true",
                         help="also classify the truth segmentations (CT alone and CT + MRI)")
     args = parser.parse_args(argv)
@@ -110,7 +112,8 @@ def main(argv=None) -> int:
             out = pred_root / gt.name
             if not (out / "report.json").exists():
                 t0 = time.perf_counter()
-                run_segment(gt / "ct.nii.gz", out, mri_path=gt / "mri.nii.gz", model=model, device=args.device,
+                run_segment(gt / "ct.nii.gz", out, mri_path=None if args.no_mri else gt / "mri.nii.gz", model=model,
+                            device=args.device,
                             weights_dir=args.weights)
                 times.append(time.perf_counter() - t0)
         ev = evaluate_dirs(pred_root, gt_root)
