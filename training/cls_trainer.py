@@ -8,9 +8,9 @@ and the lesion diameter. ``crops_from_cases`` builds them from phantom cases.
 Training (paper 001, "Hybrid 3D Classification Network", where it is vague our reading):
 
 * Loss: weighted cross-entropy on the main head + ``AUX_LOSS_WEIGHT`` (0.4) x weighted CE on the
-  auxiliary GAP head (and on the shell-statistics path, when the model has one). 0.4: the paper gives no weight; deep-supervision heads are usually weighted
-  0.3-0.5 (GoogLeNet 0.3) so that they regularise the shared features without competing with the
-  main head. Class weights "balanced" = N / (2 N_c) from the training labels. The 2D baselines
+  auxiliary GAP head (and on the shell-statistics path, when the model has one). 0.4: the paper
+  gives no weight; deep-supervision heads are usually weighted 0.3-0.5 (GoogLeNet 0.3) so that
+  they regularise the shared features without competing with the main head. Class weights "balanced" = N / (2 N_c) from the training labels. The 2D baselines
   train on every slice with the lesion's label (CE on ``slice_logits``).
 * Adam (paper), cosine-annealed learning rate, small weight decay.
 * Augmentation: a random element of the 48 symmetries of the cube (axis permutation + flips; 3D

@@ -40,6 +40,9 @@ VERSIONS = {"hybrid3d": "demo-0.3", "hybrid3d-ctmri": "demo-0.2"}
 MODEL_AUGMENT = {"hybrid3d": {"random_window_p": 0.0, "hu_shift": 5.0}, "hybrid3d-ctmri": {}}
 #: Models whose temperature is refitted on validation + test lesions together (see ``pool_temperature``).
 POOLED_TEMPERATURE = {"hybrid3d"}
+ROOT = Path(__file__).resolve().parents[1]
+SUMMARY_KEYS = ("val", "val_calibrated", "test", "test_uncalibrated", "test_at_pooled_temperature", "calibration",
+                "best_epoch", "epochs_run", "train_time_s")
 
 
 def pool_temperature(folder: Path, val_items: list, test_items: list, log) -> dict:
@@ -69,7 +72,6 @@ def pool_temperature(folder: Path, val_items: list, test_items: list, log) -> di
     path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     log(f"temperature refitted on validation + test: {rec['temperature']:.3f}")
     return manifest["metrics"]["test_at_pooled_temperature"]
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def _case_crops(args: tuple[int, int, int, int | None]) -> dict:
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics["test_at_pooled_temperature"] = pool_temperature(
                 a.out / name, items_of(data["val"], channels), items_of(data["test"], channels), log
             )
-        summary[name] = {k: metrics.get(k) for k in ("test_at_pooled_temperature",)} | {k: metrics[k] for k in ("val", "val_calibrated", "test", "test_uncalibrated", "calibration", "best_epoch", "epochs_run", "train_time_s")}
+        summary[name] = {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
         log(f"{name}: {json.dumps(summary[name]['test'])}")
     (a.work / f"summary_{'_'.join(a.models)}.json").write_text(json.dumps(summary, indent=2) + "\n")
     return 0

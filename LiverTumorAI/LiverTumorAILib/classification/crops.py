@@ -137,8 +137,9 @@ class LesionCrop:
     def model_input(self, radial_prior: bool = False) -> np.ndarray:
         """Channel-stacked, normalised float32 input (normalises channel 0 if it is raw HU); with
         ``radial_prior`` the :func:`radial_prior_map` of this lesion is appended as the last channel."""
-        out = self.image.copy() if self.raw_hu else self.image
+        out = self.image
         if self.raw_hu:
+            out = out.copy()
             out[0] = normalise_ct(out[0])
         if radial_prior:
             out = np.concatenate([out, radial_prior_map(self.geometry.diameter_mm, self.size)[None]], axis=0)

@@ -50,9 +50,9 @@ Our reading of the vague points of the paper:
   ``shell_stats`` adds a second path to the main head: the mean and standard deviation of each
   image channel in five shells of that distance (centre, inner, outer lesion, rim, surrounding
   liver) and the centre/inner/outer contrasts to the rim shell, through
-  BatchNorm -> FC(->64) -> ReLU -> FC(->2), whose logits are added to the convolutional head's. Why: the crop's FOV scales with lesion size
-  (``crops.py``), so the lesion radius in voxels varies 10-18 voxels and the network cannot know
-  where the lesion ends; and the CT signal that separates the phantoms' benign from malignant
+  BatchNorm -> FC(->64) -> ReLU -> FC(->2), whose logits are added to the convolutional head's.
+  Why: the crop's FOV scales with lesion size (``crops.py``), so the lesion radius in voxels
+  varies 10-18 voxels and the network cannot know where the lesion ends; and the CT signal that separates the phantoms' benign from malignant
   lesions is the lesion-to-liver contrast per shell (cyst water density, FNH iso-attenuation and
   scar, haemangioma peripheral nodules versus washout, rims and necrosis). Measured on the
   phantoms' validation crops, CT only, same budget: the plain network stayed at chance (AUC
@@ -72,10 +72,10 @@ CT+MRI (``in_channels=2``), paper 000's fusion idea at lesion level. ``fusion`` 
   attention is left out at 16^3, where it added cost but no accuracy on phantoms), then a shared
   trunk (blocks 3-4) as above. A missing or blank MRI still yields valid (if weaker) features.
 
-``forward`` returns ``dict(logits=Tensor[B, 2], aux_logits=Tensor[B, 2])`` (and ``shell_logits``, the
-shell path's own logits, with ``shell_stats``: trained with the same auxiliary loss weight so that
-the path is a classifier on its own, not only a correction of the convolutional head); class 1 =
-malignant.
+``forward`` returns ``dict(logits=Tensor[B, 2], aux_logits=Tensor[B, 2])`` (and, with
+``shell_stats``, ``shell_logits``: the shell path's own logits, trained with the same auxiliary
+loss weight so that the path is a classifier on its own, not only a correction of the
+convolutional head); class 1 = malignant.
 ``model.gradcam_layer`` is the module whose output Grad-CAM uses (the attention-reweighted last
 conv block, 8^3).
 """
