@@ -110,3 +110,22 @@ def test_short_training_run_writes_weights_the_engine_loads(tmp_path):
     assert not list((tmp_path / "tam-unet").glob("*.pt"))  # checkpoints stay out of the weights folder
     with torch.inference_mode():
         assert model(torch.zeros(1, 1, 32, 32)).shape == (1, 3, 32, 32)
+
+
+def test_resume_on_other_validation_cases_judges_the_best_afresh(tmp_path):
+    """A best score from other validation cases must not veto every later epoch."""
+    torch.manual_seed(0)
+    cases = [prepare_case(f"c{seed}", *_toy_case(seed)[:2], spacing=(1.5, 1.5, 3.0)) for seed in range(3)]
+    kwargs = dict(
+        architecture="tam-unet", out_dir=tmp_path / "tam-unet", config={"base_channels": 4},
+        train_config={"batch_size": 2, "steps_per_epoch": 2, "patch": 32, "spacing_mm": [1.5, 1.5, 3.0], "val_every": 1},
+        manifest_extra={"version": "test", "training_data": {"synthetic": True, "description": "toy"}},
+    )
+    train_segmentation(cases[:1], cases[1:2], epochs=1, log=lambda _: None, **kwargs)
+    same: list[str] = []
+    train_segmentation(cases[:1], cases[1:2], epochs=2, resume=True, log=same.append, **kwargs)
+    assert not any("afresh" in line for line in same)
+    other: list[str] = []
+    metrics = train_segmentation(cases[:1], cases[2:], epochs=3, resume=True, log=other.append, **kwargs)
+    assert any("afresh" in line for line in other)
+    assert metrics["epoch"] == 2  # the only epoch judged on the new cases is the one kept

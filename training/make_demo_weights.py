@@ -28,6 +28,9 @@ from LiverTumorAILib import DEMO_WEIGHTS_NOTICE
 DEMO_SPACING_MM = [1.5, 1.5, 2.5]
 SEGMENTATION_MODELS = ("dual-stream", "tam-unet", "fusion")
 TRAIN_SEED, VAL_SEED = 1000, 9000
+#: Extra cases whose MRI is T1-weighted (the default phantom MRI is T2): lesion contrast
+#: is reversed on T1, so a fusion model that only ever saw T2 misses lesions on a T1.
+T1_TRAIN_SEED, T1_VAL_SEED = 3000, 9500
 
 MODEL_SETTINGS = {
     "dual-stream": {"loss": "dice_bce", "batch_size": 8, "lr": 1e-3, "val_every": 4},
@@ -36,16 +39,23 @@ MODEL_SETTINGS = {
 }
 
 
-def _training_data(count: int, val: int) -> dict:
-    return {
+def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
+    """What the weights saw: seeds and counts, T1-MRI extras counted from the cache."""
+    t1_train = len(list((cache / "seg" / "train").glob("train_t1_*.npz"))) if cache else 0
+    t1_val = len(list((cache / "seg" / "val").glob("val_t1_*.npz"))) if cache else 0
+    record = {
         "description": DEMO_WEIGHTS_NOTICE,
         "synthetic": True,
         "generator": "LiverTumorAILib.phantom.generate_case",
-        "train_seeds": [TRAIN_SEED, TRAIN_SEED + count - 1],
-        "val_seeds": [VAL_SEED, VAL_SEED + val - 1],
+        "train_seeds": [TRAIN_SEED, TRAIN_SEED + count - t1_train - 1],
+        "val_seeds": [VAL_SEED, VAL_SEED + val - t1_val - 1],
         "cases": count,
         "val_cases": val,
     }
+    if t1_train or t1_val:
+        record["t1_mri_train_seeds"] = [T1_TRAIN_SEED, T1_TRAIN_SEED + t1_train - 1] if t1_train else []
+        record["t1_mri_val_seeds"] = [T1_VAL_SEED, T1_VAL_SEED + t1_val - 1] if t1_val else []
+    return record
 
 
 def _prepare_one(job: tuple) -> str:
@@ -54,13 +64,13 @@ def _prepare_one(job: tuple) -> str:
     from training.localizer_trainer import prepare_localizer_case
     from training.seg_trainer import prepare_case, save_prepared
 
-    cache, split, index, seed, size, slices = job
+    cache, split, index, seed, size, slices, sequence = job
     seg_dir, loc_dir = cache / "seg" / split, cache / "loc" / split
-    case_id = f"{split}_{index:03d}"
+    case_id = f"{split}_{index:03d}" if sequence == "t2" else f"{split}_{sequence}_{index:03d}"
     if (seg_dir / f"{case_id}.npz").exists() and (loc_dir / f"{case_id}.npz").exists():
         return f"{case_id}: cached"
     t0 = time.perf_counter()
-    case = generate_case(seed, size=size, slices=slices)
+    case = generate_case(seed, size=size, slices=slices, mri_sequence=sequence)
     classes = {int(les["id"]): int(les["class"] == "malignant") for les in case.truth.get("lesions", [])}
     prepared = prepare_case(
         case_id, case.ct, case.label, spacing=DEMO_SPACING_MM, mri=case.mri, lesions=case.lesions,
@@ -73,12 +83,18 @@ def _prepare_one(job: tuple) -> str:
     return f"{case_id}: {prepared.ct_hu.shape} in {time.perf_counter() - t0:.1f}s"
 
 
-def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int = 1) -> None:
-    """Generate phantoms (fixed seeds) and cache them on the model grids, `jobs` at a time."""
+def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int = 1,
+            t1_count: int = 0, t1_val: int = 0) -> None:
+    """Generate phantoms (fixed seeds) and cache them on the model grids, `jobs` at a time.
+
+    `t1_count` / `t1_val` add cases with a T1-weighted MRI (their own seed range).
+    """
     from concurrent.futures import ProcessPoolExecutor
 
-    work = [(cache, "train", i, TRAIN_SEED + i, size, slices) for i in range(count)]
-    work += [(cache, "val", i, VAL_SEED + i, size, slices) for i in range(val)]
+    work = [(cache, "train", i, TRAIN_SEED + i, size, slices, "t2") for i in range(count)]
+    work += [(cache, "val", i, VAL_SEED + i, size, slices, "t2") for i in range(val)]
+    work += [(cache, "train", i, T1_TRAIN_SEED + i, size, slices, "t1") for i in range(t1_count)]
+    work += [(cache, "val", i, T1_VAL_SEED + i, size, slices, "t1") for i in range(t1_val)]
     if jobs <= 1:
         for job in work:
             print(_prepare_one(job), flush=True)
@@ -101,7 +117,7 @@ def train(model: str, cache: Path, out: Path, minutes: float, threads: int, resu
         train_set, val_set = load("train"), load("val")
         return train_localizer(
             train_set, val_set, out_dir=out / "localizer", steps=100000, max_minutes=minutes,
-            manifest_extra={"version": "demo-0.1", "training_data": _training_data(len(train_set), len(val_set))},
+            manifest_extra={"version": "demo-0.1", "training_data": _training_data(len(train_set), len(val_set), cache)},
         )
     from training.seg_trainer import load_prepared, train_segmentation
 
@@ -113,7 +129,7 @@ def train(model: str, cache: Path, out: Path, minutes: float, threads: int, resu
     return train_segmentation(
         train_set, val_set, architecture=model, out_dir=out / model, train_config=settings,
         epochs=10000, max_minutes=minutes, device="cpu", resume=resume,
-        manifest_extra={"version": "demo-0.1", "training_data": _training_data(len(train_set), len(val_set))},
+        manifest_extra={"version": "demo-0.1", "training_data": _training_data(len(train_set), len(val_set), cache)},
     )
 
 
@@ -130,10 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--minutes", type=float, default=20.0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--jobs", type=int, default=1, help="phantoms generated in parallel")
+    parser.add_argument("--t1-count", type=int, default=0, help="extra training cases with a T1 MRI")
+    parser.add_argument("--t1-val", type=int, default=0, help="extra validation cases with a T1 MRI")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint (a new LR cycle)")
     args = parser.parse_args(argv)
     if args.step in ("prepare", "all"):
-        prepare(args.cache, args.count, args.val, args.size, args.slices, args.jobs)
+        prepare(args.cache, args.count, args.val, args.size, args.slices, args.jobs, args.t1_count, args.t1_val)
     if args.step == "train":
         if not args.model:
             parser.error("train needs a model name")

@@ -310,11 +310,15 @@ def train_segmentation(
     ckpt_path = work_dir / "checkpoint.pt"
     history: list[dict] = []
     start_epoch, best = 0, -1.0
+    val_ids = [c.case_id for c in val_cases or []]
     if resume and ckpt_path.exists():
         state = torch.load(ckpt_path, map_location=dev, weights_only=True)
         model.load_state_dict(state["model"])
         optimiser.load_state_dict(state["optimiser"])
         start_epoch, best = int(state["epoch"]) + 1, float(state["best"])
+        if state.get("val_ids") != val_ids:  # scores on another validation set do not compare
+            best = -1.0
+            log("validation cases differ from the checkpoint's: the best score starts afresh")
         history = json.loads((work_dir / "history.json").read_text(encoding="utf-8")) if (work_dir / "history.json").exists() else []
         log(f"resumed from epoch {start_epoch}")
     if tc["steps_per_epoch"] in (None, "auto"):  # one pass over the training slices, in expectation
@@ -326,8 +330,9 @@ def train_segmentation(
     t_start = time.perf_counter()
     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
     best_metrics: dict = {}
-    if resume and (out_dir / "manifest.json").exists():
+    if resume and best >= 0 and (out_dir / "manifest.json").exists():
         # the checkpoint is the *last* state; the best one so far is the saved weights folder
+        # (best < 0: those weights were judged on other cases, so the next validation decides)
         from LiverTumorAILib.weights import load_weights
 
         saved, saved_manifest = load_weights(out_dir)
@@ -374,7 +379,8 @@ def train_segmentation(
         history.append(record)
         if is_main:
             log(json.dumps(record))
-            torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch, "best": best}, ckpt_path)
+            torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "epoch": epoch, "best": best,
+                        "val_ids": val_ids}, ckpt_path)
             (work_dir / "history.json").write_text(json.dumps(history, indent=1))
         if out_of_time:
             break
