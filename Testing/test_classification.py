@@ -90,7 +90,7 @@ def make_ct(size=(80, 80, 32), spacing=(1.0, 1.0, 2.5), direction=None, lesions=
     return img, les
 
 
-def train_toy(out, config: dict, n_test: int = 8) -> dict:
+def train_toy(out, config: dict, n_test: int = 8, calibrate_on: str = "validation") -> dict:
     """Train a tiny hybrid3d for a few epochs on toy crops and save it to ``out``."""
     from training.cls_trainer import train_classifier
 
@@ -105,6 +105,7 @@ def train_toy(out, config: dict, n_test: int = 8) -> dict:
         config=config,
         test_items=toy_items(n_test, 3),
         training_data={"description": "toy spheres (unit test)", "synthetic": True},
+        calibrate_on=calibrate_on,
         log=lambda s: None,
     )
 
@@ -191,13 +192,19 @@ def test_radial_shell_classifier_trains_and_classifies_a_truth_segmentation(tmp_
     """The CT-only configuration of the bundled weights, end to end: trainer (radial channel appended
     to each item), save/load, ``classify_lesions`` (radial channel from the segmented lesion)."""
     out = tmp_path / "hybrid3d"
-    metrics = train_toy(out, {**TINY, "radial_prior": True, "shell_stats": True}, n_test=16)
+    metrics = train_toy(out, {**TINY, "radial_prior": True, "shell_stats": True}, n_test=16, calibrate_on="validation+test")
     assert metrics["test"]["auc"] >= 0.9
     manifest = json.loads((out / "manifest.json").read_text(encoding="utf-8"))
     assert manifest["config"]["radial_prior"] and manifest["config"]["shell_stats"]
+    # the temperature the engine uses is the pooled fit (16 + 16 lesions); the validation-only one is kept
+    assert manifest["calibration"]["fitted_on"] == "validation + test lesions (16 + 16)"
+    assert manifest["calibration_validation_only"]["n_val"] == 16 and "fitted_on" not in manifest["calibration_validation_only"]
+    pooled_t = manifest["calibration"]["temperature"]
+    assert manifest["metrics"]["test_at_pooled_temperature"]["auc"] == metrics["test"]["auc"]
     ct, les = make_ct(size=(96, 96, 40), lesions=[((-20.0, -15.0, 0.0), 10.0, True), ((20.0, 15.0, 10.0), 10.0, False)])
     malignant, benign = classify_lesions(ct, les, weights_dir=tmp_path, gradcam=True)
     assert malignant["malignancy_probability"] > benign["malignancy_probability"]
+    assert malignant["temperature"] == pytest.approx(pooled_t, abs=1e-4)
     assert sitk.GetArrayFromImage(malignant["gradcam"]).shape == (S, S, S)
 
 

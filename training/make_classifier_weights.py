@@ -38,40 +38,12 @@ MODEL_CONFIGS = {"hybrid3d": {"radial_prior": True, "shell_stats": True, "dropou
 VERSIONS = {"hybrid3d": "demo-0.3", "hybrid3d-ctmri": "demo-0.2"}
 #: Per-model CT augmentation (``train_classifier``'s defaults otherwise; see its docstring).
 MODEL_AUGMENT = {"hybrid3d": {"random_window_p": 0.0, "hu_shift": 5.0}, "hybrid3d-ctmri": {}}
-#: Models whose temperature is refitted on validation + test lesions together (see ``pool_temperature``).
+#: Models whose temperature is fitted on validation + test lesions together (``train_classifier``'s
+#: ``calibrate_on``; the CT-only model's validation-only temperature did not carry to its test set).
 POOLED_TEMPERATURE = {"hybrid3d"}
 ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_KEYS = ("val", "val_calibrated", "test", "test_uncalibrated", "test_at_pooled_temperature", "calibration",
                 "best_epoch", "epochs_run", "train_time_s")
-
-
-def pool_temperature(folder: Path, val_items: list, test_items: list, log) -> dict:
-    """Refit the saved model's temperature on validation + test lesions together; rewrite its manifest.
-
-    Why: 120 validation lesions are a noisy base for one temperature (the CT-only model got 0.55 on
-    validation, 0.95 on test alone); the pooled fit (270 lesions) is steadier. The validation-only
-    record stays in the manifest (``calibration_validation_only``), with the test metrics at the
-    pooled temperature (``metrics.test_at_pooled_temperature``, no longer an untouched test set:
-    the held-out cases of ``benchmarks/heldout_eval.py`` are the independent check).
-    """
-    from LiverTumorAILib.classification.calibration import calibration_record
-    from LiverTumorAILib.weights import load_weights
-    from training.cls_trainer import classification_metrics, predict_logits
-
-    model, _ = load_weights(folder)
-    lv, lt = predict_logits(model, val_items), predict_logits(model, test_items)
-    yv = np.array([it.label for it in val_items])
-    yt = np.array([it.label for it in test_items])
-    rec = calibration_record(np.concatenate([lv, lt]), np.concatenate([yv, yt]))
-    path = folder / "manifest.json"
-    manifest = json.loads(path.read_text(encoding="utf-8"))
-    manifest["calibration_validation_only"] = manifest["calibration"]
-    manifest["calibration"] = {**rec, "fitted_on": f"validation + test lesions ({len(yv)} + {len(yt)})"}
-    dt = np.array([it.diameter_mm for it in test_items])
-    manifest["metrics"]["test_at_pooled_temperature"] = classification_metrics(lt, yt, dt, rec["temperature"])
-    path.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    log(f"temperature refitted on validation + test: {rec['temperature']:.3f}")
-    return manifest["metrics"]["test_at_pooled_temperature"]
 
 
 def _case_crops(args: tuple[int, int, int, int | None]) -> dict:
@@ -246,12 +218,9 @@ def main(argv: list[str] | None = None) -> int:
             **MODEL_AUGMENT[name],
             version=VERSIONS[name],
             max_minutes=a.max_minutes,
+            calibrate_on="validation+test" if name in POOLED_TEMPERATURE else "validation",
             log=log,
         )
-        if name in POOLED_TEMPERATURE:
-            metrics["test_at_pooled_temperature"] = pool_temperature(
-                a.out / name, items_of(data["val"], channels), items_of(data["test"], channels), log
-            )
         summary[name] = {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
         log(f"{name}: {json.dumps(summary[name]['test'])}")
     (a.work / f"summary_{'_'.join(a.models)}.json").write_text(json.dumps(summary, indent=2) + "\n")
