@@ -10,6 +10,10 @@
   liver (0 = off; each model's manifest carries its value under "postprocess", tuned on
   validation phantoms by training/tune_postprocess.py): uncertain blobs in vessels and at the
   liver edge were most of the false positives;
+* tumour components thinner than `min_lesion_thickness_mm` along any axis (bounding-box extent)
+  go back to liver (0 = off; tuned per model like the peak): a slice-wise (2.5D) network leaves
+  confident blobs on one slice only, where no lesion of the smallest annotated size (5 mm)
+  fits. On a CT whose slices are thicker than the threshold a one-slice blob is kept;
 * lesions = 3D connected components (26-connectivity) of what remains, numbered by
   decreasing volume.
 
@@ -36,17 +40,25 @@ class PostprocessConfig:
     tumour_margin_mm: float = TUMOUR_MARGIN_MM
     min_liver_ml: float = 10.0
     min_tumour_peak: float = 0.0
+    min_lesion_thickness_mm: float = 0.0
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> PostprocessConfig:
-        """Defaults, with the model's tuned `min_tumour_peak` where its manifest has one."""
+        """Defaults, with the model's tuned `min_tumour_peak` / `min_lesion_thickness_mm` where its
+        manifest has them (a value that is not a finite number means off)."""
         tuned = manifest.get("postprocess", {}) if isinstance(manifest, dict) else {}
-        peak = tuned.get("min_tumour_peak", 0.0) if isinstance(tuned, dict) else 0.0
-        try:
-            peak = float(peak)
-        except (TypeError, ValueError):
-            peak = 0.0
-        return cls(min_tumour_peak=min(max(peak, 0.0), 1.0) if np.isfinite(peak) else 0.0)
+        tuned = tuned if isinstance(tuned, dict) else {}
+        return cls(min_tumour_peak=min(_tuned_value(tuned, "min_tumour_peak"), 1.0),
+                   min_lesion_thickness_mm=min(_tuned_value(tuned, "min_lesion_thickness_mm"), 50.0))
+
+
+def _tuned_value(tuned: dict, key: str) -> float:
+    """A non-negative finite float from the manifest's postprocess block, else 0 (off)."""
+    try:
+        value = float(tuned.get(key, 0.0))
+    except (TypeError, ValueError):
+        return 0.0
+    return max(value, 0.0) if np.isfinite(value) else 0.0
 
 
 def _ellipsoid(radius_vox: Sequence[float]) -> np.ndarray:
@@ -110,6 +122,8 @@ def clean_label_map(
     tumour = remove_small_components(tumour, config.min_lesion_mm3 / voxel_mm3)
     if config.min_tumour_peak > 0 and tumour_probability is not None:
         tumour = drop_uncertain_lesions(tumour, tumour_probability[crop], config.min_tumour_peak)
+    if config.min_lesion_thickness_mm > 0:
+        tumour = drop_thin_lesions(tumour, spacing_zyx, config.min_lesion_thickness_mm)
     cleaned = organ.astype(np.uint8)
     cleaned[tumour] = 2
     out[crop] = cleaned
@@ -127,6 +141,23 @@ def drop_uncertain_lesions(mask: np.ndarray, probability: np.ndarray, min_peak: 
     keep = np.zeros(count + 1, dtype=bool)
     keep[1:] = component_peaks(labels, count, probability) >= threshold
     return keep[labels]
+
+
+def drop_thin_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], min_mm: float) -> np.ndarray:
+    """`mask` without the 26-connected components whose bounding box is thinner than `min_mm` on an axis."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return mask
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[1:] = component_thickness_mm(labels, spacing_zyx) >= min_mm
+    return keep[labels]
+
+
+def component_thickness_mm(labels: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """Smallest bounding-box extent (voxels x spacing, mm) of each component 1..n of `labels`."""
+    boxes = ndimage.find_objects(labels)
+    return np.array([min((b.stop - b.start) * float(s) for b, s in zip(box, spacing_zyx)) if box else 0.0
+                     for box in boxes], dtype=float)
 
 
 def component_peaks(labels: np.ndarray, count: int, probability: np.ndarray) -> np.ndarray:
