@@ -2,7 +2,12 @@
 
 import numpy as np
 
-from LiverTumorAILib.postprocess import PostprocessConfig, clean_label_map, drop_thin_lesions, drop_uncertain_lesions
+from LiverTumorAILib.postprocess import (
+    PostprocessConfig,
+    clean_label_map,
+    drop_thin_lesions,
+    drop_uncertain_lesions,
+)
 from training.tune_postprocess import case_components, choose_filters, score
 
 SPACING = (2.0, 1.0, 1.0)
