@@ -39,6 +39,11 @@ MODEL_SETTINGS = {
 }
 
 
+#: Version labels of the bundled weights; fusion demo-0.2 is demo-0.1 resumed with T1-MRI cases
+#: (``prepare --count 80 --t1-count 24 --t1-val 3``, then ``train fusion --resume``).
+VERSIONS = {"localizer": "demo-0.1", "dual-stream": "demo-0.1", "tam-unet": "demo-0.1", "fusion": "demo-0.2"}
+
+
 def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
     """What the weights saw: seeds and counts, T1-MRI extras counted from the cache."""
     t1_train = len(list((cache / "seg" / "train").glob("train_t1_*.npz"))) if cache else 0
@@ -117,7 +122,7 @@ def train(model: str, cache: Path, out: Path, minutes: float, threads: int, resu
         train_set, val_set = load("train"), load("val")
         return train_localizer(
             train_set, val_set, out_dir=out / "localizer", steps=100000, max_minutes=minutes,
-            manifest_extra={"version": "demo-0.1", "training_data": _training_data(len(train_set), len(val_set), cache)},
+            manifest_extra={"version": VERSIONS["localizer"], "training_data": _training_data(len(train_set), len(val_set), cache)},
         )
     from training.seg_trainer import load_prepared, train_segmentation
 
@@ -129,7 +134,7 @@ def train(model: str, cache: Path, out: Path, minutes: float, threads: int, resu
     return train_segmentation(
         train_set, val_set, architecture=model, out_dir=out / model, train_config=settings,
         epochs=10000, max_minutes=minutes, device="cpu", resume=resume,
-        manifest_extra={"version": "demo-0.1", "training_data": _training_data(len(train_set), len(val_set), cache)},
+        manifest_extra={"version": VERSIONS[model], "training_data": _training_data(len(train_set), len(val_set), cache)},
     )
 
 
