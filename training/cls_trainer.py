@@ -394,6 +394,10 @@ def train_classifier(
         d_t = np.array([it.diameter_mm for it in test], dtype=float)
         metrics["test_uncalibrated"] = classification_metrics(tl, y_t, d_t, 1.0)
         metrics["test"] = classification_metrics(tl, y_t, d_t, t)
+    log(f"best epoch {best['epoch']}: val AUC {metrics['val']['auc']}, T = {t:.3f}, val ECE {cal['ece_before']} -> {cal['ece_after']}")
+    if "test" in metrics:
+        m = metrics["test"]
+        log(f"test: AUC {m['auc']} (>=10 mm: {m['auc_ge10mm']}), ECE {metrics['test_uncalibrated']['ece']} -> {m['ece']}")
     cal_validation_only = None
     if calibrate_on == "validation+test" and test:
         cal_validation_only = cal
@@ -402,10 +406,6 @@ def train_classifier(
         metrics["calibration"] = cal
         metrics["test_at_pooled_temperature"] = classification_metrics(tl, y_t, d_t, float(cal["temperature"]))
         log(f"temperature refitted on validation + test: {cal['temperature']:.3f}")
-    log(f"best epoch {best['epoch']}: val AUC {metrics['val']['auc']}, T = {t:.3f}, val ECE {cal['ece_before']} -> {cal['ece_after']}")
-    if "test" in metrics:
-        m = metrics["test"]
-        log(f"test: AUC {m['auc']} (>=10 mm: {m['auc_ge10mm']}), ECE {metrics['test_uncalibrated']['ece']} -> {m['ece']}")
     if out_dir is not None:
         from LiverTumorAILib.weights import save_weights
 
