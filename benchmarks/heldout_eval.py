@@ -113,8 +113,7 @@ def main(argv=None) -> int:
             if not (out / "report.json").exists():
                 t0 = time.perf_counter()
                 run_segment(gt / "ct.nii.gz", out, mri_path=None if args.no_mri else gt / "mri.nii.gz", model=model,
-                            device=args.device,
-                            weights_dir=args.weights)
+                            device=args.device, weights_dir=args.weights)
                 times.append(time.perf_counter() - t0)
         ev = evaluate_dirs(pred_root, gt_root)
         (pred_root.parent / f"evaluation_{model}.json").write_text(json.dumps(ev, indent=1, default=str))

@@ -83,8 +83,9 @@ def score(cases: Iterable[CaseComponents], threshold: float, min_thickness_mm: f
         n_big += len(big)
         found_big += len(found & big)
     n = max(len(cases), 1)
-    return {"threshold": threshold, "min_thickness_mm": min_thickness_mm, "found_ge_10mm": found_big, "lesions_ge_10mm": n_big, "found_all": found_all,
-            "false_positives": false_pos, "fp_per_case": round(false_pos / n, 3)}
+    return {"threshold": threshold, "min_thickness_mm": min_thickness_mm, "found_ge_10mm": found_big,
+            "lesions_ge_10mm": n_big, "found_all": found_all, "false_positives": false_pos,
+            "fp_per_case": round(false_pos / n, 3)}
 
 
 def choose_filters(cases: Sequence[CaseComponents], grid: Sequence[float] = THRESHOLDS,
@@ -92,8 +93,8 @@ def choose_filters(cases: Sequence[CaseComponents], grid: Sequence[float] = THRE
                    fp_tolerance: float = FP_TOLERANCE) -> tuple[float, float, list[dict]]:
     """(threshold, thickness, table): the loss-free pair with the lowest threshold, then thickness,
     within `fp_tolerance` FP/case of the best loss-free pair ((0, 0) when none is loss-free)."""
-    base = score(cases, 0.0)
     table = [score(cases, t, mm) for mm in sorted({0.0, *thicknesses}) for t in (0.0, *grid)]
+    base = table[0]  # both filters off
     ok = [row for row in table if row["found_ge_10mm"] >= base["found_ge_10mm"]]
     best = min(row["fp_per_case"] for row in ok)
     chosen = min((row for row in ok if row["fp_per_case"] <= best + fp_tolerance + 1e-9),

@@ -119,38 +119,45 @@ def clean_label_map(
         return out
     envelope = ndimage.binary_dilation(organ, structure=_ellipsoid(radius)) if dilate else organ
     tumour = (label[crop] == 2) & envelope
-    tumour = remove_small_components(tumour, config.min_lesion_mm3 / voxel_mm3)
-    if config.min_tumour_peak > 0 and tumour_probability is not None:
-        tumour = drop_uncertain_lesions(tumour, tumour_probability[crop], config.min_tumour_peak)
-    if config.min_lesion_thickness_mm > 0:
-        tumour = drop_thin_lesions(tumour, spacing_zyx, config.min_lesion_thickness_mm)
+    tumour = filter_lesions(tumour, spacing_zyx, config, None if tumour_probability is None else tumour_probability[crop])
     cleaned = organ.astype(np.uint8)
     cleaned[tumour] = 2
     out[crop] = cleaned
     return out
 
 
+def filter_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], config: PostprocessConfig,
+                   probability: np.ndarray | None = None) -> np.ndarray:
+    """`mask` without the 26-connected components that fail `config`'s lesion criteria: volume below
+    `min_lesion_mm3`, peak `probability` below `min_tumour_peak` (when a probability is given;
+    float in [0, 1] or uint8 holding round(255 p)), bounding box thinner than
+    `min_lesion_thickness_mm` on an axis. One labelling serves every criterion: dropping whole
+    components never changes the others, so the order of the criteria does not matter."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return mask
+    voxel_mm3 = float(np.prod(spacing_zyx))
+    keep = np.zeros(count + 1, dtype=bool)
+    keep[1:] = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1)) >= config.min_lesion_mm3 / voxel_mm3
+    if config.min_tumour_peak > 0 and probability is not None:
+        peak = round(config.min_tumour_peak * 255) if probability.dtype == np.uint8 else config.min_tumour_peak
+        keep[1:] &= component_peaks(labels, count, probability) >= peak
+    if config.min_lesion_thickness_mm > 0:
+        keep[1:] &= component_thickness_mm(labels, spacing_zyx) >= config.min_lesion_thickness_mm
+    return keep[labels]
+
+
 def drop_uncertain_lesions(mask: np.ndarray, probability: np.ndarray, min_peak: float) -> np.ndarray:
     """`mask` without the 26-connected components whose maximum `probability` is below `min_peak`.
 
     `probability` is float in [0, 1] or uint8 holding round(255 p)."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
-        return mask
-    threshold = round(min_peak * 255) if probability.dtype == np.uint8 else min_peak
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[1:] = component_peaks(labels, count, probability) >= threshold
-    return keep[labels]
+    return filter_lesions(mask, (1.0, 1.0, 1.0), PostprocessConfig(min_lesion_mm3=0.0, min_tumour_peak=min_peak),
+                          probability)
 
 
 def drop_thin_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], min_mm: float) -> np.ndarray:
     """`mask` without the 26-connected components whose bounding box is thinner than `min_mm` on an axis."""
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
-        return mask
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[1:] = component_thickness_mm(labels, spacing_zyx) >= min_mm
-    return keep[labels]
+    return filter_lesions(mask, spacing_zyx, PostprocessConfig(min_lesion_mm3=0.0, min_lesion_thickness_mm=min_mm))
 
 
 def component_thickness_mm(labels: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
@@ -165,16 +172,6 @@ def component_peaks(labels: np.ndarray, count: int, probability: np.ndarray) -> 
     if count == 0:
         return np.zeros(0, dtype=probability.dtype)
     return np.atleast_1d(np.asarray(ndimage.maximum(probability, labels, index=np.arange(1, count + 1))))
-
-
-def remove_small_components(mask: np.ndarray, min_voxels: float) -> np.ndarray:
-    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    if count == 0:
-        return mask
-    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
-    keep = np.zeros(count + 1, dtype=bool)
-    keep[1:] = sizes >= min_voxels
-    return keep[labels]
 
 
 def lesion_instances(label: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice, slice] | None]:
