@@ -188,6 +188,115 @@ def test_shell_statistics_read_lesion_and_rim_values():
     assert f[2 * n] == pytest.approx(-1.2) and f[2 * n + 2] == pytest.approx(0.3)  # contrasts to the rim shell
 
 
+def _edge_lesion(size: int = 32, diameter: float = 20.0):
+    """A lesion (-1.0) whose surroundings are liver (0.2) on one side and fat (-1.7) on the other,
+    the radial channel, and the organ mask (liver + lesion)."""
+    from LiverTumorAILib.classification.crops import radial_prior_map
+
+    radial = radial_prior_map(diameter, size)
+    r = radial + 1.0
+    x = np.indices((size,) * 3)[2]
+    organ = (r < 1.0) | (x < size // 2)
+    img = np.where(r < 1.0, -1.0, np.where(organ, 0.2, -1.7)).astype(np.float32)
+    return img, radial, organ.astype(np.float32)
+
+
+def test_liver_shell_statistics_ignore_tissue_outside_the_liver():
+    from LiverTumorAILib.models.hybrid3d import SHELL_EDGES, ShellStatistics
+
+    img, radial, organ = _edge_lesion()
+    n = len(SHELL_EDGES) - 1
+    whole = ShellStatistics(1)(torch.as_tensor(np.stack([img, radial])[None]))[0].numpy()
+    masked = ShellStatistics(1, liver=True)(torch.as_tensor(np.stack([img, organ, radial])[None]))[0].numpy()
+    assert masked.shape == (2 * n + 3 + n,)
+    # the rim and surrounding shells: liver only with the mask, half fat without it
+    assert masked[2 * 3] == pytest.approx(0.2) and masked[2 * 4] == pytest.approx(0.2)
+    assert masked[2 * 3 + 1] < 1e-3
+    assert whole[2 * 3] < -0.5 and whole[2 * 3 + 1] > 0.5
+    # the lesion's contrast to its rim is then the lesion-to-liver contrast
+    assert masked[2 * n] == pytest.approx(-1.2)
+    # each shell's liver fraction: the lesion's shells are all liver, the rim about half
+    fractions = masked[2 * n + 3 :]
+    assert fractions[0] == pytest.approx(1.0) and 0.4 < fractions[3] < 0.7
+    # no liver in the crop (a mask that missed the lesion): whole shells, not statistics of nothing
+    none = ShellStatistics(1, liver=True)(torch.as_tensor(np.stack([img, 0 * organ, radial])[None]))[0].numpy()
+    assert np.allclose(none[: 2 * n + 3], whole, atol=1e-5) and np.all(none[2 * n + 3 :] == 0)
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_hybrid3d_liver_context_shapes(channels):
+    cfg = {"in_channels": channels, "radial_prior": True, "shell_stats": True, "liver_context": True}
+    model = registry.build_model("hybrid3d", cfg)
+    assert model.input_channels == channels + 2 and model.liver_context
+    model.eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, channels + 2, 64, 64, 64))["logits"].shape == (2, 2)
+    with pytest.raises(ValueError):  # the liver channel is missing
+        model(torch.zeros(2, channels + 1, 64, 64, 64))
+    with pytest.raises(ValueError):
+        registry.build_model("hybrid3d", {"in_channels": channels, "radial_prior": True, "liver_context": True})
+
+
+def test_crop_carries_the_liver_mask_from_a_sub_grid():
+    """The organ mask may come on the segmented sub-grid (what `segment` passes): each crop gets it
+    in physical space, and nothing outside the sub-grid counts as liver."""
+    ct, les = make_ct(size=(80, 80, 32), lesions=[((0.0, 0.0, 0.0), 8.0, True)])
+    arr = np.zeros(sitk.GetArrayViewFromImage(ct).shape, np.uint8)
+    z, y, x = np.indices(arr.shape)
+    arr[x < 50] = 1  # voxel centres up to x = 9.5 mm (origin -39.5, spacing 1): liver to x = 10 mm
+    arr[sitk.GetArrayViewFromImage(les) > 0] = 2
+    label = sitk.GetImageFromArray(arr)
+    label.CopyInformation(ct)
+    sub = sitk.RegionOfInterest(label, [55, 80, 32], [25, 0, 0])  # the sub-grid starts at x = -15 mm
+    (crop,) = extract_lesion_crops(ct, les, liver=sub)
+    (bare,) = extract_lesion_crops(ct, les)
+    assert bare.liver is None and crop.liver.dtype == np.uint8
+    xs = crop.origin[0] + crop.spacing_mm * np.arange(crop.size)  # the crop spans -20..20 mm
+    expected = (xs < 10.0) & (xs > -15.0)
+    column = crop.liver[crop.size // 2, crop.size // 2]
+    off = (np.abs(xs - 10.0) > crop.spacing_mm) & (np.abs(xs + 15.0) > crop.spacing_mm)  # off the edges
+    assert not expected[0] and expected[crop.size // 2]
+    assert np.array_equal(column[off].astype(bool), expected[off])
+    assert np.all(crop.liver[crop.mask > 0] == 1)
+    x_in = crop.model_input(radial_prior=True, liver_context=True)
+    assert x_in.shape == (3, crop.size, crop.size, crop.size) and np.array_equal(x_in[1], crop.liver)
+    assert np.all(bare.model_input(liver_context=True)[1] == 1)  # no mask: no restriction
+
+
+def test_prepare_input_moves_the_liver_mask_with_the_image():
+    from training.cls_trainer import prepare_input
+
+    rng = np.random.default_rng(0)
+    hu = np.full((16, 16, 16), 100.0, np.float32)
+    hu[2:5, 3:9, 10:14] = 300.0  # an asymmetric marker
+    mri = np.where(hu > 200, 2.0, 0.0).astype(np.float32)
+    liver = (hu > 200).astype(np.uint8)
+    for _ in range(6):
+        x = prepare_input(np.stack([hu, mri]), rng, liver=liver, hu_shift=0.0, random_window_p=0.0)
+        assert x.shape == (3, 16, 16, 16)
+        assert set(np.unique(x[2])) == {0.0, 1.0}  # no intensity augmentation on the mask
+        assert np.array_equal(x[2] > 0.5, x[0] > x[0].mean())  # same symmetry as the CT
+        assert np.array_equal(x[2] > 0.5, x[1] > x[1].mean())
+
+
+def test_liver_context_classifier_trains_and_uses_the_liver_mask(tmp_path):
+    out = tmp_path / "hybrid3d"
+    cfg = {**TINY, "radial_prior": True, "shell_stats": True, "liver_context": True}
+    metrics = train_toy(out, cfg, n_test=16)
+    assert metrics["test"]["auc"] >= 0.9
+    assert json.loads((out / "manifest.json").read_text(encoding="utf-8"))["config"]["liver_context"]
+    ct, les = make_ct(size=(96, 96, 40), lesions=[((-20.0, -15.0, 0.0), 10.0, True), ((20.0, 15.0, 10.0), 10.0, False)])
+    organ = sitk.Cast(sitk.GetImageFromArray(np.ones(sitk.GetArrayViewFromImage(ct).shape, np.uint8)), sitk.sitkUInt8)
+    organ.CopyInformation(ct)
+    malignant, benign = classify_lesions(ct, les, weights_dir=tmp_path, gradcam=False, liver=organ)
+    assert malignant["malignancy_probability"] > benign["malignancy_probability"]
+    assert "liver mask" not in malignant["note"]
+    (without,) = classify_lesions(ct, les, weights_dir=tmp_path, gradcam=False)[:1]
+    assert "no liver mask given" in without["note"]
+    # an all-liver mask is what "no mask" stands for: the same call
+    assert without["malignancy_probability"] == pytest.approx(malignant["malignancy_probability"], abs=1e-4)
+
+
 def test_radial_shell_classifier_trains_and_classifies_a_truth_segmentation(tmp_path):
     """The CT-only configuration of the bundled weights, end to end: trainer (radial channel appended
     to each item), save/load, ``classify_lesions`` (radial channel from the segmented lesion)."""

@@ -191,6 +191,7 @@ def _crop_items(cases: Sequence[Any], channels: int, log: Callable[[str], None])
             log(f"warning: case {c.case_id}: no per-lesion classes, left out of classification")
             continue
         ns = SimpleNamespace(ct=ct, mri=c.load_mri() if channels == 2 else None, lesions=c.load_lesions(),
+                             label=c.load_label(),  # the liver mask of models with liver_context
                              truth={"case_id": c.case_id, "lesions": [{"id": k, "class": v}
                                                                       for k, v in sorted(c.lesion_classes.items())]})
         items += crops_from_cases([ns], channels=channels, log=log)

@@ -3,7 +3,9 @@
 Items are lesion crops from ``LiverTumorAILib.classification.crops`` (``raw_hu=True``): arrays
 ``[C, 64, 64, 64]`` whose channel 0 is CT in HU (so the random window can be applied before
 normalisation) and channel 1 (if any) the normalised MRI, with a label (0 benign, 1 malignant)
-and the lesion diameter. ``crops_from_cases`` builds them from phantom cases.
+and the lesion diameter, and optionally the liver mask on the crop grid (``liver``; models with
+``liver_context`` take it as a channel, see ``models/hybrid3d.py``). ``crops_from_cases`` builds
+them from phantom cases (with the truth liver mask).
 
 Training (paper 001, "Hybrid 3D Classification Network", where it is vague our reading):
 
@@ -74,6 +76,7 @@ class CropItem:
     diameter_mm: float
     case: str = ""
     lesion_id: int = 0
+    liver: np.ndarray | None = None  # [64, 64, 64] uint8 organ mask (liver + lesions), if known
 
 
 def _as_item(x: Any) -> CropItem:
@@ -86,6 +89,7 @@ def _as_item(x: Any) -> CropItem:
             diameter_mm=float(x.get("diameter_mm", float("nan"))),
             case=str(x.get("case", "")),
             lesion_id=int(x.get("lesion_id", 0)),
+            liver=None if x.get("liver") is None else np.asarray(x["liver"]),
         )
     if isinstance(x, (tuple, list)) and len(x) >= 2:
         return CropItem(np.asarray(x[0]), int(x[1]), float(x[2]) if len(x) > 2 else float("nan"))
@@ -121,7 +125,7 @@ def crops_from_cases(
                 log(f"case {name}: no MRI, skipped for a CT+MRI model")
             continue
         truth = {int(t["id"]): t for t in case.truth.get("lesions", [])}
-        crops = extract_lesion_crops(case.ct, case.lesions, mri, raw_hu=True)
+        crops = extract_lesion_crops(case.ct, case.lesions, mri, raw_hu=True, liver=getattr(case, "label", None))
         for crop in crops:
             t = truth.get(crop.lesion_id)
             if t is None or crop.geometry.n_voxels < min_voxels:
@@ -133,6 +137,7 @@ def crops_from_cases(
                     diameter_mm=float(t.get("diameter_mm", crop.geometry.diameter_mm)),
                     case=name,
                     lesion_id=crop.lesion_id,
+                    liver=crop.liver,
                 )
             )
     return items
@@ -154,11 +159,16 @@ def prepare_input(
     radial_diameter_mm: float | None = None,
     random_window_p: float = RANDOM_WINDOW_P,
     hu_shift: float = HU_SHIFT,
+    liver: np.ndarray | None = None,
 ) -> np.ndarray:
     """Model input from an item image; with ``rng`` the training augmentations are applied; with
-    ``radial_diameter_mm`` the lesion's ``radial_prior_map`` is appended (it is symmetric, so the
-    cube symmetries leave it unchanged)."""
+    ``liver`` the mask follows the image channels (it goes through the same cube symmetry, and no
+    intensity augmentation); with ``radial_diameter_mm`` the lesion's ``radial_prior_map`` is
+    appended (it is symmetric, so the cube symmetries leave it unchanged)."""
     x = np.asarray(image, dtype=np.float32)
+    n_image = x.shape[0]
+    if liver is not None:
+        x = np.concatenate([x, np.asarray(liver, dtype=np.float32)[None]], axis=0)
     if rng is not None:
         perm = rng.permutation(3)
         x = np.transpose(x, (0, *(1 + perm)))
@@ -171,8 +181,8 @@ def prepare_input(
     if ct_is_hu:
         hu = x[0] + (rng.uniform(-hu_shift, hu_shift) if rng is not None and hu_shift > 0 else 0.0)
         x[0] = _window_normalise(hu, rng, random_window_p)
-    if rng is not None and x.shape[0] > 1:
-        x[1:] = x[1:] * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
+    if rng is not None and n_image > 1:
+        x[1:n_image] = x[1:n_image] * rng.uniform(0.9, 1.1) + rng.uniform(-0.1, 0.1)
     if radial_diameter_mm is not None:
         x = np.concatenate([x, radial_prior_map(radial_diameter_mm, x.shape[-1])[None]], axis=0)
     return x
@@ -181,6 +191,14 @@ def prepare_input(
 def _radial(model, item: Any) -> float | None:
     """The item's diameter when ``model`` takes the radial prior channel, else None."""
     return float(item.diameter_mm) if getattr(model, "radial_prior", False) else None
+
+
+def _liver(model, item: Any) -> np.ndarray | None:
+    """The item's liver mask when ``model`` takes one (all ones, "no restriction", when the item
+    has none: what inference does without a liver mask), else None."""
+    if not getattr(model, "liver_context", False):
+        return None
+    return item.liver if item.liver is not None else np.ones(item.image.shape[1:], np.uint8)
 
 
 def _loss(out: dict, y, weight, torch) -> Any:
@@ -206,7 +224,8 @@ def predict_logits(model, items: Sequence[CropItem], *, batch_size: int = 16, de
         for s in range(0, len(items), batch_size):
             xb = np.stack(
                 [
-                    prepare_input(it.image, None, ct_is_hu=ct_is_hu, radial_diameter_mm=_radial(model, it))
+                    prepare_input(it.image, None, ct_is_hu=ct_is_hu, radial_diameter_mm=_radial(model, it),
+                                  liver=_liver(model, it))
                     for it in items[s : s + batch_size]
                 ]
             )
@@ -305,6 +324,10 @@ def train_classifier(
     if architecture == "hybrid3d" and channels == 2:
         cfg.setdefault("fusion", "attention")
     model = registry.build_model(architecture, cfg).to(device)
+    if getattr(model, "liver_context", False):
+        missing = sum(it.liver is None for it in train + val + (test or []))
+        if missing:
+            log(f"liver_context: {missing} items carry no liver mask (their shells are read unmasked)")
     y_train = np.array([it.label for it in train], dtype=int)
     if class_weights == "balanced":
         counts = np.bincount(y_train, minlength=2).astype(float)
@@ -345,6 +368,7 @@ def train_classifier(
                         radial_diameter_mm=_radial(model, train[i]),
                         random_window_p=random_window_p,
                         hu_shift=hu_shift,
+                        liver=_liver(model, train[i]),
                     )
                     for i in idx
                 ]

@@ -6,8 +6,10 @@
    training seeds 1000+i, validation seeds 5000+i, held-out test seeds 9000+i (disjoint), with
    ``n_lesions`` lesions per case (default 6: generation dominates the cost, so more lesions per
    case give more crops per second; the lesion types/sizes keep the generator's distribution).
-2. Extracts 64^3 lesion crops (CT in HU + normalised MRI) with ``classification/crops.py`` and
-   caches them in ``--work`` (``crops_<split>.npz``), so a re-run skips generation.
+2. Extracts 64^3 lesion crops (CT in HU + normalised MRI, and the truth liver mask on the same
+   grid) with ``classification/crops.py`` and caches them in ``--work`` (per case, then
+   ``crops_<split>.npz``), so a re-run skips generation; per-case files made before the liver
+   mask was cached are regenerated.
 3. Trains ``hybrid3d`` (CT) and ``hybrid3d-ctmri`` (CT + MRI, attention fusion) with
    ``training/cls_trainer.py``, selects the best validation-AUC epoch, fits the temperature on
    validation, evaluates on the held-out test seeds (AUC, AUC on lesions >= 10 mm, ECE before /
@@ -58,13 +60,14 @@ def _case_crops(args: tuple[int, int, int, int | None]) -> dict:
     kw = {"n_lesions": n_lesions} if n_lesions is not None else {}
     case = generate_case(seed, size=size, slices=slices, **kw)
     truth = {int(t["id"]): t for t in case.truth.get("lesions", [])}
-    crops = extract_lesion_crops(case.ct, case.lesions, case.mri, raw_hu=True) if truth else []
-    out = {"images": [], "labels": [], "diameters": [], "lesion_ids": [], "types": [], "seed": seed}
+    crops = extract_lesion_crops(case.ct, case.lesions, case.mri, raw_hu=True, liver=case.label) if truth else []
+    out = {"images": [], "livers": [], "labels": [], "diameters": [], "lesion_ids": [], "types": [], "seed": seed}
     for c in crops:
         t = truth.get(c.lesion_id)
         if t is None:
             continue
         out["images"].append(c.image.astype(np.float16))
+        out["livers"].append(c.liver)
         out["labels"].append(1 if t["class"] == "malignant" else 0)
         out["diameters"].append(float(t.get("diameter_mm", c.geometry.diameter_mm)))
         out["lesion_ids"].append(c.lesion_id)
@@ -78,12 +81,14 @@ def _cached_case_crops(args: tuple[Path, int, int, int, int | None]) -> dict:
     path = folder / f"seed{seed}.npz"
     if path.is_file():
         z = np.load(path, allow_pickle=False)
-        return {k: (list(z[k]) if k != "seed" else int(z[k])) for k in z.files}
+        if "livers" in z.files:
+            return {k: (list(z[k]) if k != "seed" else int(z[k])) for k in z.files}
     r = _case_crops((seed, size, slices, n_lesions))
     folder.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     images = np.stack(r["images"]) if r["images"] else np.zeros((0, 2, 64, 64, 64), np.float16)
-    np.savez(tmp, images=images, labels=np.array(r["labels"], np.int64), diameters=np.array(r["diameters"], np.float64),
+    livers = np.stack(r["livers"]) if r["livers"] else np.zeros((0, 64, 64, 64), np.uint8)
+    np.savez(tmp, images=images, livers=livers, labels=np.array(r["labels"], np.int64), diameters=np.array(r["diameters"], np.float64),
              lesion_ids=np.array(r["lesion_ids"], np.int64), types=np.array(r["types"], dtype="U18"), seed=np.array(seed))
     os.replace(tmp, path)
     return r
@@ -92,7 +97,8 @@ def _cached_case_crops(args: tuple[Path, int, int, int, int | None]) -> dict:
 def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int, n_lesions: int | None, jobs: int, log) -> dict:
     """Crops of one split, from the cache in ``work`` when it matches, else generated (per case, resumable)."""
     path = work / f"crops_{split}.npz"
-    key = json.dumps({"n": n_cases, "size": size, "slices": slices, "n_lesions": n_lesions, "base": SPLITS[split]})
+    key = json.dumps({"n": n_cases, "size": size, "slices": slices, "n_lesions": n_lesions, "base": SPLITS[split],
+                      "liver": True})
     if path.is_file():
         data = dict(np.load(path, allow_pickle=False))
         if str(data.get("key")) == key:
@@ -116,6 +122,7 @@ def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int,
                 log(f"{split}: {k}/{n_cases} cases ({time.time() - t0:.0f} s)")
     data = {
         "images": np.stack([im for r in results for im in r["images"]]),
+        "livers": np.stack([m for r in results for m in r["livers"]]),
         "labels": np.array([v for r in results for v in r["labels"]], dtype=np.int64),
         "diameters": np.array([v for r in results for v in r["diameters"]], dtype=np.float64),
         "lesion_ids": np.array([v for r in results for v in r["lesion_ids"]], dtype=np.int64),
@@ -144,6 +151,7 @@ def items_of(data: dict, channels: int) -> list:
             diameter_mm=float(data["diameters"][i]),
             case=f"seed{int(data['seeds'][i])}",
             lesion_id=int(data["lesion_ids"][i]),
+            liver=data["livers"][i] if "livers" in data else None,
         )
         for i in range(len(data["labels"]))
     ]

@@ -185,10 +185,13 @@ def segment_into(
     if localizer is not None:
         models_used["localizer"] = _model_entry(localizer)
     cls_results: list = []
+    sub = _SubGrid(ct, region)
+    label_region = sub.crop(label)
     if classify and lesion_rows:
         progress.stage("classify", 0.0)
         t0 = time.perf_counter()
-        calls, cls_models, cls_results = _classify(ct, lesion_image, mri, weights_dir, torch_device, heatmaps != "none")
+        calls, cls_models, cls_results = _classify(ct, lesion_image, mri, weights_dir, torch_device, heatmaps != "none",
+                                                   liver=sub.image(label_region))
         timing["classify"] = time.perf_counter() - t0
         models_used.update(cls_models)
         by_id = {c["id"]: c for c in calls}
@@ -206,8 +209,7 @@ def segment_into(
     _write_sitk(lesion_image, folder / "lesions.nii.gz")
     organ = organ_summary(ct, label)
     # The scene needs only the segmented sub-grid: keep that, drop the whole-scan maps.
-    sub = _SubGrid(ct, region)
-    label_region, lesion_region = sub.crop(label), sub.crop_image(lesion_image)
+    lesion_region = sub.crop_image(lesion_image)
     del lesions, lesion_image, label
     heatmap = None
     if heatmaps != "none":
@@ -238,12 +240,16 @@ def segment_into(
     return report
 
 
-def _classify(ct, lesion_image, mri, weights_dir, device, gradcam: bool):
-    """Lesion table entries, the classifier models used, and the raw results (with Grad-CAM crops)."""
+def _classify(ct, lesion_image, mri, weights_dir, device, gradcam: bool, liver: sitk.Image | None = None):
+    """Lesion table entries, the classifier models used, and the raw results (with Grad-CAM crops).
+
+    `liver`: the label map (or its segmented sub-grid), so the classifier compares each lesion
+    with the liver around it."""
     from LiverTumorAILib.classification.classify import classify_lesions, json_ready
 
     results = classify_lesions(
-        ct, lesion_image, mri, weights_dir=weights_dir, device=str(device), gradcam=gradcam, require_weights=False
+        ct, lesion_image, mri, weights_dir=weights_dir, device=str(device), gradcam=gradcam, require_weights=False,
+        liver=liver,
     )
     calls = json_ready(results)
     models = {}
@@ -380,7 +386,8 @@ def run_classify(
     models_used: dict[str, Any] = {}
     if rows:
         progress.stage("classify", 0.0)
-        calls, models_used, _ = _classify(ct, array_to_image(lesions, ct), mri, weights_dir, torch_device, False)
+        calls, models_used, _ = _classify(ct, array_to_image(lesions, ct), mri, weights_dir, torch_device, False,
+                                          liver=seg if bool((label == 1).any()) else None)
         by_id = {c["id"]: c for c in calls}
         for row in rows:
             row.update({k: v for k, v in by_id.get(row["id"], {}).items() if k != "id"})

@@ -22,6 +22,9 @@ Decision rules (why):
   and when no probability could be computed; ``note`` says why.
 * With an MRI, the CT+MRI weights (``hybrid3d-ctmri``) are used when found, else the CT-only
   weights with a note.
+* ``liver``: the organ mask (any label map whose non-zero voxels are liver + lesions, on the CT
+  grid or a sub-grid of it). Weights with ``liver_context`` read their shell statistics inside
+  it; without one they read whole shells and the entry's note says so.
 
 The ``gradcam`` entries are SimpleITK images (not JSON); ``gradcam_on_grid(results, ct)`` pastes
 them into the CT grid and ``json_ready(results)`` drops them for ``report.json``.
@@ -119,9 +122,10 @@ def _predict(model, crops: Sequence[LesionCrop], device, want_cam: bool) -> tupl
     cams: list[np.ndarray | None] = []
     use_cam = want_cam and hasattr(model, "gradcam_layer")
     radial = bool(getattr(model, "radial_prior", False))
+    liver = bool(getattr(model, "liver_context", False))
     for start in range(0, len(crops), BATCH):
         batch = crops[start : start + BATCH]
-        x = torch.as_tensor(np.stack([c.model_input(radial) for c in batch]), dtype=torch.float32, device=device)
+        x = torch.as_tensor(np.stack([c.model_input(radial, liver) for c in batch]), dtype=torch.float32, device=device)
         with torch.no_grad():
             out = model(x)
         logits_all.append((out["logits"] if isinstance(out, dict) else out).float().cpu().numpy())
@@ -142,6 +146,7 @@ def classify_lesions(
     gradcam: bool = True,
     require_weights: bool = True,
     loaded: tuple[Any, dict] | None = None,
+    liver: sitk.Image | None = None,
 ) -> list[dict]:
     """Classify every lesion of ``lesions`` (see the module docstring for the output and rules).
 
@@ -184,7 +189,10 @@ def classify_lesions(
     if mri is not None and in_ch == 1 and not note_w:
         note_w = "CT-only classifier: MRI not used"
     size = int(manifest.get("config", {}).get("crop_size", 64))
-    crops = extract_lesion_crops(ct, lesions, use_mri, geometries=geos, size=size)
+    if liver is not None and liver.GetDimension() != 3:
+        raise InputError(f"liver mask must be 3D, got {liver.GetDimension()}D")
+    wants_liver = bool(getattr(model, "liver_context", False))
+    crops = extract_lesion_crops(ct, lesions, use_mri, geometries=geos, size=size, liver=liver if wants_liver else None)
     logits, cams = _predict(model, crops, dev, gradcam)
     cal = manifest.get("calibration") or {}
     temperature = float(cal.get("temperature", 1.0)) if isinstance(cal, dict) else 1.0
@@ -210,6 +218,8 @@ def classify_lesions(
             notes.append(f"lesion larger than the {crop.side_mm:.0f} mm crop limit: whole lesion scaled into the crop")
         if not cal:
             notes.append("uncalibrated probability (weights carry no calibration)")
+        if wants_liver and liver is None:
+            notes.append("no liver mask given: lesion compared with its whole surroundings, not the liver only")
         entry: dict[str, Any] = {
             "id": int(crop.lesion_id),
             "malignancy_probability": round(float(p), 4),

@@ -43,6 +43,13 @@ Crop rule (documented contract, also recorded in the classifier manifests' ``pre
   The mask crop is still returned (``LesionCrop.mask``) for evaluation and Grad-CAM checks.
   What models with ``radial_prior`` get instead is a smooth sphere of the lesion's equivalent
   diameter (``radial_prior_map``): where the lesion should end, from one number, not a mask shape.
+* Liver mask (optional, ``liver=``): the organ (liver and its lesions, any non-zero label) on the
+  crop grid, nearest neighbour, 0 outside the image. Models with ``liver_context`` take it as a
+  channel and read their shell statistics inside it, so a lesion at the liver's edge is compared
+  with liver parenchyma, not with the fat or bowel next to the liver. Unlike a lesion mask it is
+  not a shape the classifier could learn from truth and miss at inference: our liver masks reach
+  Dice 0.97-0.98 on held-out phantoms, and the mask says where the liver is, not where the lesion
+  ends. ``LesionCrop.liver`` is None when no mask was given.
 """
 
 from __future__ import annotations
@@ -113,6 +120,7 @@ class LesionCrop:
     larger_than_max_fov: bool
     raw_hu: bool = False
     channels: tuple[str, ...] = field(default=("CT",))
+    liver: np.ndarray | None = None  # (size, size, size) uint8: the organ on the crop grid, if given
 
     @property
     def size(self) -> int:
@@ -134,13 +142,18 @@ class LesionCrop:
         img.SetSpacing([self.spacing_mm] * 3)
         return img
 
-    def model_input(self, radial_prior: bool = False) -> np.ndarray:
+    def model_input(self, radial_prior: bool = False, liver_context: bool = False) -> np.ndarray:
         """Channel-stacked, normalised float32 input (normalises channel 0 if it is raw HU); with
-        ``radial_prior`` the :func:`radial_prior_map` of this lesion is appended as the last channel."""
+        ``liver_context`` the liver mask follows the image channels (all ones, i.e. "no restriction",
+        when the crop has none); with ``radial_prior`` the :func:`radial_prior_map` of this lesion
+        is appended as the last channel."""
         out = self.image
         if self.raw_hu:
             out = out.copy()
             out[0] = normalise_ct(out[0])
+        if liver_context:
+            liver = self.liver if self.liver is not None else np.ones(self.mask.shape, np.uint8)
+            out = np.concatenate([out, liver[None].astype(np.float32)], axis=0)
         if radial_prior:
             out = np.concatenate([out, radial_prior_map(self.geometry.diameter_mm, self.size)[None]], axis=0)
         return out
@@ -298,11 +311,14 @@ def extract_lesion_crops(
     raw_hu: bool = False,
     antialias: bool = True,
     geometries: dict[int, LesionGeometry] | None = None,
+    liver: sitk.Image | None = None,
 ) -> list[LesionCrop]:
     """One crop per lesion of ``lesions`` (instance map on the CT grid), ordered by id.
 
     ``image`` has 1 channel (CT) or 2 (CT, MRI) when ``mri`` is given; channel 0 is normalised
     (``normalise_ct``) unless ``raw_hu`` (then HU, for training-time random windowing).
+    ``liver``: a label map whose non-zero voxels are the organ (liver + lesions), on the CT grid
+    or any sub-grid of it in the same physical space; each crop then carries it as ``liver``.
     """
     if ct.GetDimension() != 3:
         raise InputError(f"CT must be 3D, got {ct.GetDimension()}D")
@@ -328,6 +344,9 @@ def extract_lesion_crops(
         hu = _resample(ct, ref, linear=True, default=CT_PAD_HU, antialias=antialias)
         outside = _outside_fraction(ct, origin, spacing, size)
         mask = (_resample(lab, ref, linear=False, default=0, antialias=False) == lid).astype(np.uint8)
+        organ = None
+        if liver is not None:
+            organ = (_resample(liver, ref, linear=False, default=0, antialias=False) > 0).astype(np.uint8)
         channels = [hu if raw_hu else normalise_ct(hu)]
         names = ["CT"]
         if mri is not None:
@@ -346,6 +365,7 @@ def extract_lesion_crops(
                 larger_than_max_fov=bool(LARGE_LESION_RIM * g.extent_mm > FOV_MAX_MM),
                 raw_hu=raw_hu,
                 channels=tuple(names),
+                liver=organ,
             )
         )
     return crops

@@ -61,6 +61,17 @@ Our reading of the vague points of the paper:
   the paper's "global statistics" idea (its GAP branch) taken per shell; the shell path has no
   spatial map, so Grad-CAM shows the convolutional path only.
 
+* ``liver_context`` (needs ``shell_stats``): the input carries the liver mask (liver and lesions,
+  from the segmentation at inference, from the truth labels in training; ``crops.py``) as one
+  more channel between the image channels and the radial channel. The convolutional path sees
+  it as an input channel; the shell statistics are taken over the shell's liver voxels only
+  (the whole shell when it holds fewer than ``MIN_LIVER_SHELL_VOXELS`` of them), and each
+  shell's liver fraction is added to the statistics. Why: without it the "rim" and
+  "surrounding liver" shells of a lesion at the liver's edge are half extra-hepatic fat
+  (held-out phantom: a 10 HU cyst at the edge of a cirrhotic liver, rim mean 26 HU, SD 100,
+  called malignant with 0.86-0.96); a radiologist compares a lesion with the parenchyma around
+  it, and so should the contrasts the shell path feeds on.
+
 CT+MRI (``in_channels=2``), paper 000's fusion idea at lesion level. ``fusion`` chooses:
 
 * ``"early"``: the two channels are concatenated at the input (cheapest; works when CT and MRI
@@ -105,6 +116,7 @@ def default_config(in_channels: int = 1) -> dict[str, Any]:
         "input_pool": 2,
         "radial_prior": False,
         "shell_stats": False,
+        "liver_context": False,
     }
 
 
@@ -138,32 +150,54 @@ class ChannelAttention3D(nn.Module):
 #: Shell edges in lesion radii (distance from the crop centre / expected lesion radius):
 #: centre, inner lesion, outer lesion, rim, surrounding liver.
 SHELL_EDGES = (0.0, 0.3, 0.7, 1.0, 1.3, 1.8)
+#: With ``liver_context``: a shell with fewer liver voxels than this (a lesion outside the mask, or a
+#: mask that missed it) falls back to the whole shell, so the statistics never rest on a handful.
+MIN_LIVER_SHELL_VOXELS = 32
 
 
 class ShellStatistics(nn.Module):
     """Per image channel: mean and std in each radial shell, and the centre/inner/outer contrasts to
-    the rim shell (``len(SHELL_EDGES) - 1`` shells; the radial channel is the input's last)."""
+    the rim shell (``len(SHELL_EDGES) - 1`` shells; the radial channel is the input's last). With
+    ``liver``, channel ``image_channels`` is the liver mask: each shell is restricted to its liver
+    voxels and the shells' liver fractions are appended."""
 
-    def __init__(self, image_channels: int) -> None:
+    def __init__(self, image_channels: int, liver: bool = False) -> None:
         super().__init__()
+        self.image_channels = int(image_channels)
+        self.liver = bool(liver)
         self.n_shells = len(SHELL_EDGES) - 1
-        self.n_features = image_channels * (2 * self.n_shells + 3)
+        self.n_features = image_channels * (2 * self.n_shells + 3) + (self.n_shells if self.liver else 0)
+
+    def _shell_weights(self, x: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Per shell the voxel weights to average over, and the shell's liver fraction."""
+        radius = x[:, -1] + 1.0
+        liver = (x[:, self.image_channels] > 0.5).to(x.dtype) if self.liver else None
+        weights, fractions = [], []
+        for lo, hi in zip(SHELL_EDGES[:-1], SHELL_EDGES[1:]):
+            w = ((radius >= lo) & (radius < hi)).to(x.dtype)
+            if liver is not None:
+                wl = w * liver
+                n_l = wl.sum(dim=(1, 2, 3))
+                fractions.append(n_l / w.sum(dim=(1, 2, 3)).clamp_min(1.0))
+                use = (n_l >= MIN_LIVER_SHELL_VOXELS).to(x.dtype)[:, None, None, None]
+                w = use * wl + (1.0 - use) * w
+            weights.append(w)
+        return weights, fractions
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        radius = x[:, -1] + 1.0
+        weights, fractions = self._shell_weights(x)
         feats = []
-        for c in range(x.shape[1] - 1):
+        for c in range(self.image_channels):
             img = x[:, c]
             means = []
-            for lo, hi in zip(SHELL_EDGES[:-1], SHELL_EDGES[1:]):
-                w = ((radius >= lo) & (radius < hi)).to(img.dtype)
+            for w in weights:
                 n = w.sum(dim=(1, 2, 3)).clamp_min(1.0)
                 mean = (img * w).sum(dim=(1, 2, 3)) / n
                 var = ((img - mean[:, None, None, None]) ** 2 * w).sum(dim=(1, 2, 3)) / n
                 feats += [mean, var.clamp_min(1e-8).sqrt()]
                 means.append(mean)
             feats += [means[i] - means[3] for i in range(3)]
-        return torch.stack(feats, dim=1)
+        return torch.stack(feats + fractions, dim=1)
 
 
 class Hybrid3D(nn.Module):
@@ -189,6 +223,7 @@ class Hybrid3D(nn.Module):
         input_pool: int = 1,
         radial_prior: bool = False,
         shell_stats: bool = False,
+        liver_context: bool = False,
     ) -> None:
         super().__init__()
         if len(channels) != 4:
@@ -205,8 +240,11 @@ class Hybrid3D(nn.Module):
         self.fusion = fusion
         if shell_stats and not radial_prior:
             raise ValueError("hybrid3d: shell_stats needs radial_prior (the shells are read from the radial channel)")
+        if liver_context and not shell_stats:
+            raise ValueError("hybrid3d: liver_context needs shell_stats (the liver mask restricts the shells)")
         self.radial_prior = bool(radial_prior)
-        extra = 1 if self.radial_prior else 0
+        self.liver_context = bool(liver_context)
+        extra = (1 if self.radial_prior else 0) + (1 if self.liver_context else 0)
         c1, c2, c3, c4 = (int(c) for c in channels)
         pool = nn.MaxPool3d(2)
         if fusion == "early":
@@ -237,7 +275,7 @@ class Hybrid3D(nn.Module):
             nn.Linear(fc_hidden, num_classes),
         )
         self.aux_head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c4, num_classes))
-        self.shell_stats = ShellStatistics(in_channels) if shell_stats else None
+        self.shell_stats = ShellStatistics(in_channels, liver=self.liver_context) if shell_stats else None
         self.shell_head = (
             nn.Sequential(
                 nn.BatchNorm1d(self.shell_stats.n_features),  # learned standardisation of the statistics
@@ -251,8 +289,9 @@ class Hybrid3D(nn.Module):
 
     @property
     def input_channels(self) -> int:
-        """Channels ``forward`` expects: the image channels plus the radial channel when used."""
-        return self.in_channels + (1 if self.radial_prior else 0)
+        """Channels ``forward`` expects: the image channels, then the liver mask and the radial
+        channel when used."""
+        return self.in_channels + (1 if self.liver_context else 0) + (1 if self.radial_prior else 0)
 
     @property
     def gradcam_layer(self) -> nn.Module:
@@ -269,9 +308,9 @@ class Hybrid3D(nn.Module):
         if self.fusion == "early":
             f = self.stem(x)
         else:
-            radial = x[:, 2:] if self.radial_prior else x[:, :0]
+            extras = x[:, 2:]  # liver mask and/or radial channel, given to both modality stems
             f = torch.cat(
-                [self.stem(torch.cat([x[:, :1], radial], 1)), self.stem_mri(torch.cat([x[:, 1:2], radial], 1))], dim=1
+                [self.stem(torch.cat([x[:, :1], extras], 1)), self.stem_mri(torch.cat([x[:, 1:2], extras], 1))], dim=1
             )
             f = self.fusion_attention(f)
         f = self.block4(self.block3(f))
