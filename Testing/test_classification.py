@@ -279,6 +279,37 @@ def test_prepare_input_moves_the_liver_mask_with_the_image():
         assert np.array_equal(x[2] > 0.5, x[1] > x[1].mean())
 
 
+def test_geometry_jitter_moves_the_crop_and_rescales_the_radial_prior():
+    """What a partial segmentation does at inference (crop off the lesion's centre, radial prior of a
+    wrong diameter) is simulated in training; the mask moves with the image, the sizes stay."""
+    from training.cls_trainer import CENTRE_JITTER_VOX, DIAMETER_JITTER, prepare_input
+
+    size = 32
+    hu = np.full((size,) * 3, 100.0, np.float32)
+    hu[14:18, 14:18, 14:18] = 300.0  # a lesion at the centre
+    liver = (hu > 200).astype(np.uint8)
+    plain = prepare_input(hu[None], None, radial_diameter_mm=12.0, liver=liver)
+    rng = np.random.default_rng(3)
+    moved_any, radial_changed = False, False
+    for _ in range(8):
+        x = prepare_input(hu[None], rng, radial_diameter_mm=12.0, liver=liver, hu_shift=0.0, random_window_p=0.0,
+                          geometry_jitter_p=1.0)
+        assert x.shape == plain.shape
+        centre = np.argwhere(x[1] > 0.5).mean(axis=0)
+        assert np.all(np.abs(centre - 15.5) <= CENTRE_JITTER_VOX + 1e-6)
+        assert np.array_equal(x[1] > 0.5, x[0] > x[0].mean())  # the mask went with the image
+        moved_any |= bool(np.any(np.abs(centre - 15.5) >= 1))
+        inside = int((x[2] < 0).sum())  # voxels inside the radial prior's sphere
+        lo, hi = DIAMETER_JITTER
+        assert (lo ** 3) * 0.6 <= inside / int((plain[2] < 0).sum()) <= (hi ** 3) * 1.6
+        radial_changed |= not np.allclose(x[2], plain[2])
+    assert moved_any and radial_changed
+    # off by default: no shift, same radial prior
+    x = prepare_input(hu[None], np.random.default_rng(0), radial_diameter_mm=12.0, liver=liver, hu_shift=0.0,
+                      random_window_p=0.0)
+    assert np.allclose(x[2], plain[2]) and int((x[1] > 0.5).sum()) == 64
+
+
 def test_liver_context_classifier_trains_and_uses_the_liver_mask(tmp_path):
     out = tmp_path / "hybrid3d"
     cfg = {**TINY, "radial_prior": True, "shell_stats": True, "liver_context": True}
