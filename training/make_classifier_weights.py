@@ -35,7 +35,10 @@ MODELS = {"hybrid3d": 1, "hybrid3d-ctmri": 2}
 #: Per-model config over ``hybrid3d.default_config`` and weights version. The CT-only model uses the
 #: radial prior + shell statistics and no dropout (see the hybrid3d docstring: without them, or with
 #: dropout 0.3, it stayed at chance on the phantoms); the CT+MRI weights predate them and reach test
-#: AUC 0.989 without.
+#: AUC 0.989 without. Tried for the CT-only model and not adopted (400 train cases, 50 epochs each;
+#: held-out phantoms, 16 cases, CT alone): ``liver_context`` (phantom test AUC 0.869 -> 0.907, but
+#: through dual-stream / tam-unet segmentations held-out AUC 0.93 / 0.88 -> 0.75 / 0.78) and
+#: ``liver_context`` with ``geometry_jitter_p`` 0.5 (0.83 / 0.65); see the trainer and hybrid3d docstrings.
 MODEL_CONFIGS = {"hybrid3d": {"radial_prior": True, "shell_stats": True, "dropout": 0.0}, "hybrid3d-ctmri": {}}
 VERSIONS = {"hybrid3d": "demo-0.3", "hybrid3d-ctmri": "demo-0.2"}
 #: Per-model CT augmentation (``train_classifier``'s defaults otherwise; see its docstring).
