@@ -27,10 +27,10 @@ Training (paper 001, "Hybrid 3D Classification Network", where it is vague our r
   scrambles: on the phantoms' validation crops the same model reached AUC 0.81 with the defaults
   and 0.86 without.
   MRI: gain U[0.9, 1.1] and offset U[-0.1, 0.1].
-  Lesion-geometry jitter (``geometry_jitter_p``, 0 = off by default): at inference the crop is centred on the *segmented* lesion and the radial prior drawn
-  from its diameter, and a CT-only segmentation is often partial (held-out phantoms: a 54 mm
-  cyst segmented as a 5 ml crescent, its centroid off the cyst's centre), while training crops
-  come from truth masks. So, with that probability, the crop is shifted by up to
+  Lesion-geometry jitter (``geometry_jitter_p``, 0 = off by default): at inference the crop is
+  centred on the *segmented* lesion and the radial prior drawn from its diameter, and a CT-only
+  segmentation is often partial (held-out phantoms: a 54 mm cyst segmented as a 5 ml crescent,
+  its centroid off the cyst's centre), while training crops come from truth masks. So, with that probability, the crop is shifted by up to
   ``CENTRE_JITTER_VOX`` (6 voxels, ~10 % of the crop) per axis (edge values fill in) and the
   radial prior's diameter scaled by a log-uniform factor in ``DIAMETER_JITTER`` (0.7-1.4).
   Not in the bundled weights: added to a ``liver_context`` model (p 0.5) it lowered the phantom
@@ -62,6 +62,7 @@ from LiverTumorAILib.classification.calibration import (
 from LiverTumorAILib.classification.crops import (
     CT_WINDOW_HU,
     extract_lesion_crops,
+    liver_channel,
     normalise_ct,
     preprocessing_record,
     radial_prior_map,
@@ -226,7 +227,7 @@ def _liver(model, item: Any) -> np.ndarray | None:
     has none: what inference does without a liver mask), else None."""
     if not getattr(model, "liver_context", False):
         return None
-    return item.liver if item.liver is not None else np.ones(item.image.shape[1:], np.uint8)
+    return liver_channel(item.liver, item.image.shape[1:])
 
 
 def _loss(out: dict, y, weight, torch) -> Any:

@@ -152,11 +152,19 @@ class LesionCrop:
             out = out.copy()
             out[0] = normalise_ct(out[0])
         if liver_context:
-            liver = self.liver if self.liver is not None else np.ones(self.mask.shape, np.uint8)
-            out = np.concatenate([out, liver[None].astype(np.float32)], axis=0)
+            out = np.concatenate([out, liver_channel(self.liver, self.mask.shape)[None]], axis=0)
         if radial_prior:
             out = np.concatenate([out, radial_prior_map(self.geometry.diameter_mm, self.size)[None]], axis=0)
         return out
+
+
+def liver_channel(liver: np.ndarray | None, shape: Sequence[int]) -> np.ndarray:
+    """The liver-mask channel of a ``liver_context`` model's input, float32: the crop's mask, or all
+    ones ("no restriction": whole shells, as a model without liver context reads them) when there
+    is none. Inference and training both take it from here, so the two agree."""
+    if liver is None:
+        return np.ones(tuple(shape), np.float32)
+    return np.asarray(liver, dtype=np.float32)
 
 
 def radial_prior_map(diameter_mm: float, size: int = CROP_SIZE) -> np.ndarray:
