@@ -42,8 +42,9 @@ MODEL_SETTINGS = {
 #: Version labels of the bundled weights; fusion demo-0.2 is demo-0.1 resumed with T1-MRI cases
 #: (``prepare --count 80 --t1-count 24 --t1-val 3``, then ``train fusion --resume``);
 #: tam-unet demo-0.2 is demo-0.1 (41 epochs on 56 cases) resumed for 105 minutes (288 more
-#: epochs) on that same 104-case cache, best validation epoch kept, filters re-tuned.
-VERSIONS = {"localizer": "demo-0.1", "dual-stream": "demo-0.1", "tam-unet": "demo-0.2", "fusion": "demo-0.2"}
+#: epochs) on that same 104-case cache, best validation epoch kept, filters re-tuned; dual-stream
+#: demo-0.2 likewise: demo-0.1 (117 epochs on 56 cases) resumed 30 minutes on the 104-case cache.
+VERSIONS = {"localizer": "demo-0.1", "dual-stream": "demo-0.2", "tam-unet": "demo-0.2", "fusion": "demo-0.2"}
 
 
 def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
