@@ -30,9 +30,10 @@ Training (paper 001, "Hybrid 3D Classification Network", where it is vague our r
   Lesion-geometry jitter (``geometry_jitter_p``, 0 = off by default): at inference the crop is
   centred on the *segmented* lesion and the radial prior drawn from its diameter, and a CT-only
   segmentation is often partial (held-out phantoms: a 54 mm cyst segmented as a 5 ml crescent,
-  its centroid off the cyst's centre), while training crops come from truth masks. So, with that probability, the crop is shifted by up to
-  ``CENTRE_JITTER_VOX`` (6 voxels, ~10 % of the crop) per axis (edge values fill in) and the
-  radial prior's diameter scaled by a log-uniform factor in ``DIAMETER_JITTER`` (0.7-1.4).
+  its centroid off the cyst's centre), while training crops come from truth masks. So, with that
+  probability, the crop is shifted by up to ``CENTRE_JITTER_VOX`` (6 voxels, ~10 % of the crop)
+  per axis (edge values fill in) and the radial prior's diameter scaled by a log-uniform factor
+  in ``DIAMETER_JITTER`` (0.7-1.4).
   Not in the bundled weights: added to a ``liver_context`` model (p 0.5) it lowered the phantom
   test AUC (0.907 -> 0.865) and moved the held-out AUC through dual-stream / tam-unet
   segmentations from 0.75 / 0.78 to 0.83 / 0.65, both below the bundled weights' 0.93 / 0.88.
