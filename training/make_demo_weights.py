@@ -112,7 +112,11 @@ def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int
             print(line, flush=True)
 
 
-def train(model: str, cache: Path, out: Path, minutes: float, threads: int, resume: bool = False) -> dict:
+def train(model: str, cache: Path, out: Path, minutes: float, threads: int, resume: bool = False,
+          device: str = "cpu", init_from: Path | None = None, batch_size: int | None = None,
+          lr: float | None = None) -> dict:
+    """Train `model` for `minutes` on the cache. `init_from`: a weights folder to fine-tune (fresh
+    optimiser); `batch_size` / `lr` override MODEL_SETTINGS (a GPU takes larger batches)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -132,11 +136,15 @@ def train(model: str, cache: Path, out: Path, minutes: float, threads: int, resu
     train_set = load_prepared(cache / "seg" / "train")
     val_set = load_prepared(cache / "seg" / "val")
     settings = {**MODEL_SETTINGS[model], "spacing_mm": DEMO_SPACING_MM, "steps_per_epoch": 50, "patch": 128}
-    if resume:  # a second, gentler learning-rate cycle from the last checkpoint
+    if resume or init_from:  # a second, gentler learning-rate cycle from trained weights
         settings["lr"] = settings["lr"] * 0.3
+    if batch_size:
+        settings["batch_size"] = batch_size
+    if lr:
+        settings["lr"] = lr
     return train_segmentation(
         train_set, val_set, architecture=model, out_dir=out / model, train_config=settings,
-        epochs=10000, max_minutes=minutes, device="cpu", resume=resume,
+        epochs=10000, max_minutes=minutes, device=device, resume=resume, init_weights=init_from,
         manifest_extra={"version": VERSIONS[model], "training_data": _training_data(len(train_set), len(val_set), cache)},
     )
 
@@ -157,13 +165,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--t1-count", type=int, default=0, help="extra training cases with a T1 MRI")
     parser.add_argument("--t1-val", type=int, default=0, help="extra validation cases with a T1 MRI")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint (a new LR cycle)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
+    parser.add_argument("--init-from", type=Path, help="weights folder to fine-tune, with a fresh optimiser")
+    parser.add_argument("--batch-size", type=int, help="override the model's demo batch size")
+    parser.add_argument("--lr", type=float, help="override the peak learning rate")
     args = parser.parse_args(argv)
     if args.step in ("prepare", "all"):
         prepare(args.cache, args.count, args.val, args.size, args.slices, args.jobs, args.t1_count, args.t1_val)
     if args.step == "train":
         if not args.model:
             parser.error("train needs a model name")
-        print(json.dumps(train(args.model, args.cache, args.out, args.minutes, args.threads, args.resume)))
+        print(json.dumps(train(args.model, args.cache, args.out, args.minutes, args.threads, args.resume,
+                               args.device, args.init_from, args.batch_size, args.lr)))
     if args.step == "all":
         for name in ("localizer", *SEGMENTATION_MODELS):
             print(name, json.dumps(train(name, args.cache, args.out, args.minutes, args.threads)), flush=True)

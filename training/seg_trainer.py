@@ -196,17 +196,18 @@ def augment_batch(ct, mri, label, rng: np.random.Generator, config: dict):
             ct = torch.flip(ct, dims=[dim])
             label = torch.flip(label, dims=[dim])
             mri = torch.flip(mri, dims=[dim]) if mri is not None else None
-    b = ct.shape[0]
+    b, dev = ct.shape[0], ct.device  # runs where the batch lives (the GPU when training there)
     max_rot = math.radians(config.get("rotation_deg", 15.0))
     zoom = config.get("zoom", (0.85, 1.15))
-    angles = torch.tensor(rng.uniform(-max_rot, max_rot, b), dtype=torch.float32)
-    scales = torch.tensor(rng.uniform(zoom[0], zoom[1], b), dtype=torch.float32)
-    shifts = torch.tensor(rng.uniform(-0.05, 0.05, (b, 2)), dtype=torch.float32)
+    angles = torch.tensor(rng.uniform(-max_rot, max_rot, b), dtype=torch.float32, device=dev)
+    scales = torch.tensor(rng.uniform(zoom[0], zoom[1], b), dtype=torch.float32, device=dev)
+    shifts = torch.tensor(rng.uniform(-0.05, 0.05, (b, 2)), dtype=torch.float32, device=dev)
     cos, sin = torch.cos(angles) / scales, torch.sin(angles) / scales
     theta = torch.stack([torch.stack([cos, -sin, shifts[:, 0]], 1), torch.stack([sin, cos, shifts[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, ct.shape, align_corners=False)
     if rng.random() < config.get("elastic_prob", 0.0):
-        coarse = torch.tensor(rng.normal(0, config.get("elastic_magnitude", 0.03), (b, 2, 5, 5)), dtype=torch.float32)
+        coarse = torch.tensor(rng.normal(0, config.get("elastic_magnitude", 0.03), (b, 2, 5, 5)), dtype=torch.float32,
+                              device=dev)
         field = F.interpolate(coarse, size=ct.shape[-2:], mode="bicubic", align_corners=True)
         grid = grid + field.permute(0, 2, 3, 1)
     ct = F.grid_sample(ct, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -280,9 +281,19 @@ def train_segmentation(
     dist=None,
     seed: int = 0,
     resume: bool = False,
+    init_weights: Path | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
-    """Train a 2.5D segmentation model; save the best weights folder to `out_dir`. Returns metrics."""
+    """Train a 2.5D segmentation model; save the best weights folder to `out_dir`. Returns metrics.
+
+    `device` is ``cpu``, ``cuda`` or ``auto``. On CUDA the batch is augmented on the GPU and the
+    forward pass runs under bf16 autocast (the loss in float32); bf16 rather than fp16 because it
+    needs no loss scaling. `init_weights`: a weights folder to start from with a fresh optimiser
+    (fine-tuning bundled weights on a new machine, where `resume`'s checkpoint is absent). The
+    best weights are written each time validation improves, so a run cut short keeps them.
+    """
+    import contextlib
+
     import torch
 
     from LiverTumorAILib.models.registry import build_model, default_config
@@ -299,8 +310,17 @@ def train_segmentation(
     is_main = dist is None or dist.is_main
     torch.manual_seed(seed + rank)
     rng = np.random.default_rng(seed + 1000 * rank)
-    dev = torch.device(device)
+    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     model = build_model(architecture, model_config).to(dev)
+    if init_weights is not None and not resume:
+        from LiverTumorAILib.weights import load_weights
+
+        initial, _ = load_weights(init_weights)
+        model.load_state_dict({k: v.to(dev) for k, v in initial.state_dict().items()})
+        log(f"initialised from {init_weights}")
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" else contextlib.nullcontext
+    if dev.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # fixed patch size: let cuDNN pick its fastest kernels
     train_model = dist.wrap(model) if dist is not None else model
     optimiser = torch.optim.Adam(model.parameters(), lr=tc["lr"])
     out_dir = Path(out_dir)
@@ -338,6 +358,27 @@ def train_segmentation(
         saved, saved_manifest = load_weights(out_dir)
         best_state = {k: v.to(dev) for k, v in saved.state_dict().items()}
         best_metrics = dict(saved_manifest.get("metrics", {}))
+    def save_best(state: dict, metrics: dict) -> None:
+        """Write `state` as the weights folder (on the main process only), model left as it was."""
+        if not is_main:
+            return
+        snapshot = build_model(architecture, model_config)
+        snapshot.load_state_dict({k: v.detach().float().cpu() for k, v in state.items()})
+        manifest = {
+            "name": architecture,
+            "architecture": architecture,
+            "task": "segmentation",
+            "config": model_config,
+            "preprocessing": {
+                "spacing_mm": list(tc["spacing_mm"]), "window_hu": list(tc["window_hu"]),
+                "normalization": "window-uniform-zscore", "mri_normalization": "percentile-1-99-zscore",
+            },
+            "training": {k: v for k, v in tc.items() if isinstance(v, (int, float, str, list))},
+            "metrics": metrics,
+        }
+        manifest.update(manifest_extra or {})
+        save_weights(snapshot, out_dir, manifest)
+
     model.train()
     for epoch in range(start_epoch, epochs):
         losses = []
@@ -347,6 +388,8 @@ def train_segmentation(
             mri = torch.from_numpy(np.stack([s[1] for s in samples])) if samples[0][1] is not None else None
             label = torch.from_numpy(np.stack([s[2] for s in samples]))
             cls = torch.tensor([s[3] for s in samples])
+            ct, label = ct.to(dev, non_blocking=True), label.to(dev, non_blocking=True)
+            mri = mri.to(dev, non_blocking=True) if mri is not None else None
             ct, mri, label = augment_batch(ct, mri, label, rng, tc)
             it = epoch * tc["steps_per_epoch"] + step
             done = it / scheduler_total
@@ -355,8 +398,9 @@ def train_segmentation(
             for group in optimiser.param_groups:  # cosine decay with a short warm-up
                 warm = min(1.0, (it + 1) / 50)
                 group["lr"] = tc["lr"] * warm * (0.02 + 0.98 * 0.5 * (1 + math.cos(math.pi * min(done, 1.0))))
-            logits = train_model(ct.to(dev), mri.to(dev)) if mri is not None else train_model(ct.to(dev))
-            loss = segmentation_loss(logits, label.to(dev), tc["loss"])
+            with autocast():
+                logits = train_model(ct, mri) if mri is not None else train_model(ct)
+            loss = segmentation_loss(logits, label, tc["loss"])
             head = getattr(model, "class_logits", None)
             if head is not None and (cls >= 0).any():
                 keep = cls >= 0
@@ -376,6 +420,7 @@ def train_segmentation(
                 best = score
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 best_metrics = dict(record)
+                save_best(best_state, best_metrics)
         history.append(record)
         if is_main:
             log(json.dumps(record))
@@ -388,19 +433,6 @@ def train_segmentation(
         best_state = model.state_dict()
         best_metrics = history[-1] if history else {}
     if is_main:
+        save_best(best_state, best_metrics)
         model.load_state_dict(best_state)
-        manifest = {
-            "name": architecture,
-            "architecture": architecture,
-            "task": "segmentation",
-            "config": model_config,
-            "preprocessing": {
-                "spacing_mm": list(tc["spacing_mm"]), "window_hu": list(tc["window_hu"]),
-                "normalization": "window-uniform-zscore", "mri_normalization": "percentile-1-99-zscore",
-            },
-            "training": {k: v for k, v in tc.items() if isinstance(v, (int, float, str, list))},
-            "metrics": best_metrics,
-        }
-        manifest.update(manifest_extra or {})
-        save_weights(model, out_dir, manifest)
     return best_metrics
