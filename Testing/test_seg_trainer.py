@@ -129,3 +129,45 @@ def test_resume_on_other_validation_cases_judges_the_best_afresh(tmp_path):
     metrics = train_segmentation(cases[:1], cases[2:], epochs=3, resume=True, log=other.append, **kwargs)
     assert any("afresh" in line for line in other)
     assert metrics["epoch"] == 2  # the only epoch judged on the new cases is the one kept
+
+
+def _toy_kwargs(tmp_path) -> dict:
+    return dict(
+        architecture="tam-unet", out_dir=tmp_path / "tam-unet", config={"base_channels": 4},
+        train_config={"batch_size": 2, "steps_per_epoch": 2, "patch": 32, "spacing_mm": [1.5, 1.5, 3.0], "val_every": 1},
+        manifest_extra={"version": "test", "training_data": {"synthetic": True, "description": "toy"}},
+    )
+
+
+def test_init_weights_start_from_a_weights_folder(tmp_path):
+    """`init_weights` (make_demo_weights --init-from) loads another run's weights, no checkpoint needed."""
+    from LiverTumorAILib.weights import load_weights
+
+    torch.manual_seed(0)
+    cases = [prepare_case(f"c{seed}", *_toy_case(seed)[:2], spacing=(1.5, 1.5, 3.0)) for seed in range(2)]
+    train_segmentation(cases[:1], cases[1:], epochs=2, log=lambda _: None, **_toy_kwargs(tmp_path / "a"))
+    source, _ = load_weights(tmp_path / "a" / "tam-unet")
+    lines: list[str] = []
+    train_segmentation(cases[:1], cases[1:], epochs=0, init_weights=tmp_path / "a" / "tam-unet", log=lines.append,
+                       **_toy_kwargs(tmp_path / "b"))
+    copied, _ = load_weights(tmp_path / "b" / "tam-unet")
+    assert any("initialised from" in line for line in lines)
+    for key, value in source.state_dict().items():
+        assert torch.equal(copied.state_dict()[key], value), key
+
+
+def test_best_weights_are_written_before_the_run_ends(tmp_path):
+    """A run stopped after its first improving validation still leaves loadable best weights."""
+    from LiverTumorAILib.weights import load_weights
+
+    torch.manual_seed(0)
+    cases = [prepare_case(f"c{seed}", *_toy_case(seed)[:2], spacing=(1.5, 1.5, 3.0)) for seed in range(2)]
+
+    def stop_after_first_validation(line: str) -> None:
+        if "val_liver_dice" in line:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_segmentation(cases[:1], cases[1:], epochs=5, log=stop_after_first_validation, **_toy_kwargs(tmp_path))
+    _, manifest = load_weights(tmp_path / "tam-unet")
+    assert manifest["metrics"]["epoch"] == 0 and "val_tumour_dice" in manifest["metrics"]
