@@ -44,6 +44,10 @@ MODEL_SETTINGS = {
 #: tam-unet demo-0.2 is demo-0.1 (41 epochs on 56 cases) resumed for 105 minutes (288 more
 #: epochs) on that same 104-case cache, best validation epoch kept, filters re-tuned; dual-stream
 #: demo-0.2 likewise: demo-0.1 (117 epochs on 56 cases) resumed 30 minutes on the 104-case cache.
+#: Not adopted: dual-stream demo-0.2 resumed 55 more minutes (91 epochs) on 294 cases (``prepare --count
+#: 230 --t1-count 64``); held-out through `segment`, 16 cases CT alone: tumour Dice 0.49 -> 0.55, false
+#: positives 0.69 -> 0.63 per case, detection 62 % both, but on the first 8 false positives 0.38 -> 1.0
+#: and CT-only classification through its masks AUC 0.80 -> 0.75: no clear gain for a 46 MB file.
 VERSIONS = {"localizer": "demo-0.1", "dual-stream": "demo-0.2", "tam-unet": "demo-0.2", "fusion": "demo-0.2"}
 
 
