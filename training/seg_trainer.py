@@ -312,7 +312,7 @@ def train_segmentation(
     rng = np.random.default_rng(seed + 1000 * rank)
     dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
     model = build_model(architecture, model_config).to(dev)
-    if init_weights is not None and not resume:
+    if init_weights is not None:  # a resumed checkpoint, loaded below, takes precedence
         from LiverTumorAILib.weights import load_weights
 
         initial, _ = load_weights(init_weights)
@@ -358,6 +358,7 @@ def train_segmentation(
         saved, saved_manifest = load_weights(out_dir)
         best_state = {k: v.to(dev) for k, v in saved.state_dict().items()}
         best_metrics = dict(saved_manifest.get("metrics", {}))
+
     def save_best(state: dict, metrics: dict) -> None:
         """Write `state` as the weights folder (on the main process only), model left as it was."""
         if not is_main:
