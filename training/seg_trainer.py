@@ -296,6 +296,7 @@ def train_segmentation(
 
     import torch
 
+    from LiverTumorAILib.inference.device import select_device
     from LiverTumorAILib.models.registry import build_model, default_config
     from LiverTumorAILib.weights import save_weights
 
@@ -310,7 +311,7 @@ def train_segmentation(
     is_main = dist is None or dist.is_main
     torch.manual_seed(seed + rank)
     rng = np.random.default_rng(seed + 1000 * rank)
-    dev = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device)
+    dev = select_device(device)
     model = build_model(architecture, model_config).to(dev)
     if init_weights is not None:  # a resumed checkpoint, loaded below, takes precedence
         from LiverTumorAILib.weights import load_weights
