@@ -146,12 +146,14 @@ def test_init_weights_start_from_a_weights_folder(tmp_path):
     torch.manual_seed(0)
     cases = [prepare_case(f"c{seed}", *_toy_case(seed)[:2], spacing=(1.5, 1.5, 3.0)) for seed in range(2)]
     train_segmentation(cases[:1], cases[1:], epochs=2, log=lambda _: None, **_toy_kwargs(tmp_path / "a"))
-    source, _ = load_weights(tmp_path / "a" / "tam-unet")
+    source, source_manifest = load_weights(tmp_path / "a" / "tam-unet")
     lines: list[str] = []
     train_segmentation(cases[:1], cases[1:], epochs=0, init_weights=tmp_path / "a" / "tam-unet", log=lines.append,
                        **_toy_kwargs(tmp_path / "b"))
-    copied, _ = load_weights(tmp_path / "b" / "tam-unet")
+    copied, manifest = load_weights(tmp_path / "b" / "tam-unet")
     assert any("initialised from" in line for line in lines)
+    assert manifest["training"]["init_from"] == {"path": str((tmp_path / "a" / "tam-unet").resolve()),
+                                                 "version": "test", "sha256": source_manifest["sha256"]}
     for key, value in source.state_dict().items():
         assert torch.equal(copied.state_dict()[key], value), key
 

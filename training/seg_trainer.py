@@ -313,10 +313,14 @@ def train_segmentation(
     rng = np.random.default_rng(seed + 1000 * rank)
     dev = select_device(device)
     model = build_model(architecture, model_config).to(dev)
+    init_record: dict | None = None
     if init_weights is not None:  # a resumed checkpoint, loaded below, takes precedence
         from LiverTumorAILib.weights import load_weights
 
-        initial, _ = load_weights(init_weights)
+        initial, initial_manifest = load_weights(init_weights)
+        # the manifest says what a fine-tuned model started from (folder, version, file hash)
+        init_record = {"path": str(Path(init_weights).resolve()), "version": initial_manifest.get("version"),
+                       "sha256": initial_manifest.get("sha256")}
         model.load_state_dict({k: v.to(dev) for k, v in initial.state_dict().items()})
         log(f"initialised from {init_weights}")
     autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" else contextlib.nullcontext
@@ -378,6 +382,8 @@ def train_segmentation(
             "training": {k: v for k, v in tc.items() if isinstance(v, (int, float, str, list))},
             "metrics": metrics,
         }
+        if init_record is not None:
+            manifest["training"]["init_from"] = init_record
         manifest.update(manifest_extra or {})
         save_weights(snapshot, out_dir, manifest)
 
