@@ -9,7 +9,10 @@
 2. Extracts 64^3 lesion crops (CT in HU + normalised MRI, and the truth liver mask on the same
    grid) with ``classification/crops.py`` and caches them in ``--work`` (per case, then
    ``crops_<split>.npz``), so a re-run skips generation; per-case files made before the liver
-   mask was cached are regenerated.
+   mask was cached are regenerated. ``--mask-sources truth dual-stream tam-unet`` also cuts crops
+   from each segmenter's own CT-only masks of the same phantoms (``training/mask_sources.py``),
+   labelled by the truth lesion each predicted lesion matches: the geometry the classifier meets
+   behind ``segment``. Every split gets the same sources, so validation and calibration see them too.
 3. Trains ``hybrid3d`` (CT) and ``hybrid3d-ctmri`` (CT + MRI, attention fusion) with
    ``training/cls_trainer.py``, selects the best validation-AUC epoch, fits the temperature on
    validation, evaluates on the held-out test seeds (AUC, AUC on lesions >= 10 mm, ECE before /
@@ -51,57 +54,83 @@ SUMMARY_KEYS = ("val", "val_calibrated", "test", "test_uncalibrated", "test_at_p
                 "best_epoch", "epochs_run", "train_time_s")
 
 
-def _case_crops(args: tuple[int, int, int, int | None]) -> dict:
-    """Generate one phantom case and return its lesion crops (CT HU + MRI) as arrays."""
-    seed, size, slices, n_lesions = args
-    import torch
-
-    torch.set_num_threads(1)
-    from LiverTumorAILib.classification.crops import extract_lesion_crops
-    from LiverTumorAILib.phantom import generate_case
-
-    kw = {"n_lesions": n_lesions} if n_lesions is not None else {}
-    case = generate_case(seed, size=size, slices=slices, **kw)
-    truth = {int(t["id"]): t for t in case.truth.get("lesions", [])}
-    crops = extract_lesion_crops(case.ct, case.lesions, case.mri, raw_hu=True, liver=case.label) if truth else []
+def _crop_record(pairs: list, truth: dict, seed: int) -> dict:
+    """Arrays of one case's crops from one mask source, labelled by the truth lesion each stands for."""
     out = {"images": [], "livers": [], "labels": [], "diameters": [], "lesion_ids": [], "types": [], "seed": seed}
-    for c in crops:
-        t = truth.get(c.lesion_id)
+    for truth_id, c in pairs:
+        t = truth.get(truth_id)
         if t is None:
             continue
         out["images"].append(c.image.astype(np.float16))
         out["livers"].append(c.liver)
         out["labels"].append(1 if t["class"] == "malignant" else 0)
         out["diameters"].append(float(t.get("diameter_mm", c.geometry.diameter_mm)))
-        out["lesion_ids"].append(c.lesion_id)
+        out["lesion_ids"].append(truth_id)
         out["types"].append(str(t.get("type", "")))
     return out
 
 
-def _cached_case_crops(args: tuple[Path, int, int, int, int | None]) -> dict:
-    """``_case_crops`` through a per-case cache file, so a larger split only generates the new cases."""
-    folder, seed, size, slices, n_lesions = args
-    path = folder / f"seed{seed}.npz"
-    if path.is_file():
-        z = np.load(path, allow_pickle=False)
-        if "livers" in z.files:
-            return {k: (list(z[k]) if k != "seed" else int(z[k])) for k in z.files}
-    r = _case_crops((seed, size, slices, n_lesions))
-    folder.mkdir(parents=True, exist_ok=True)
+def _case_crops(args: tuple[int, int, int, int | None, tuple[str, ...], str | None]) -> dict[str, dict]:
+    """Generate one phantom case and return, per mask source, its lesion crops (CT HU + MRI) as arrays."""
+    seed, size, slices, n_lesions, sources, mask_weights = args
+    import torch
+
+    torch.set_num_threads(1)
+    from LiverTumorAILib.phantom import generate_case
+    from training.mask_sources import lesion_crops_by_source
+
+    kw = {"n_lesions": n_lesions} if n_lesions is not None else {}
+    case = generate_case(seed, size=size, slices=slices, **kw)
+    truth = {int(t["id"]): t for t in case.truth.get("lesions", [])}
+    if not truth:
+        return {source: _crop_record([], truth, seed) for source in sources}
+    by_source = lesion_crops_by_source(case, list(sources), mask_weights)
+    return {source: _crop_record(pairs, truth, seed) for source, pairs in by_source.items()}
+
+
+def _read_case_file(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    z = np.load(path, allow_pickle=False)
+    if "livers" not in z.files:
+        return None
+    return {k: (list(z[k]) if k != "seed" else int(z[k])) for k in z.files}
+
+
+def _write_case_file(path: Path, r: dict, seed: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
     images = np.stack(r["images"]) if r["images"] else np.zeros((0, 2, 64, 64, 64), np.float16)
     livers = np.stack(r["livers"]) if r["livers"] else np.zeros((0, 64, 64, 64), np.uint8)
     np.savez(tmp, images=images, livers=livers, labels=np.array(r["labels"], np.int64), diameters=np.array(r["diameters"], np.float64),
              lesion_ids=np.array(r["lesion_ids"], np.int64), types=np.array(r["types"], dtype="U18"), seed=np.array(seed))
     os.replace(tmp, path)
-    return r
 
 
-def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int, n_lesions: int | None, jobs: int, log) -> dict:
-    """Crops of one split, from the cache in ``work`` when it matches, else generated (per case, resumable)."""
+def _cached_case_crops(args: tuple[Path, int, int, int, int | None, tuple[str, ...], str | None]) -> dict[str, dict]:
+    """``_case_crops`` through per-case, per-source cache files, so a larger split or a new mask
+    source only computes what is missing (the truth crops keep their original file names)."""
+    from training.mask_sources import source_tag
+
+    folder, seed, size, slices, n_lesions, sources, mask_weights = args
+    found = {s: _read_case_file(folder / f"seed{seed}{source_tag(s)}.npz") for s in sources}
+    missing = tuple(s for s, r in found.items() if r is None)
+    if missing:
+        fresh = _case_crops((seed, size, slices, n_lesions, missing, mask_weights))
+        for s in missing:
+            _write_case_file(folder / f"seed{seed}{source_tag(s)}.npz", fresh[s], seed)
+            found[s] = fresh[s]
+    return found
+
+
+def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int, n_lesions: int | None, jobs: int, log,
+                sources: tuple[str, ...] = ("truth",), mask_weights: str | None = None) -> dict:
+    """Crops of one split from every mask source (``sources``: "truth" and/or segmentation models,
+    see ``training/mask_sources.py``), from the cache in ``work`` when it matches, else generated
+    (per case and source, resumable)."""
     path = work / f"crops_{split}.npz"
     key = json.dumps({"n": n_cases, "size": size, "slices": slices, "n_lesions": n_lesions, "base": SPLITS[split],
-                      "liver": True})
+                      "liver": True, "sources": list(sources), "mask_weights": mask_weights})
     if path.is_file():
         data = dict(np.load(path, allow_pickle=False))
         if str(data.get("key")) == key:
@@ -110,19 +139,20 @@ def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int,
     seeds = [SPLITS[split] + i for i in range(n_cases)]
     t0 = time.time()
     case_dir = work / "cases" / f"{size}x{slices}_n{n_lesions}"
-    tasks = [(case_dir, s, size, slices, n_lesions) for s in seeds]
-    results = []
+    tasks = [(case_dir, s, size, slices, n_lesions, tuple(sources), mask_weights) for s in seeds]
+    per_case = []
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as ex:
             for k, r in enumerate(ex.map(_cached_case_crops, tasks), 1):
-                results.append(r)
+                per_case.append(r)
                 if k % 10 == 0:
                     log(f"{split}: {k}/{n_cases} cases ({time.time() - t0:.0f} s)")
     else:
         for k, t in enumerate(tasks, 1):
-            results.append(_cached_case_crops(t))
+            per_case.append(_cached_case_crops(t))
             if k % 10 == 0:
                 log(f"{split}: {k}/{n_cases} cases ({time.time() - t0:.0f} s)")
+    results = [r[source] for r in per_case for source in sources]
     data = {
         "images": np.stack([im for r in results for im in r["images"]]),
         "livers": np.stack([m for r in results for m in r["livers"]]),
@@ -131,6 +161,7 @@ def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int,
         "lesion_ids": np.array([v for r in results for v in r["lesion_ids"]], dtype=np.int64),
         "seeds": np.array([r["seed"] for r in results for _ in r["labels"]], dtype=np.int64),
         "types": np.array([v for r in results for v in r["types"]]),
+        "sources": np.array([source for r in per_case for source in sources for _ in r[source]["labels"]]),
         "key": np.array(key),
     }
     work.mkdir(parents=True, exist_ok=True)
@@ -179,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--jobs", type=int, default=1, help="processes for phantom generation")
     p.add_argument("--max-minutes", type=float, default=30.0, help="wall-clock bound per model")
     p.add_argument("--crops-only", action="store_true", help="only generate/cache the crops")
+    p.add_argument("--mask-sources", nargs="+", default=["truth"], metavar="SOURCE",
+                   help="lesion masks the crops are cut from: truth and/or segmentation models (dual-stream, "
+                        "tam-unet), whose CT-only masks of each phantom are matched to truth by the evaluation's rule")
+    p.add_argument("--mask-weights", default=None, help="weights folder of the --mask-sources models (default: bundled)")
     a = p.parse_args(argv)
 
     import torch
@@ -188,7 +223,11 @@ def main(argv: list[str] | None = None) -> int:
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    kw = dict(size=a.size, slices=a.slices, n_lesions=a.n_lesions, jobs=a.jobs, log=log)
+    from training.mask_sources import check_sources, source_versions
+
+    sources = tuple(check_sources(a.mask_sources))
+    kw = dict(size=a.size, slices=a.slices, n_lesions=a.n_lesions, jobs=a.jobs, log=log, sources=sources,
+              mask_weights=a.mask_weights)
     data = {
         "train": build_split("train", a.train_cases, a.work, **kw),
         "val": build_split("val", a.val_cases, a.work, **kw),
@@ -209,6 +248,7 @@ def main(argv: list[str] | None = None) -> int:
             "seeds": {k: f"{v}..{v + n - 1}" for (k, v), n in zip(SPLITS.items(), (a.train_cases, a.val_cases, a.test_cases))},
             "phantom": {"size": a.size, "slices": a.slices, "n_lesions": a.n_lesions},
             "lesions": {k: int(len(d["labels"])) for k, d in data.items()},
+            "mask_sources": source_versions(sources, a.mask_weights),
             "reproduce": "python -m training.make_classifier_weights",
         }
         log(f"training {name} ({'CT + MRI' if channels == 2 else 'CT'})")

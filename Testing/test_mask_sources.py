@@ -1,0 +1,55 @@
+"""Classifier training crops cut from a segmenter's own masks (training/mask_sources.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LiverTumorAILib.evaluation import match_lesions, spacing_zyx
+from LiverTumorAILib.phantom import generate_case
+from training.mask_sources import check_sources, lesion_crops_by_source, matched_truth_ids, segmenter_masks, source_tag
+
+
+@pytest.fixture(scope="module")
+def case():
+    return generate_case(1000, size=128, slices=32, n_lesions=4)
+
+
+def test_crops_follow_the_segmenters_masks_and_carry_the_matched_truth_lesion(case):
+    """Each auto crop is centred on a predicted lesion and stands for the truth lesion that
+    lesion is matched to (Dice >= 0.1); the truth source gives one crop per truth lesion."""
+    by_source = lesion_crops_by_source(case, ["truth", "tam-unet"])
+    truth_ids = {int(t["id"]) for t in case.truth["lesions"]}
+    assert sorted(i for i, _ in by_source["truth"]) == sorted(truth_ids)
+    auto = by_source["tam-unet"]
+    assert auto, "the bundled tam-unet found none of the phantom's lesions"
+    predicted, _ = segmenter_masks(case.ct, "tam-unet")
+    matches, _ = match_lesions(sitk.GetArrayViewFromImage(predicted), sitk.GetArrayViewFromImage(case.lesions),
+                               spacing_zyx(case.ct))
+    by_pred = {m.pred_id: m for m in matches if m.pred_id is not None}
+    assert {c.lesion_id for _, c in auto} == set(by_pred)
+    for truth_id, crop in auto:
+        assert by_pred[crop.lesion_id].truth_id == truth_id and by_pred[crop.lesion_id].dice >= 0.1
+        assert crop.raw_hu and crop.image.shape == (2, 64, 64, 64) and crop.liver is not None
+    # the auto crop is drawn from the predicted lesion, not the truth one: its geometry differs
+    truth_geo = {i: c.geometry for i, c in by_source["truth"]}
+    assert any(not np.allclose(c.geometry.centroid_lps, truth_geo[i].centroid_lps) for i, c in auto)
+
+
+def test_matching_is_one_to_one_and_ignores_false_positives(case):
+    truth = case.lesions
+    moved = sitk.GetArrayFromImage(truth).astype(np.uint16)
+    moved = np.where(moved > 0, moved + 10, 0).astype(np.uint16)  # same voxels, other ids
+    moved[0, 0, 0:3] = 99  # a false positive far from any lesion
+    image = sitk.GetImageFromArray(moved)
+    image.CopyInformation(truth)
+    ids = matched_truth_ids(image, truth)
+    assert ids == {int(i) + 10: int(i) for i in np.unique(sitk.GetArrayViewFromImage(truth)) if i}
+
+
+def test_sources_are_checked_and_tagged():
+    assert check_sources(["tam-unet", "truth", "tam-unet"]) == ["truth", "tam-unet"]
+    assert source_tag("truth") == "" and source_tag("dual-stream") == ".dual-stream"
+    with pytest.raises(SystemExit, match="fusion needs an MRI"):
+        check_sources(["fusion"])
