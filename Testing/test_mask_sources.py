@@ -8,7 +8,13 @@ import SimpleITK as sitk
 
 from LiverTumorAILib.evaluation import match_lesions, spacing_zyx
 from LiverTumorAILib.phantom import generate_case
-from training.mask_sources import check_sources, lesion_crops_by_source, matched_truth_ids, segmenter_masks, source_tag
+from training.mask_sources import (
+    check_sources,
+    lesion_crops_by_source,
+    matched_truth_ids,
+    segmenter_masks,
+    source_tag,
+)
 
 
 @pytest.fixture(scope="module")
