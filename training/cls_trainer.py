@@ -36,7 +36,9 @@ Training (paper 001, "Hybrid 3D Classification Network", where it is vague our r
   in ``DIAMETER_JITTER`` (0.7-1.4).
   Not in the bundled weights: added to a ``liver_context`` model (p 0.5) it lowered the phantom
   test AUC (0.907 -> 0.865) and moved the held-out AUC through dual-stream / tam-unet
-  segmentations from 0.75 / 0.78 to 0.83 / 0.65, both below the bundled weights' 0.93 / 0.88.
+  segmentations from 0.75 / 0.78 to 0.83 / 0.65, both below the then bundled weights' 0.93 / 0.88.
+  What the bundled CT-only weights (demo-0.4) use instead is crops cut from the segmenters' own
+  masks (``make_classifier_weights --mask-sources``, ``training/mask_sources.py``).
 * Model selection: the epoch with the best validation AUC (ties: lower validation NLL); then
   temperature scaling fitted on the validation logits (``classification/calibration.py``), ECE
   before/after recorded; saved with ``weights.save_weights`` (float16) and a full manifest.

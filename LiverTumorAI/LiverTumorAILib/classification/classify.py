@@ -28,11 +28,12 @@ Decision rules (why):
 
 Tried and not adopted: geometry test-time augmentation for the CT-only model (crops at 0.8, 1 and
 1.25 x the segmented lesion's extent and diameter, mean logits), meant to soften its dependence on
-an automatic mask's extent. On 16 held-out phantoms, CT alone, through dual-stream demo-0.2 masks
-it moved AUC / ECE from 0.80 / 0.23 to 0.82 / 0.15, and through tam-unet demo-0.2 from 0.88 / 0.089
-to 0.88 / 0.080; on truth masks it hurt (1.0 / 0.053 -> 0.98 / 0.069); other scale sets
+an automatic mask's extent. With the CT-only classifier demo-0.3, on 16 held-out phantoms, CT
+alone, through dual-stream demo-0.2 masks it moved AUC / ECE from 0.80 / 0.23 to 0.82 / 0.15, and
+through tam-unet demo-0.2 from 0.88 / 0.089 to 0.88 / 0.080; on truth masks it hurt (1.0 / 0.053 -> 0.98 / 0.069); other scale sets
 (1-1.25, 1-1.4, 0.8-1.5) swung either way (AUC 0.70-0.88). No target is met with it, so the
-crop stays at the segmented geometry.
+crop stays at the segmented geometry. What did help is training on such masks
+(``training/mask_sources.py``; classifier demo-0.4: 0.91 / 0.13 and 0.92 / 0.14 on the same cases).
 
 The ``gradcam`` entries are SimpleITK images (not JSON); ``gradcam_on_grid(results, ct)`` pastes
 them into the CT grid and ``json_ready(results)`` drops them for ``report.json``.
