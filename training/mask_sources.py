@@ -40,18 +40,19 @@ def segmenter_masks(ct: sitk.Image, model: str, weights_dir: str | None = None) 
     alone would draw them (localiser cascade and postprocessing included), on the CT grid."""
     import torch
 
+    from LiverTumorAILib.errors import WeightsError
     from LiverTumorAILib.inference.engine import segment_volume
-    from LiverTumorAILib.pipeline import _lesion_image
+    from LiverTumorAILib.pipeline import lesion_instance_image
 
     try:
         localizer = _loaded("localizer", weights_dir)
-    except Exception:  # noqa: BLE001 - no localiser weights: segment the whole scan, as segment does
+    except WeightsError:  # no localiser weights: segment the whole scan, as segment does
         localizer = None
     out = segment_volume(ct, _loaded(model, weights_dir), localizer=localizer, mri=None,
                          device=torch.device("cpu"), keep_attention=False)
     label = sitk.GetImageFromArray(out.label)
     label.CopyInformation(ct)
-    return _lesion_image(out.label, ct), label
+    return lesion_instance_image(out.label, ct), label
 
 
 def matched_truth_ids(predicted: sitk.Image, truth: sitk.Image) -> dict[int, int]:
@@ -96,8 +97,6 @@ def check_sources(sources: list[str]) -> list[str]:
     if bad:
         raise SystemExit(f"--mask-sources {' '.join(bad)}: unknown (choose from {', '.join(allowed)}; fusion needs an MRI)")
     return sorted(set(sources), key=allowed.index)
-
-
 
 
 def source_versions(sources: tuple[str, ...] | list[str], weights_dir: str | None = None) -> dict[str, str]:

@@ -75,7 +75,7 @@ def _write_sitk(image: sitk.Image, path: Path) -> None:
     write_image(image, path)
 
 
-def _lesion_image(label: np.ndarray, ct: sitk.Image) -> sitk.Image:
+def lesion_instance_image(label: np.ndarray, ct: sitk.Image) -> sitk.Image:
     """uint16 lesion instances on the CT grid, labelled inside the tumour's box and pasted into
     one whole-scan image (no second whole-scan copy)."""
     from LiverTumorAILib.geometry import paste_into_grid
@@ -174,7 +174,7 @@ def segment_into(
     label, attention, region = out.label, out.attention, out.region
     seg_device, localized = out.device, out.localized
     del out
-    lesion_image = _lesion_image(label, ct)
+    lesion_image = lesion_instance_image(label, ct)
     lesions = sitk.GetArrayViewFromImage(lesion_image)
     ct_array = sitk.GetArrayViewFromImage(ct)
     t0 = time.perf_counter()
