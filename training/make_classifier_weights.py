@@ -52,6 +52,9 @@ MODEL_CONFIGS = {"hybrid3d": {"radial_prior": True, "shell_stats": True, "dropou
 #: 0.12 / 0.13 -> 0.07 / 0.08; on truth masks unchanged (0.87 / 0.07). Held-out phantoms, 16
 #: cases, CT alone through ``segment`` (20 lesions each): AUC 0.80 / 0.88 -> 0.91 / 0.92, ECE
 #: 0.23 / 0.09 -> 0.13 / 0.14; ``classify`` on their truth masks AUC 1.0, ECE 0.053 -> 0.062.
+#: Not adopted: the same on 400 train cases (4752 crops): phantom test better (AUC 0.87 / 0.88 on
+#: the segmenters' masks, 0.88 on truth; ECE 0.07-0.08) but held-out through ``segment`` AUC 0.83 /
+#: 0.88, ECE 0.21 / 0.11 (its val and test disagreed on the temperature: 1.05 vs pooled 1.49).
 VERSIONS = {"hybrid3d": "demo-0.4", "hybrid3d-ctmri": "demo-0.2"}
 #: Per-model CT augmentation (``train_classifier``'s defaults otherwise; see its docstring).
 MODEL_AUGMENT = {"hybrid3d": {"random_window_p": 0.0, "hu_shift": 5.0}, "hybrid3d-ctmri": {}}
