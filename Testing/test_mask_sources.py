@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -15,6 +18,8 @@ from training.mask_sources import (
     segmenter_masks,
     source_tag,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -56,6 +61,7 @@ def test_matching_is_one_to_one_and_ignores_false_positives(case):
 
 def test_sources_are_checked_and_tagged():
     assert check_sources(["tam-unet", "truth", "tam-unet"]) == ["truth", "tam-unet"]
-    assert source_tag("truth") == "" and source_tag("dual-stream") == ".dual-stream"
+    sha = json.loads((ROOT / "Resources" / "Models" / "tam-unet" / "manifest.json").read_text())["sha256"]
+    assert source_tag("truth") == "" and source_tag("tam-unet") == f".tam-unet-{sha[:8]}"
     with pytest.raises(SystemExit, match="fusion needs an MRI"):
         check_sources(["fusion"])

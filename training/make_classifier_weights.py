@@ -119,18 +119,18 @@ def _write_case_file(path: Path, r: dict, seed: int) -> None:
     os.replace(tmp, path)
 
 
-def _cached_case_crops(args: tuple[Path, int, int, int, int | None, tuple[str, ...], str | None]) -> dict[str, dict]:
-    """``_case_crops`` through per-case, per-source cache files, so a larger split or a new mask
-    source only computes what is missing (the truth crops keep their original file names)."""
-    from training.mask_sources import source_tag
-
-    folder, seed, size, slices, n_lesions, sources, mask_weights = args
-    found = {s: _read_case_file(folder / f"seed{seed}{source_tag(s)}.npz") for s in sources}
+def _cached_case_crops(args: tuple[Path, int, int, int, int | None, dict[str, str], str | None]) -> dict[str, dict]:
+    """``_case_crops`` through per-case, per-source cache files (``tags``: source -> file tag, see
+    ``mask_sources.source_tag``), so a larger split or a new mask source only computes what is
+    missing (the truth crops keep their original file names)."""
+    folder, seed, size, slices, n_lesions, tags, mask_weights = args
+    sources = tuple(tags)
+    found = {s: _read_case_file(folder / f"seed{seed}{tags[s]}.npz") for s in sources}
     missing = tuple(s for s, r in found.items() if r is None)
     if missing:
         fresh = _case_crops((seed, size, slices, n_lesions, missing, mask_weights))
         for s in missing:
-            _write_case_file(folder / f"seed{seed}{source_tag(s)}.npz", fresh[s], seed)
+            _write_case_file(folder / f"seed{seed}{tags[s]}.npz", fresh[s], seed)
             found[s] = fresh[s]
     return found
 
@@ -140,9 +140,12 @@ def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int,
     """Crops of one split from every mask source (``sources``: "truth" and/or segmentation models,
     see ``training/mask_sources.py``), from the cache in ``work`` when it matches, else generated
     (per case and source, resumable)."""
+    from training.mask_sources import source_tag
+
+    tags = {source: source_tag(source, mask_weights) for source in sources}  # weights hash included
     path = work / f"crops_{split}.npz"
     key = json.dumps({"n": n_cases, "size": size, "slices": slices, "n_lesions": n_lesions, "base": SPLITS[split],
-                      "liver": True, "sources": list(sources), "mask_weights": mask_weights})
+                      "liver": True, "sources": tags})
     if path.is_file():
         data = dict(np.load(path, allow_pickle=False))
         if str(data.get("key")) == key:
@@ -151,7 +154,7 @@ def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int,
     seeds = [SPLITS[split] + i for i in range(n_cases)]
     t0 = time.time()
     case_dir = work / "cases" / f"{size}x{slices}_n{n_lesions}"
-    tasks = [(case_dir, s, size, slices, n_lesions, tuple(sources), mask_weights) for s in seeds]
+    tasks = [(case_dir, s, size, slices, n_lesions, tags, mask_weights) for s in seeds]
     per_case = []
     if jobs > 1:
         with ProcessPoolExecutor(jobs) as ex:

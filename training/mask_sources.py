@@ -83,9 +83,14 @@ def lesion_crops_by_source(case: Any, sources: list[str], weights_dir: str | Non
     return out
 
 
-def source_tag(source: str) -> str:
-    """File-name tag of a mask source (the truth crops keep the original, untagged cache names)."""
-    return "" if source == TRUTH else "." + "".join(c if c.isalnum() or c == "-" else "_" for c in source)
+def source_tag(source: str, weights_dir: str | None = None) -> str:
+    """File-name tag of a mask source's cached crops: the model name and the first 8 hex digits of
+    its weights' sha256, so crops cut with other weights are never reused (the truth crops keep
+    the original, untagged cache names)."""
+    if source == TRUTH:
+        return ""
+    sha = str(_loaded(source, weights_dir).manifest.get("sha256", ""))[:8] or "nosha"
+    return "." + "".join(c if c.isalnum() or c == "-" else "_" for c in source) + "-" + sha
 
 
 def check_sources(sources: list[str]) -> list[str]:
