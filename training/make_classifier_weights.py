@@ -210,6 +210,7 @@ def record_metrics_by_source(weights_dir: Path, data: dict, channels: int) -> di
     """Test metrics of the saved weights on each mask source's crops (calibrated), also written
     into the manifest's ``metrics.test_by_mask_source``: how the classifier does on truth masks
     (``classify`` after correction) and on each segmenter's masks (``segment``) separately."""
+    from LiverTumorAILib.io.atomic import write_text_atomic
     from LiverTumorAILib.weights import load_weights
     from training.cls_trainer import classification_metrics, predict_logits
 
@@ -225,9 +226,7 @@ def record_metrics_by_source(weights_dir: Path, data: dict, channels: int) -> di
     path = Path(weights_dir) / "manifest.json"
     doc = json.loads(path.read_text(encoding="utf-8"))
     doc.setdefault("metrics", {})["test_by_mask_source"] = by_source
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(doc, indent=2) + "\n")
     return by_source
 
 

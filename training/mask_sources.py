@@ -35,6 +35,13 @@ def _loaded(name: str, weights_dir: str | None):
     return _MODELS[key]
 
 
+def _manifest(name: str, weights_dir: str | None) -> dict:
+    """The checked manifest of a source's weights, without building the model (main process)."""
+    from LiverTumorAILib.weights import find_weights, verify_manifest
+
+    return verify_manifest(find_weights(name, weights_dir))
+
+
 def segmenter_masks(ct: sitk.Image, model: str, weights_dir: str | None = None) -> tuple[sitk.Image, sitk.Image]:
     """(lesion instances, label map) of ``ct`` as ``livertumorai segment --model MODEL`` on a CT
     alone would draw them (localiser cascade and postprocessing included), on the CT grid."""
@@ -89,7 +96,7 @@ def source_tag(source: str, weights_dir: str | None = None) -> str:
     the original, untagged cache names)."""
     if source == TRUTH:
         return ""
-    sha = str(_loaded(source, weights_dir).manifest.get("sha256", ""))[:8] or "nosha"
+    sha = str(_manifest(source, weights_dir).get("sha256", ""))[:8] or "nosha"
     return "." + "".join(c if c.isalnum() or c == "-" else "_" for c in source) + "-" + sha
 
 
@@ -106,5 +113,5 @@ def check_sources(sources: list[str]) -> list[str]:
 
 def source_versions(sources: tuple[str, ...] | list[str], weights_dir: str | None = None) -> dict[str, str]:
     """What each source's masks came from, for the manifest ("truth" or "<model> <weights version>")."""
-    return {s: "phantom truth" if s == TRUTH else f"{s} {_loaded(s, weights_dir).manifest.get('version', '?')}"
+    return {s: "phantom truth" if s == TRUTH else f"{s} {_manifest(s, weights_dir).get('version', '?')}"
             for s in sources}
