@@ -31,6 +31,10 @@ TRAIN_SEED, VAL_SEED = 1000, 9000
 #: Extra cases whose MRI is T1-weighted (the default phantom MRI is T2): lesion contrast
 #: is reversed on T1, so a fusion model that only ever saw T2 misses lesions on a T1.
 T1_TRAIN_SEED, T1_VAL_SEED = 3000, 9500
+#: Extra training cases with a fatty liver (CT 35-70 HU instead of 95-130), half with a T1 MRI:
+#: steatosis changes the liver's contrast to every lesion and neighbour, and the random draw
+#: gives only about one case in six.
+FATTY_TRAIN_SEED = 4000
 
 MODEL_SETTINGS = {
     "dual-stream": {"loss": "dice_bce", "batch_size": 8, "lr": 1e-3, "val_every": 4},
@@ -55,11 +59,12 @@ def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
     """What the weights saw: seeds and counts, T1-MRI extras counted from the cache."""
     t1_train = len(list((cache / "seg" / "train").glob("train_t1_*.npz"))) if cache else 0
     t1_val = len(list((cache / "seg" / "val").glob("val_t1_*.npz"))) if cache else 0
+    fatty = len(list((cache / "seg" / "train").glob("train_fatty_*.npz"))) if cache else 0
     record = {
         "description": DEMO_WEIGHTS_NOTICE,
         "synthetic": True,
         "generator": "LiverTumorAILib.phantom.generate_case",
-        "train_seeds": [TRAIN_SEED, TRAIN_SEED + count - t1_train - 1],
+        "train_seeds": [TRAIN_SEED, TRAIN_SEED + count - t1_train - fatty - 1],
         "val_seeds": [VAL_SEED, VAL_SEED + val - t1_val - 1],
         "cases": count,
         "val_cases": val,
@@ -67,6 +72,9 @@ def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
     if t1_train or t1_val:
         record["t1_mri_train_seeds"] = [T1_TRAIN_SEED, T1_TRAIN_SEED + t1_train - 1] if t1_train else []
         record["t1_mri_val_seeds"] = [T1_VAL_SEED, T1_VAL_SEED + t1_val - 1] if t1_val else []
+    if fatty:
+        record["fatty_liver_train_seeds"] = [FATTY_TRAIN_SEED, FATTY_TRAIN_SEED + fatty - 1]
+        record["fatty_liver_train_note"] = "generate_case(seed, fatty=True); odd seeds with a T1 MRI, even with T2"
     return record
 
 
@@ -76,13 +84,15 @@ def _prepare_one(job: tuple) -> str:
     from training.localizer_trainer import prepare_localizer_case
     from training.seg_trainer import prepare_case, save_prepared
 
-    cache, split, index, seed, size, slices, sequence = job
+    cache, split, index, seed, size, slices, sequence, *extra = job
+    overrides = extra[0] if extra else {}
     seg_dir, loc_dir = cache / "seg" / split, cache / "loc" / split
-    case_id = f"{split}_{index:03d}" if sequence == "t2" else f"{split}_{sequence}_{index:03d}"
+    tag = "_fatty" if overrides.get("fatty") else ""
+    case_id = f"{split}{tag}_{index:03d}" if sequence == "t2" and not tag else f"{split}{tag}_{sequence}_{index:03d}"
     if (seg_dir / f"{case_id}.npz").exists() and (loc_dir / f"{case_id}.npz").exists():
         return f"{case_id}: cached"
     t0 = time.perf_counter()
-    case = generate_case(seed, size=size, slices=slices, mri_sequence=sequence)
+    case = generate_case(seed, size=size, slices=slices, mri_sequence=sequence, **overrides)
     classes = {int(les["id"]): int(les["class"] == "malignant") for les in case.truth.get("lesions", [])}
     prepared = prepare_case(
         case_id, case.ct, case.label, spacing=DEMO_SPACING_MM, mri=case.mri, lesions=case.lesions,
@@ -96,10 +106,11 @@ def _prepare_one(job: tuple) -> str:
 
 
 def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int = 1,
-            t1_count: int = 0, t1_val: int = 0) -> None:
+            t1_count: int = 0, t1_val: int = 0, fatty_count: int = 0) -> None:
     """Generate phantoms (fixed seeds) and cache them on the model grids, `jobs` at a time.
 
-    `t1_count` / `t1_val` add cases with a T1-weighted MRI (their own seed range).
+    `t1_count` / `t1_val` add cases with a T1-weighted MRI (their own seed range);
+    `fatty_count` adds training cases with a fatty liver (own seed range, T2 and T1 MRI alternating).
     """
     from concurrent.futures import ProcessPoolExecutor
 
@@ -107,6 +118,8 @@ def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int
     work += [(cache, "val", i, VAL_SEED + i, size, slices, "t2") for i in range(val)]
     work += [(cache, "train", i, T1_TRAIN_SEED + i, size, slices, "t1") for i in range(t1_count)]
     work += [(cache, "val", i, T1_VAL_SEED + i, size, slices, "t1") for i in range(t1_val)]
+    work += [(cache, "train", i, FATTY_TRAIN_SEED + i, size, slices, ("t2", "t1")[i % 2], {"fatty": True})
+             for i in range(fatty_count)]
     if jobs <= 1:
         for job in work:
             print(_prepare_one(job), flush=True)
@@ -168,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--jobs", type=int, default=1, help="phantoms generated in parallel")
     parser.add_argument("--t1-count", type=int, default=0, help="extra training cases with a T1 MRI")
     parser.add_argument("--t1-val", type=int, default=0, help="extra validation cases with a T1 MRI")
+    parser.add_argument("--fatty-count", type=int, default=0,
+                        help="extra training cases with a fatty liver (half with a T1 MRI)")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint (a new LR cycle)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--init-from", type=Path, help="weights folder to fine-tune, with a fresh optimiser")
@@ -175,7 +190,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, help="override the peak learning rate")
     args = parser.parse_args(argv)
     if args.step in ("prepare", "all"):
-        prepare(args.cache, args.count, args.val, args.size, args.slices, args.jobs, args.t1_count, args.t1_val)
+        prepare(args.cache, args.count, args.val, args.size, args.slices, args.jobs, args.t1_count, args.t1_val,
+                args.fatty_count)
     if args.step == "train":
         if not args.model:
             parser.error("train needs a model name")
