@@ -52,6 +52,11 @@ MODEL_SETTINGS = {
 #: 230 --t1-count 64``); held-out through `segment`, 16 cases CT alone: tumour Dice 0.49 -> 0.55, false
 #: positives 0.69 -> 0.63 per case, detection 62 % both, but on the first 8 false positives 0.38 -> 1.0
 #: and CT-only classification through its masks AUC 0.80 -> 0.75: no clear gain for a 46 MB file.
+#: Not adopted: fusion demo-0.2 fine-tuned 55 minutes (``--init-from``) on those 294 cases plus 80
+#: fatty-liver cases (``prepare --fatty-count 80``), best validation epoch (35) kept, filters re-tuned
+#: (peak 0.0, thickness 6 mm). 16 held-out cases with the MRI: tumour Dice 0.61 -> 0.63, cases >= 0.80
+#: 9 -> 10, detection 81 -> 78 %, false positives 0.62 -> 1.25 per case; the two fatty-liver cases of
+#: the first 8 stayed at tumour Dice 0.
 VERSIONS = {"localizer": "demo-0.1", "dual-stream": "demo-0.2", "tam-unet": "demo-0.2", "fusion": "demo-0.2"}
 
 
