@@ -61,7 +61,7 @@ VERSIONS = {"localizer": "demo-0.1", "dual-stream": "demo-0.2", "tam-unet": "dem
 
 
 def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
-    """What the weights saw: seeds and counts, T1-MRI extras counted from the cache."""
+    """What the weights saw: seeds and counts, T1-MRI and fatty-liver extras counted from the cache."""
     t1_train = len(list((cache / "seg" / "train").glob("train_t1_*.npz"))) if cache else 0
     t1_val = len(list((cache / "seg" / "val").glob("val_t1_*.npz"))) if cache else 0
     fatty = len(list((cache / "seg" / "train").glob("train_fatty_*.npz"))) if cache else 0
