@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from LiverTumorAILib.errors import OutputError
-from LiverTumorAILib.io.atomic import atomic_output_dir
+from LiverTumorAILib.io.atomic import atomic_output_dir, write_npz_atomic
 
 
 def _names(folder: Path) -> list:
@@ -174,3 +174,22 @@ def test_stale_staging_from_killed_run_is_removed(tmp_path: Path) -> None:
     with atomic_output_dir(tmp_path / "out") as staging:
         (staging / "a").write_text("1")
     assert _names(tmp_path) == ["out"]
+
+
+def test_write_npz_atomic_writes_exactly_the_path_and_keeps_the_old_file_on_failure(tmp_path):
+    import numpy as np
+
+    path = tmp_path / "sub" / "crops_val.npz.part"  # a name np.savez would otherwise extend with ".npz"
+    write_npz_atomic(path, {"a": np.arange(3)})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["crops_val.npz.part"]
+    with np.load(path, allow_pickle=False) as z:
+        assert z["a"].tolist() == [0, 1, 2]
+    class Unconvertible:  # fails while savez is writing the archive
+        def __array__(self, *args, **kwargs):
+            raise RuntimeError("cannot convert")
+
+    with pytest.raises(RuntimeError, match="cannot convert"):
+        write_npz_atomic(path, {"b": np.zeros(2), "a": Unconvertible()})
+    assert sorted(p.name for p in path.parent.iterdir()) == ["crops_val.npz.part"]
+    with np.load(path, allow_pickle=False) as z:
+        assert z["a"].tolist() == [0, 1, 2]

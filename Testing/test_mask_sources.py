@@ -65,3 +65,16 @@ def test_sources_are_checked_and_tagged():
     assert source_tag("truth") == "" and source_tag("tam-unet") == f".tam-unet-{sha[:8]}"
     with pytest.raises(SystemExit, match="fusion needs an MRI"):
         check_sources(["fusion"])
+
+
+def test_build_split_caches_per_case_and_per_split(tmp_path):
+    from training.make_classifier_weights import build_split
+
+    first = build_split("val", 2, tmp_path, size=96, slices=24, n_lesions=3, jobs=1, log=lambda _: None)
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert files == ["cases/96x24_n3/seed5000.npz", "cases/96x24_n3/seed5001.npz", "crops_val.npz"]
+    assert len(first["labels"]) > 0 and set(first["sources"]) == {"truth"}
+    lines: list[str] = []
+    again = build_split("val", 2, tmp_path, size=96, slices=24, n_lesions=3, jobs=1, log=lines.append)
+    assert any("cached crops" in line for line in lines)
+    assert np.array_equal(again["images"], first["images"]) and np.array_equal(again["labels"], first["labels"])

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -35,6 +34,8 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
+
+from LiverTumorAILib.io.atomic import write_npz_atomic, write_text_atomic
 
 SPLITS = {"train": 1000, "val": 5000, "test": 9000}
 MODELS = {"hybrid3d": 1, "hybrid3d-ctmri": 2}
@@ -110,13 +111,12 @@ def _read_case_file(path: Path) -> dict | None:
 
 
 def _write_case_file(path: Path, r: dict, seed: int) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
     images = np.stack(r["images"]) if r["images"] else np.zeros((0, 2, 64, 64, 64), np.float16)
     livers = np.stack(r["livers"]) if r["livers"] else np.zeros((0, 64, 64, 64), np.uint8)
-    np.savez(tmp, images=images, livers=livers, labels=np.array(r["labels"], np.int64), diameters=np.array(r["diameters"], np.float64),
-             lesion_ids=np.array(r["lesion_ids"], np.int64), types=np.array(r["types"], dtype="U18"), seed=np.array(seed))
-    os.replace(tmp, path)
+    write_npz_atomic(path, dict(images=images, livers=livers, labels=np.array(r["labels"], np.int64),
+                                diameters=np.array(r["diameters"], np.float64),
+                                lesion_ids=np.array(r["lesion_ids"], np.int64),
+                                types=np.array(r["types"], dtype="U18"), seed=np.array(seed)))
 
 
 def _cached_case_crops(args: tuple[Path, int, int, int, int | None, dict[str, str], str | None]) -> dict[str, dict]:
@@ -179,10 +179,7 @@ def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int,
         "sources": np.array([source for r in per_case for source in sources for _ in r[source]["labels"]]),
         "key": np.array(key),
     }
-    work.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **data)
-    os.replace(tmp, path)
+    write_npz_atomic(path, data)
     log(
         f"{split}: {len(data['labels'])} crops ({int(data['labels'].sum())} malignant) from {n_cases} cases "
         f"in {time.time() - t0:.0f} s"
@@ -210,7 +207,6 @@ def record_metrics_by_source(weights_dir: Path, data: dict, channels: int) -> di
     """Test metrics of the saved weights on each mask source's crops (calibrated), also written
     into the manifest's ``metrics.test_by_mask_source``: how the classifier does on truth masks
     (``classify`` after correction) and on each segmenter's masks (``segment``) separately."""
-    from LiverTumorAILib.io.atomic import write_text_atomic
     from LiverTumorAILib.weights import load_weights
     from training.cls_trainer import classification_metrics, predict_logits
 

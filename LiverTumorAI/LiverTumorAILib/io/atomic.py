@@ -157,3 +157,17 @@ def write_text_atomic(path: Union[str, os.PathLike], text: str, what: str = "fil
     with atomic_file(path, what) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
+
+
+def write_npz_atomic(path: Union[str, os.PathLike], arrays: dict, what: str = "file") -> Path:
+    """`np.savez` of `arrays` to exactly `path` (no ".npz" appended), atomically, creating its folder."""
+    import numpy as np
+
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{path.parent.name}: cannot create folder ({_reason(err)})") from None
+    with atomic_file(path, what) as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
+        np.savez(fh, **arrays)
+    return path
