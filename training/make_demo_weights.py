@@ -89,8 +89,7 @@ def _prepare_one(job: tuple) -> str:
     from training.localizer_trainer import prepare_localizer_case
     from training.seg_trainer import prepare_case, save_prepared
 
-    cache, split, index, seed, size, slices, sequence, *extra = job
-    overrides = extra[0] if extra else {}
+    cache, split, index, seed, size, slices, sequence, overrides = job
     seg_dir, loc_dir = cache / "seg" / split, cache / "loc" / split
     tag = "_fatty" if overrides.get("fatty") else ""
     case_id = f"{split}{tag}_{index:03d}" if sequence == "t2" and not tag else f"{split}{tag}_{sequence}_{index:03d}"
@@ -119,10 +118,10 @@ def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int
     """
     from concurrent.futures import ProcessPoolExecutor
 
-    work = [(cache, "train", i, TRAIN_SEED + i, size, slices, "t2") for i in range(count)]
-    work += [(cache, "val", i, VAL_SEED + i, size, slices, "t2") for i in range(val)]
-    work += [(cache, "train", i, T1_TRAIN_SEED + i, size, slices, "t1") for i in range(t1_count)]
-    work += [(cache, "val", i, T1_VAL_SEED + i, size, slices, "t1") for i in range(t1_val)]
+    work = [(cache, "train", i, TRAIN_SEED + i, size, slices, "t2", {}) for i in range(count)]
+    work += [(cache, "val", i, VAL_SEED + i, size, slices, "t2", {}) for i in range(val)]
+    work += [(cache, "train", i, T1_TRAIN_SEED + i, size, slices, "t1", {}) for i in range(t1_count)]
+    work += [(cache, "val", i, T1_VAL_SEED + i, size, slices, "t1", {}) for i in range(t1_val)]
     work += [(cache, "train", i, FATTY_TRAIN_SEED + i, size, slices, ("t2", "t1")[i % 2], {"fatty": True})
              for i in range(fatty_count)]
     if jobs <= 1:
