@@ -147,13 +147,19 @@ def atomic_file(path: Union[str, os.PathLike], what: str = "file") -> Iterator[P
             pass
 
 
-def write_text_atomic(path: Union[str, os.PathLike], text: str, what: str = "file") -> Path:
-    """Write `text` (UTF-8) to `path` atomically, creating its folder."""
+def _with_parent(path: Union[str, os.PathLike]) -> Path:
+    """`path` as a Path, its folder created (a one-line `OutputError` if it cannot be)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise OutputError(f"{path.parent.name}: cannot create folder ({_reason(err)})") from None
+    return path
+
+
+def write_text_atomic(path: Union[str, os.PathLike], text: str, what: str = "file") -> Path:
+    """Write `text` (UTF-8) to `path` atomically, creating its folder."""
+    path = _with_parent(path)
     with atomic_file(path, what) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return path
@@ -163,11 +169,7 @@ def write_npz_atomic(path: Union[str, os.PathLike], arrays: dict, what: str = "f
     """`np.savez` of `arrays` to exactly `path` (no ".npz" appended), atomically, creating its folder."""
     import numpy as np
 
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"{path.parent.name}: cannot create folder ({_reason(err)})") from None
+    path = _with_parent(path)
     with atomic_file(path, what) as tmp, open(tmp, "wb") as fh:  # a file object: savez adds no suffix
         np.savez(fh, **arrays)
     return path
