@@ -76,6 +76,23 @@ def test_case_cache_hits_and_invalidates(tmp_path: Path) -> None:
     assert not list((tmp_path / "cache").glob("*.tmp"))
 
 
+def test_case_cache_full_disk_is_an_output_error_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    """A cache write that fails (disk full) says so clearly and leaves no entry or temp file behind."""
+    import errno
+
+    from LiverTumorAILib.errors import OutputError
+    from training.cache import CaseCache
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full_disk)
+    cache = CaseCache(tmp_path / "cache", {"spacing": [1, 1, 2]})
+    with pytest.raises(OutputError, match="disk is full"):
+        cache.get(Case("c1", ct=None, label=None), lambda c: {"x": np.arange(3)})
+    assert list((tmp_path / "cache").iterdir()) == []
+
+
 def test_ablation_configs() -> None:
     from training.ablation import ablation_configs, unsupported
 

@@ -4,8 +4,9 @@ Key = sha256 of (case id, each source's path + size + mtime -- for DICOM folders
 newest file's mtime and the file count -- or the phantom seed/generator settings, and
 the preprocessing config). Change a file or the spacing and the key changes; stale
 entries are simply never hit again (`prune` removes them). Arrays only: written with
-`np.savez` and read with `allow_pickle=False`, atomically (temp file + os.replace) so
-an interrupted run never leaves a half-written entry that a later run would trust.
+`np.savez` and read with `allow_pickle=False`, atomically (`io.atomic.write_npz_atomic`) so
+an interrupted run never leaves a half-written entry that a later run would trust, and a
+full disk is reported as an OutputError, not a raw OSError.
 """
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
 
 import numpy as np
+
+from LiverTumorAILib.io.atomic import write_npz_atomic
 
 log = logging.getLogger("training.cache")
 CACHE_VERSION = 1
@@ -80,15 +81,7 @@ class CaseCache:
                 log.warning("cache entry %s unreadable (%s); rebuilding", path, exc)
         self.misses += 1
         arrays = {k: np.asarray(v) for k, v in build(case).items() if v is not None}
-        fd, tmp = tempfile.mkstemp(dir=self.root, suffix=".npz.tmp")
-        os.close(fd)
-        try:
-            with open(tmp, "wb") as fh:
-                np.savez(fh, **arrays)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        write_npz_atomic(path, arrays, "training cache entry")
         return arrays
 
     def prune(self, keep: Sequence[Any]) -> int:
