@@ -5,7 +5,8 @@ bundled weights. CUDA runs the slabs under fp16 autocast with channels_last, so 
 differ from the CPU's at a few boundary voxels: the two label maps must agree to a Dice of
 0.98 for liver and 0.9 for tumour, the report must say CUDA was used, and the heatmap must be
 float32 in [0, 1] on the CT grid. `classify` on CUDA must give the CPU's probabilities to
-0.05. A few training steps on CUDA (bf16 autocast, augmentation on the GPU) must lower the
+0.05. The classifier's training masks (`training/mask_sources.py`) cut on CUDA must match the
+CPU's lesions. A few training steps on CUDA (bf16 autocast, augmentation on the GPU) must lower the
 loss's running value from its start and write loadable weights.
 """
 
@@ -100,3 +101,15 @@ def test_training_steps_on_cuda(tmp_path):
     model, manifest = load_weights(tmp_path / "tam-unet")
     assert manifest["architecture"] == "tam-unet"
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+def test_training_masks_on_cuda_match_cpu():
+    from LiverTumorAILib.phantom import generate_case
+    from training.mask_sources import segmenter_masks
+
+    phantom = generate_case(SEED, size=128, slices=32, n_lesions=3)
+    cpu_lesions, cpu_label = segmenter_masks(phantom.ct, "tam-unet", device="cpu")
+    gpu_lesions, gpu_label = segmenter_masks(phantom.ct, "tam-unet", device="cuda")
+    cpu, gpu = sitk.GetArrayFromImage(cpu_label), sitk.GetArrayFromImage(gpu_label)
+    assert _dice(cpu >= 1, gpu >= 1) >= 0.98
+    assert _dice(sitk.GetArrayFromImage(cpu_lesions) > 0, sitk.GetArrayFromImage(gpu_lesions) > 0) >= 0.9

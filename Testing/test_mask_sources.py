@@ -78,3 +78,16 @@ def test_build_split_caches_per_case_and_per_split(tmp_path):
     again = build_split("val", 2, tmp_path, size=96, slices=24, n_lesions=3, jobs=1, log=lines.append)
     assert any("cached crops" in line for line in lines)
     assert np.array_equal(again["images"], first["images"]) and np.array_equal(again["labels"], first["labels"])
+
+
+def test_classifier_weights_refuse_a_device_that_is_not_there(capsys):
+    """`--device cuda` on a machine without CUDA stops at once with the reason, before any phantom is made."""
+    import torch
+
+    from training.make_classifier_weights import main
+
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is present here")
+    with pytest.raises(SystemExit) as stop:
+        main(["--device", "cuda", "--crops-only", "--train-cases", "1"])
+    assert stop.value.code == 2 and "no CUDA GPU is available" in capsys.readouterr().err

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import shlex
 import sys
 import time
@@ -83,9 +84,9 @@ def _crop_record(pairs: list, truth: dict, seed: int) -> dict:
     return out
 
 
-def _case_crops(args: tuple[int, int, int, int | None, tuple[str, ...], str | None]) -> dict[str, dict]:
+def _case_crops(args: tuple[int, int, int, int | None, tuple[str, ...], str | None, str]) -> dict[str, dict]:
     """Generate one phantom case and return, per mask source, its lesion crops (CT HU + MRI) as arrays."""
-    seed, size, slices, n_lesions, sources, mask_weights = args
+    seed, size, slices, n_lesions, sources, mask_weights, device = args
     import torch
 
     torch.set_num_threads(1)
@@ -97,7 +98,7 @@ def _case_crops(args: tuple[int, int, int, int | None, tuple[str, ...], str | No
     truth = {int(t["id"]): t for t in case.truth.get("lesions", [])}
     if not truth:
         return {source: _crop_record([], truth, seed) for source in sources}
-    by_source = lesion_crops_by_source(case, list(sources), mask_weights)
+    by_source = lesion_crops_by_source(case, list(sources), mask_weights, device)
     return {source: _crop_record(pairs, truth, seed) for source, pairs in by_source.items()}
 
 
@@ -119,16 +120,16 @@ def _write_case_file(path: Path, r: dict, seed: int) -> None:
                                 types=np.array(r["types"], dtype="U18"), seed=np.array(seed)))
 
 
-def _cached_case_crops(args: tuple[Path, int, int, int, int | None, dict[str, str], str | None]) -> dict[str, dict]:
+def _cached_case_crops(args: tuple[Path, int, int, int, int | None, dict[str, str], str | None, str]) -> dict[str, dict]:
     """``_case_crops`` through per-case, per-source cache files (``tags``: source -> file tag, see
     ``mask_sources.source_tag``), so a larger split or a new mask source only computes what is
     missing (the truth crops keep their original file names)."""
-    folder, seed, size, slices, n_lesions, tags, mask_weights = args
+    folder, seed, size, slices, n_lesions, tags, mask_weights, device = args
     sources = tuple(tags)
     found = {s: _read_case_file(folder / f"seed{seed}{tags[s]}.npz") for s in sources}
     missing = tuple(s for s, r in found.items() if r is None)
     if missing:
-        fresh = _case_crops((seed, size, slices, n_lesions, missing, mask_weights))
+        fresh = _case_crops((seed, size, slices, n_lesions, missing, mask_weights, device))
         for s in missing:
             _write_case_file(folder / f"seed{seed}{tags[s]}.npz", fresh[s], seed)
             found[s] = fresh[s]
@@ -136,10 +137,11 @@ def _cached_case_crops(args: tuple[Path, int, int, int, int | None, dict[str, st
 
 
 def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int, n_lesions: int | None, jobs: int, log,
-                sources: tuple[str, ...] = ("truth",), mask_weights: str | None = None) -> dict:
+                sources: tuple[str, ...] = ("truth",), mask_weights: str | None = None, device: str = "cpu") -> dict:
     """Crops of one split from every mask source (``sources``: "truth" and/or segmentation models,
     see ``training/mask_sources.py``), from the cache in ``work`` when it matches, else generated
-    (per case and source, resumable)."""
+    (per case and source, resumable). ``device`` runs the segmentation-model sources; on CUDA the
+    ``jobs`` workers are spawned, not forked (a forked child cannot use CUDA)."""
     from training.mask_sources import source_tag
 
     tags = {source: source_tag(source, mask_weights) for source in sources}  # weights hash included
@@ -154,10 +156,11 @@ def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int,
     seeds = [SPLITS[split] + i for i in range(n_cases)]
     t0 = time.time()
     case_dir = work / "cases" / f"{size}x{slices}_n{n_lesions}"
-    tasks = [(case_dir, s, size, slices, n_lesions, tags, mask_weights) for s in seeds]
+    tasks = [(case_dir, s, size, slices, n_lesions, tags, mask_weights, device) for s in seeds]
     per_case = []
     if jobs > 1:
-        with ProcessPoolExecutor(jobs) as ex:
+        context = multiprocessing.get_context("spawn") if device.startswith("cuda") else None
+        with ProcessPoolExecutor(jobs, mp_context=context) as ex:
             for k, r in enumerate(ex.map(_cached_case_crops, tasks), 1):
                 per_case.append(r)
                 if k % 10 == 0:
@@ -249,12 +252,21 @@ def main(argv: list[str] | None = None) -> int:
                    help="lesion masks the crops are cut from: truth and/or segmentation models (dual-stream, "
                         "tam-unet), whose CT-only masks of each phantom are matched to truth by the evaluation's rule")
     p.add_argument("--mask-weights", default=None, help="weights folder of the --mask-sources models (default: bundled)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when present, else CPU) | cpu | cuda | cuda:N: "
+                   "for training the classifiers and for the --mask-sources segmentations")
     argv_used = list(sys.argv[1:] if argv is None else argv)
     a = p.parse_args(argv_used)
 
     import torch
 
+    from LiverTumorAILib.errors import LiverTumorAIError
+    from LiverTumorAILib.inference.device import select_device
+
     torch.set_num_threads(a.threads)
+    try:
+        device = str(select_device(a.device))
+    except LiverTumorAIError as exc:
+        p.error(str(exc))
 
     def log(msg: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
@@ -263,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
 
     sources = tuple(check_sources(a.mask_sources))
     kw = dict(size=a.size, slices=a.slices, n_lesions=a.n_lesions, jobs=a.jobs, log=log, sources=sources,
-              mask_weights=a.mask_weights)
+              mask_weights=a.mask_weights, device=device)
     data = {
         "train": build_split("train", a.train_cases, a.work, **kw),
         "val": build_split("val", a.val_cases, a.work, **kw),
@@ -274,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     from training.cls_trainer import train_classifier
 
     summary = {}
+    log(f"device: {device}")
     for name in a.models:
         channels = MODELS[name]
         training_data = {
@@ -307,13 +320,14 @@ def main(argv: list[str] | None = None) -> int:
             max_minutes=a.max_minutes,
             calibrate_on="validation+test" if name in POOLED_TEMPERATURE else "validation",
             log=log,
+            device=device,
         )
         summary[name] = {k: metrics[k] for k in SUMMARY_KEYS if k in metrics}
         if len(sources) > 1:
             summary[name]["test_by_mask_source"] = record_metrics_by_source(a.out / name, data["test"], channels)
             log(f"{name} test by mask source: {json.dumps(summary[name]['test_by_mask_source'])}")
         log(f"{name}: {json.dumps(summary[name]['test'])}")
-    (a.work / f"summary_{'_'.join(a.models)}.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_text_atomic(a.work / f"summary_{'_'.join(a.models)}.json", json.dumps(summary, indent=2) + "\n")
     return 0
 
 

@@ -23,15 +23,15 @@ TRUTH = "truth"
 _MODELS: dict[tuple[str, str], Any] = {}
 
 
-def _loaded(name: str, weights_dir: str | None):
-    """Models are loaded once per process (phantom workers call this for every case)."""
+def _loaded(name: str, weights_dir: str | None, device: str = "cpu"):
+    """Models are loaded once per process and device (phantom workers call this for every case)."""
     import torch
 
     from LiverTumorAILib.inference.engine import load_model
 
-    key = (name, str(weights_dir))
+    key = (name, str(weights_dir), device)
     if key not in _MODELS:
-        _MODELS[key] = load_model(name, weights_dir, torch.device("cpu"))
+        _MODELS[key] = load_model(name, weights_dir, torch.device(device))
     return _MODELS[key]
 
 
@@ -42,9 +42,12 @@ def _manifest(name: str, weights_dir: str | None) -> dict:
     return verify_manifest(find_weights(name, weights_dir))
 
 
-def segmenter_masks(ct: sitk.Image, model: str, weights_dir: str | None = None) -> tuple[sitk.Image, sitk.Image]:
+def segmenter_masks(ct: sitk.Image, model: str, weights_dir: str | None = None,
+                    device: str = "cpu") -> tuple[sitk.Image, sitk.Image]:
     """(lesion instances, label map) of ``ct`` as ``livertumorai segment --model MODEL`` on a CT
-    alone would draw them (localiser cascade and postprocessing included), on the CT grid."""
+    alone would draw them (localiser cascade and postprocessing included), on the CT grid.
+    ``device``: a torch device string ("cpu", "cuda", "cuda:1"); the engine falls back to the CPU
+    on a CUDA out-of-memory, as segment does."""
     import torch
 
     from LiverTumorAILib.errors import WeightsError
@@ -52,11 +55,11 @@ def segmenter_masks(ct: sitk.Image, model: str, weights_dir: str | None = None) 
     from LiverTumorAILib.pipeline import lesion_instance_image
 
     try:
-        localizer = _loaded("localizer", weights_dir)
+        localizer = _loaded("localizer", weights_dir, device)
     except WeightsError:  # no localiser weights: segment the whole scan, as segment does
         localizer = None
-    out = segment_volume(ct, _loaded(model, weights_dir), localizer=localizer, mri=None,
-                         device=torch.device("cpu"), keep_attention=False)
+    out = segment_volume(ct, _loaded(model, weights_dir, device), localizer=localizer, mri=None,
+                         device=torch.device(device), keep_attention=False)
     label = sitk.GetImageFromArray(out.label)
     label.CopyInformation(ct)
     return lesion_instance_image(out.label, ct), label
@@ -71,7 +74,8 @@ def matched_truth_ids(predicted: sitk.Image, truth: sitk.Image) -> dict[int, int
     return {int(m.pred_id): int(m.truth_id) for m in matches if m.pred_id is not None}
 
 
-def lesion_crops_by_source(case: Any, sources: list[str], weights_dir: str | None = None) -> dict[str, list[tuple[int, Any]]]:
+def lesion_crops_by_source(case: Any, sources: list[str], weights_dir: str | None = None,
+                           device: str = "cpu") -> dict[str, list[tuple[int, Any]]]:
     """Per mask source ("truth" or a segmentation model name), (truth lesion id, ``LesionCrop``)
     pairs for the phantom ``case`` (raw HU + MRI): each crop and the truth lesion it stands for."""
     from LiverTumorAILib.classification.crops import extract_lesion_crops
@@ -82,7 +86,7 @@ def lesion_crops_by_source(case: Any, sources: list[str], weights_dir: str | Non
             crops = extract_lesion_crops(case.ct, case.lesions, case.mri, raw_hu=True, liver=case.label)
             out[source] = [(c.lesion_id, c) for c in crops]
             continue
-        lesions, liver = segmenter_masks(case.ct, source, weights_dir)
+        lesions, liver = segmenter_masks(case.ct, source, weights_dir, device)
         to_truth = matched_truth_ids(lesions, case.lesions)
         crops = extract_lesion_crops(case.ct, lesions, case.mri, raw_hu=True, liver=liver,
                                      ids=sorted(to_truth)) if to_truth else []
