@@ -67,6 +67,29 @@ def test_sampler_oversamples_tumour_and_uses_paper_random_window():
     assert RANDOM_WINDOW_LEVEL == (12.0, 130.0) and RANDOM_WINDOW_WIDTH == (129.0, 298.0)
 
 
+def test_neighbour_randomisation_rewrites_only_tissue_outside_the_liver():
+    """`random_background_p`: blobs outside the liver get new intensities; liver, tumour and the
+    padding keep theirs, and with the default (0) nothing changes."""
+    from LiverTumorAILib.preprocess import DEFAULT_WINDOW_HU, normalize_ct
+
+    ct, label, _ = _toy_case()
+    case = prepare_case("c0", ct, label, spacing=(1.5, 1.5, 3.0))
+    zero, hundred = normalize_ct(np.array([0.0, 100.0]), DEFAULT_WINDOW_HU)
+    base = {"random_window_p": 0.0, "hu_shift_sd": 0.0, "p_tumour": 0.5, "p_liver": 0.5}
+    rewritten = []
+    for p in (0.0, 1.0):
+        sampler = SlabSampler([case], [-1, 0, 1], [], 64, np.random.default_rng(1), {**base, "random_background_p": p})
+        count = 0
+        for _ in range(30):
+            image, _, lab, _ = sampler.sample()
+            hu = (image[1] - zero) * 100.0 / (hundred - zero)  # back to HU (inside the window)
+            assert np.allclose(hu[lab == 1], 110, atol=0.1) and np.allclose(hu[lab == 2], 30, atol=0.1)
+            outside = hu[lab == 0]  # toy background -50 +- 5 HU, padding clipped to -100
+            count += int(((np.abs(outside + 50) > 25) & (np.abs(outside + 100) > 5)).sum())
+        rewritten.append(count)
+    assert rewritten[0] == 0 and rewritten[1] > 1000
+
+
 @pytest.mark.parametrize("config", [{"flip_axes": [0, 1]}, {"elastic_prob": 1.0, "elastic_magnitude": 0.05}, {}])
 def test_augmentation_keeps_image_and_label_aligned(config):
     rng = np.random.default_rng(1)

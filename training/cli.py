@@ -33,7 +33,7 @@ SEG_MODELS = ("dual-stream", "tam-unet", "fusion", "unet2d")
 CLS_MODELS = ("hybrid3d", "hybrid3d-ctmri", "resnet50-2d", "densenet121-2d")
 #: augment keys the segmentation trainer core implements itself (others are reported, not faked)
 SEG_TRAINER_AUGMENT = {"random_window", "rotate_deg", "zoom", "noise", "hu_shift_sd", "flip_axes", "elastic_prob",
-                       "elastic_magnitude"}
+                       "elastic_magnitude", "random_background_p"}
 
 
 def load_config(task: str, model: str, path: Optional[Path]) -> Dict[str, Any]:
@@ -66,7 +66,7 @@ def _seg_train_config(cfg: Dict[str, Any], log: Callable[[str], None]) -> Dict[s
         tc["rotation_deg"] = aug["rotate_deg"]
     if "zoom" in aug:
         tc["zoom"] = aug["zoom"]
-    for key in ("noise", "hu_shift_sd", "flip_axes", "elastic_prob", "elastic_magnitude"):
+    for key in ("noise", "hu_shift_sd", "flip_axes", "elastic_prob", "elastic_magnitude", "random_background_p"):
         if key in aug:
             tc[key] = aug[key]
     ignored = [k for k, v in aug.items() if k not in SEG_TRAINER_AUGMENT and v not in (None, [], 0, 0.0, False)]

@@ -135,9 +135,10 @@ def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int
 
 def train(model: str, cache: Path, out: Path, minutes: float, threads: int, resume: bool = False,
           device: str = "cpu", init_from: Path | None = None, batch_size: int | None = None,
-          lr: float | None = None) -> dict:
+          lr: float | None = None, random_background: float | None = None) -> dict:
     """Train `model` for `minutes` on the cache. `init_from`: a weights folder to fine-tune (fresh
-    optimiser); `batch_size` / `lr` override MODEL_SETTINGS (a GPU takes larger batches)."""
+    optimiser); `batch_size` / `lr` override MODEL_SETTINGS (a GPU takes larger batches);
+    `random_background`: probability of the trainer's neighbour randomisation (seg_trainer)."""
     import torch
 
     torch.set_num_threads(threads)
@@ -163,6 +164,8 @@ def train(model: str, cache: Path, out: Path, minutes: float, threads: int, resu
         settings["batch_size"] = batch_size
     if lr:
         settings["lr"] = lr
+    if random_background is not None:
+        settings["random_background_p"] = random_background
     return train_segmentation(
         train_set, val_set, architecture=model, out_dir=out / model, train_config=settings,
         epochs=10000, max_minutes=minutes, device=device, resume=resume, init_weights=init_from,
@@ -192,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-from", type=Path, help="weights folder to fine-tune, with a fresh optimiser")
     parser.add_argument("--batch-size", type=int, help="override the model's demo batch size")
     parser.add_argument("--lr", type=float, help="override the peak learning rate")
+    parser.add_argument("--random-background", type=float, metavar="P",
+                        help="probability that a patch's tissue outside the liver is randomised (seg_trainer)")
     args = parser.parse_args(argv)
     if args.step in ("prepare", "all"):
         prepare(args.cache, args.count, args.val, args.size, args.slices, args.jobs, args.t1_count, args.t1_val,
@@ -200,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.model:
             parser.error("train needs a model name")
         print(json.dumps(train(args.model, args.cache, args.out, args.minutes, args.threads, args.resume,
-                               args.device, args.init_from, args.batch_size, args.lr)))
+                               args.device, args.init_from, args.batch_size, args.lr, args.random_background)))
     if args.step == "all":
         for name in ("localizer", *SEGMENTATION_MODELS):
             print(name, json.dumps(train(name, args.cache, args.out, args.minutes, args.threads)), flush=True)

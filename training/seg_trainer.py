@@ -10,6 +10,14 @@ window), an HU shift, in-plane rotation / zoom / translation, Gaussian noise, an
 gain/offset. No left-right flips: the engine always presents the patient in LPS, and
 the liver's side is information, not noise.
 
+Neighbour randomisation (`random_background_p`, off unless asked for): with that probability a
+patch's tissue outside the liver is overwritten, in random smooth blobs, with flat random
+intensities (CT -120..220 HU plus noise; MRI likewise in its normalised units). Why: on scans
+from another phantom generator and on a real CT (CHAOS) the models drew liver into
+neighbouring soft tissue they had never seen (heart, stomach, a homogeneous abdomen); this
+domain randomisation (the idea of SynthSeg, Billot et al. 2023) makes the liver's own
+appearance and shape, not its usual neighbours, the cue.
+
 Losses: paper 001 says Dice + BCE; for 3 mutually exclusive classes we use soft Dice
 over liver and tumour plus one-vs-rest BCE on the softmax probabilities (`dice_bce`).
 Papers 004/000 say CE + Dice (`ce_dice`). The fusion model adds CE on its classifier
@@ -126,6 +134,7 @@ class SlabSampler:
         self.random_window_p = config.get("random_window_p", 0.5)
         self.window = config.get("window_hu", DEFAULT_WINDOW_HU)
         self.hu_shift_sd = float(config.get("hu_shift_sd", 8.0))
+        self.random_background_p = float(config.get("random_background_p", 0.0))
         self.fg = [(np.argwhere(c.label == 2), np.argwhere(c.label == 1)) for c in self.cases]
 
     def _centre(self, k: int) -> np.ndarray:
@@ -147,6 +156,11 @@ class SlabSampler:
         depth = case.ct_hu.shape[0]
         zi = np.clip(z + self.ct_offsets, 0, depth - 1)
         ct = _crop2d(case.ct_hu[zi].astype(np.float32), y, x, self.patch, -1000.0)
+        blobs = None
+        if self.rng.random() < self.random_background_p:
+            blobs = random_blobs(self.patch, self.rng)
+            outside = _crop2d(case.label[zi].astype(np.float32), y, x, self.patch, 0.0) == 0
+            fill_blobs(ct, blobs * (outside & (ct > -500)), (-120.0, 220.0), 25.0, self.rng)
         ct += self.rng.normal(0, self.hu_shift_sd)  # HU shift (scanner calibration)
         if self.rng.random() < self.random_window_p:
             level = self.rng.uniform(*RANDOM_WINDOW_LEVEL)
@@ -160,9 +174,34 @@ class SlabSampler:
         if len(self.mri_offsets) and case.mri is not None:
             mi = np.clip(z + self.mri_offsets, 0, depth - 1)
             mri = _crop2d(case.mri[mi].astype(np.float32), y, x, self.patch, float(case.mri.min()))
+            if blobs is not None:
+                outside = _crop2d(case.label[mi].astype(np.float32), y, x, self.patch, 0.0) == 0
+                fill_blobs(mri, blobs * (outside & (mri > float(case.mri.min()) + 0.5)), (-1.5, 3.0), 0.3, self.rng)
             mri = mri * self.rng.uniform(0.85, 1.15) + self.rng.normal(0, 0.1)
         cls = int(case.slice_class[z]) if case.slice_class is not None else -1
         return ct, mri, label, cls
+
+
+def random_blobs(size: int, rng: np.random.Generator) -> np.ndarray:
+    """(size, size) int8 map of random smooth blobs: 0 = untouched, 1..k = one random tissue each
+    (a coarse random field, upsampled, cut at random quantiles)."""
+    from scipy.ndimage import zoom
+
+    coarse = rng.normal(size=(int(rng.integers(4, 10)),) * 2)
+    field = zoom(coarse, size / coarse.shape[0], order=3)[:size, :size]
+    levels = int(rng.integers(1, 4))
+    cuts = np.quantile(field, np.sort(rng.uniform(0.3, 0.9, levels)))
+    return (field[..., None] > cuts).sum(-1).astype(np.int8)
+
+
+def fill_blobs(stack: np.ndarray, where: np.ndarray, value_range: tuple[float, float], noise_max: float,
+               rng: np.random.Generator) -> None:
+    """In place: each level 1..k of `where` (the blob map times a mask of where it may write,
+    one per slice of the slab) becomes one flat random value in `value_range` plus Gaussian noise."""
+    for level in range(1, int(where.max()) + 1 if where.any() else 1):
+        m = where == level
+        if m.any():
+            stack[m] = rng.uniform(*value_range) + rng.normal(0, rng.uniform(0, noise_max), int(m.sum()))
 
 
 def _crop2d(stack: np.ndarray, cy: int, cx: int, size: int, fill: float) -> np.ndarray:
