@@ -1,6 +1,7 @@
 """Accuracy of the bundled weights on held-out phantoms, through the real CLI path.
 
     python benchmarks/heldout_eval.py -o benchmarks/results/heldout --models dual-stream,tam-unet,fusion
+    python benchmarks/heldout_eval.py --generator independent -o work/independent
 
 Held-out cases use seeds far from the training seeds and *parameter overrides the demo
 weights never saw as such*: flipped and oblique direction matrices, thin (1.25 mm) and
@@ -9,7 +10,9 @@ artefacts. Each case goes through `run_segment` (the function behind `livertumor
 segment`) with the bundled weights, then `evaluate_dirs`. Reported per model: liver and
 tumour Dice per case, detection of lesions >= 10 mm, false positives per case, lesion-level
 AUC and ECE of the malignancy probability (lesions >= 10 mm matched to truth), and the
-fraction of heatmap mass inside the true liver. With ``--classify`` each case also goes
+fraction of heatmap mass inside the true liver. ``--generator independent`` draws the cases
+from `independent_phantom.py` instead, a generator that shares no code or parameters with the
+training one (a check of generalisation, not only of other seeds). With ``--classify`` each case also goes
 through `run_classify` (the function behind `livertumorai classify`) on its *truth*
 segmentation, once on the CT alone and once with the MRI, and the lesion-level AUC / ECE of
 lesions >= 10 mm are reported per input (``classify_truth_seg`` in the summary). All figures
@@ -49,9 +52,19 @@ HELD_OUT = [
 DEFAULT_COUNT = 8
 
 
-def make_cases(gt_dir: Path, count: int) -> list[Path]:
+def make_cases(gt_dir: Path, count: int, generator: str = "project") -> list[Path]:
+    """Case folders under `gt_dir` (made once, reused): the project's generator with the HELD_OUT
+    overrides, or the independent one (`independent_phantom.py`, seeds from its FIRST_SEED)."""
     from LiverTumorAILib.phantom import generate_case, write_case
 
+    if generator == "independent":
+        from independent_phantom import FIRST_SEED, make_case
+
+        folders = [gt_dir / f"case_{i:03d}" for i in range(count)]
+        for i, folder in enumerate(folders):
+            if not (folder / "truth.json").exists():
+                make_case(FIRST_SEED + i, folder)
+        return folders
     dirs = []
     for i, (seed, overrides) in enumerate(HELD_OUT[:count]):
         folder = gt_dir / f"case_{i:03d}"
@@ -99,7 +112,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-o", "--output", type=Path, default=Path("benchmarks/results/heldout"))
     parser.add_argument("--models", default="dual-stream,tam-unet,fusion")
-    parser.add_argument("--count", type=int, default=DEFAULT_COUNT, help=f"cases (at most {len(HELD_OUT)})")
+    parser.add_argument("--count", type=int, default=DEFAULT_COUNT,
+                        help=f"cases (at most {len(HELD_OUT)} from the project's generator)")
+    parser.add_argument("--generator", choices=["project", "independent"], default="project",
+                        help="held-out cases from the training generator (other seeds and parameters) or from "
+                             "benchmarks/independent_phantom.py, which shares nothing with it")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--weights", default=None)
     parser.add_argument("--no-mri", action="store_true",
@@ -112,8 +129,11 @@ def main(argv=None) -> int:
     from LiverTumorAILib.pipeline import run_segment
 
     gt_root = args.output / "gt"
-    gt_dirs = make_cases(gt_root, args.count)
-    summary: dict = {"cases": len(gt_dirs), "held_out": [[s, {k: list(v) if isinstance(v, tuple) else v for k, v in o.items()}] for s, o in HELD_OUT[: args.count]]}
+    gt_dirs = make_cases(gt_root, args.count, args.generator)
+    summary: dict = {"cases": len(gt_dirs), "generator": args.generator}
+    if args.generator == "project":
+        summary["held_out"] = [[s, {k: list(v) if isinstance(v, tuple) else v for k, v in o.items()}]
+                               for s, o in HELD_OUT[: args.count]]
     if args.classify:
         summary["classify_truth_seg"] = classify_truth(gt_dirs, gt_root, args.output, args.device, args.weights)
     for model in [m for m in args.models.split(",") if m]:
