@@ -33,14 +33,12 @@ SCANS = [
 ]
 
 
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * np.logical_and(a, b).sum() / max(int(a.sum() + b.sum()), 1))
-
-
 def reference_on_ct_grid(reference: sitk.Image, ct: sitk.Image, liver_value: int) -> np.ndarray:
     """The reference's liver on the CT grid (nearest neighbour, in physical space)."""
+    from LiverTumorAILib.geometry import resample_like
+
     liver = sitk.Cast(reference == liver_value, sitk.sitkUInt8)
-    return sitk.GetArrayFromImage(sitk.Resample(liver, ct, sitk.Transform(), sitk.sitkNearestNeighbor, 0)) > 0
+    return sitk.GetArrayFromImage(resample_like(liver, ct, label=True)) > 0
 
 
 def head_foot_extent_mm(mask: np.ndarray, ct: sitk.Image) -> float:
@@ -63,6 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", default=None)
     args = parser.parse_args(argv)
 
+    from LiverTumorAILib.evaluation import binary_metrics
     from LiverTumorAILib.pipeline import run_segment
 
     summary: dict = {"data": str(args.data), "scans": {}}
@@ -88,7 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                       "liver_head_foot_mm": round(head_foot_extent_mm(liver, ct), 1)}
             if reference is not None:
                 result.update({
-                    "liver_dice": round(dice(liver, reference), 4),
+                    "liver_dice": round(binary_metrics(liver, reference, distances=False)["dice"], 4),
                     "outside_reference_ml": round(float((liver & ~reference).sum()) * voxel_ml, 1),
                     "reference_missed_ml": round(float((reference & ~liver).sum()) * voxel_ml, 1),
                 })
