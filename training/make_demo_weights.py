@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from LiverTumorAILib import DEMO_WEIGHTS_NOTICE
+from LiverTumorAILib.io.atomic import write_npz_atomic
 
 #: Demo spacing: coarser than the paper's 1 x 1 x 2.5 mm so that CPU-only training in
 #: minutes sees enough patches; `training/configs/*.json` keep the paper's value.
@@ -110,8 +111,7 @@ def _prepare_one(job: tuple) -> str:
     )
     save_prepared([prepared], seg_dir)
     x, y = prepare_localizer_case(case.ct, case.label)
-    loc_dir.mkdir(parents=True, exist_ok=True)
-    np.savez(loc_dir / f"{case_id}.npz", x=x, y=y)
+    write_npz_atomic(loc_dir / f"{case_id}.npz", {"x": x, "y": y}, "localiser case")
     return f"{case_id}: {prepared.ct_hu.shape} in {time.perf_counter() - t0:.1f}s"
 
 

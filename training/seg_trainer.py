@@ -97,14 +97,17 @@ def prepare_case(
 
 
 def save_prepared(cases: Sequence[PreparedCase], folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
+    """One npz per case, each written atomically: `make_demo_weights prepare` takes an existing file
+    as done, so a run stopped mid-write must not leave a truncated one."""
+    from LiverTumorAILib.io.atomic import write_npz_atomic
+
     for c in cases:
         arrays = {"ct_hu": c.ct_hu, "label": c.label}
         if c.mri is not None:
             arrays["mri"] = c.mri
         if c.slice_class is not None:
             arrays["slice_class"] = c.slice_class
-        np.savez(folder / f"{c.case_id}.npz", **arrays)
+        write_npz_atomic(Path(folder) / f"{c.case_id}.npz", arrays, "prepared case")
 
 
 def load_prepared(folder: Path) -> list[PreparedCase]:
