@@ -200,6 +200,26 @@ def test_overrides():
         generate_case(2, size=64, slices=16, bogus=1)
 
 
+def test_plain_lesions_flat_on_ct_and_off_by_default():
+    """`plain_lesions` flattens the CT look (no rim, no necrosis) but keeps the type and the MRI;
+    leaving it at 0 draws nothing, so every existing seed keeps its case."""
+    kw = dict(size=96, slices=24, n_lesions=3, lesion_types=["metastasis"], lesion_diameters=(20, 35),
+              artefacts=False, noise=2.0)
+    base, zero = generate_case(21, **kw), generate_case(21, plain_lesions=0.0, **kw)
+    assert np.array_equal(arr(base.ct), arr(zero.ct)) and base.truth == zero.truth
+    plain = generate_case(21, plain_lesions=1.0, **kw)
+
+    def spread(case):  # HU spread inside each lesion: a rim or necrotic centre widens it
+        ct, les = arr(case.ct).astype(float), arr(case.lesions)
+        cores = [ndimage.binary_erosion(les == k["id"]) for k in case.truth["lesions"]]
+        return [np.percentile(ct[c], 95) - np.percentile(ct[c], 5) for c in cores if c.sum() >= 30]
+
+    assert plain.truth["lesions"] and all(les["appearance"].get("plain") == 1.0 and les["type"] == "metastasis"
+                                          for les in plain.truth["lesions"])
+    assert not any("plain" in les["appearance"] for les in base.truth["lesions"])
+    assert max(spread(plain)) < 25 < max(spread(base)), (spread(plain), spread(base))
+
+
 def test_write_case_and_cohort(tmp_path):
     paths = generate_cohort(tmp_path / "cohort", 2, seed=3, size=48, slices=12)
     assert [p.name for p in paths] == ["case_000", "case_001"]

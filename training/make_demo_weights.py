@@ -36,6 +36,9 @@ T1_TRAIN_SEED, T1_VAL_SEED = 3000, 9500
 #: steatosis changes the liver's contrast to every lesion and neighbour, and the random draw
 #: gives only about one case in six.
 FATTY_TRAIN_SEED = 4000
+#: Extra training cases where half the lesions have the plain CT look (phantom `plain_lesions`):
+#: one flat level, no rim, capsule or nodules; T2 and T1 MRI alternating.
+PLAIN_TRAIN_SEED, PLAIN_FRACTION = 5000, 0.5
 
 MODEL_SETTINGS = {
     "dual-stream": {"loss": "dice_bce", "batch_size": 8, "lr": 1e-3, "val_every": 4},
@@ -72,11 +75,12 @@ def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
     t1_train = len(list((cache / "seg" / "train").glob("train_t1_*.npz"))) if cache else 0
     t1_val = len(list((cache / "seg" / "val").glob("val_t1_*.npz"))) if cache else 0
     fatty = len(list((cache / "seg" / "train").glob("train_fatty_*.npz"))) if cache else 0
+    plain = len(list((cache / "seg" / "train").glob("train_plain_*.npz"))) if cache else 0
     record = {
         "description": DEMO_WEIGHTS_NOTICE,
         "synthetic": True,
         "generator": "LiverTumorAILib.phantom.generate_case",
-        "train_seeds": [TRAIN_SEED, TRAIN_SEED + count - t1_train - fatty - 1],
+        "train_seeds": [TRAIN_SEED, TRAIN_SEED + count - t1_train - fatty - plain - 1],
         "val_seeds": [VAL_SEED, VAL_SEED + val - t1_val - 1],
         "cases": count,
         "val_cases": val,
@@ -87,6 +91,10 @@ def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
     if fatty:
         record["fatty_liver_train_seeds"] = [FATTY_TRAIN_SEED, FATTY_TRAIN_SEED + fatty - 1]
         record["fatty_liver_train_note"] = "generate_case(seed, fatty=True); odd seeds with a T1 MRI, even with T2"
+    if plain:
+        record["plain_lesion_train_seeds"] = [PLAIN_TRAIN_SEED, PLAIN_TRAIN_SEED + plain - 1]
+        record["plain_lesion_train_note"] = (f"generate_case(seed, plain_lesions={PLAIN_FRACTION}); "
+                                             "odd seeds with a T1 MRI, even with T2")
     return record
 
 
@@ -98,7 +106,7 @@ def _prepare_one(job: tuple) -> str:
 
     cache, split, index, seed, size, slices, sequence, overrides = job
     seg_dir, loc_dir = cache / "seg" / split, cache / "loc" / split
-    tag = "_fatty" if overrides.get("fatty") else ""
+    tag = "_fatty" if overrides.get("fatty") else "_plain" if overrides.get("plain_lesions") else ""
     case_id = f"{split}{tag}_{index:03d}" if sequence == "t2" and not tag else f"{split}{tag}_{sequence}_{index:03d}"
     if (seg_dir / f"{case_id}.npz").exists() and (loc_dir / f"{case_id}.npz").exists():
         return f"{case_id}: cached"
@@ -116,11 +124,12 @@ def _prepare_one(job: tuple) -> str:
 
 
 def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int = 1,
-            t1_count: int = 0, t1_val: int = 0, fatty_count: int = 0) -> None:
+            t1_count: int = 0, t1_val: int = 0, fatty_count: int = 0, plain_count: int = 0) -> None:
     """Generate phantoms (fixed seeds) and cache them on the model grids, `jobs` at a time.
 
     `t1_count` / `t1_val` add cases with a T1-weighted MRI (their own seed range);
-    `fatty_count` adds training cases with a fatty liver (own seed range, T2 and T1 MRI alternating).
+    `fatty_count` adds training cases with a fatty liver (own seed range, T2 and T1 MRI alternating);
+    `plain_count` likewise adds cases where half the lesions have the plain CT look.
     """
     from concurrent.futures import ProcessPoolExecutor
 
@@ -130,6 +139,8 @@ def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int
     work += [(cache, "val", i, T1_VAL_SEED + i, size, slices, "t1", {}) for i in range(t1_val)]
     work += [(cache, "train", i, FATTY_TRAIN_SEED + i, size, slices, ("t2", "t1")[i % 2], {"fatty": True})
              for i in range(fatty_count)]
+    work += [(cache, "train", i, PLAIN_TRAIN_SEED + i, size, slices, ("t2", "t1")[i % 2],
+              {"plain_lesions": PLAIN_FRACTION}) for i in range(plain_count)]
     if jobs <= 1:
         for job in work:
             print(_prepare_one(job), flush=True)
@@ -196,6 +207,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--t1-val", type=int, default=0, help="extra validation cases with a T1 MRI")
     parser.add_argument("--fatty-count", type=int, default=0,
                         help="extra training cases with a fatty liver (half with a T1 MRI)")
+    parser.add_argument("--plain-count", type=int, default=0,
+                        help="extra training cases where half the lesions have a plain (flat) CT look")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint (a new LR cycle)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--init-from", type=Path, help="weights folder to fine-tune, with a fresh optimiser")
@@ -206,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.step in ("prepare", "all"):
         prepare(args.cache, args.count, args.val, args.size, args.slices, args.jobs, args.t1_count, args.t1_val,
-                args.fatty_count)
+                args.fatty_count, args.plain_count)
     if args.step == "train":
         if not args.model:
             parser.error("train needs a model name")

@@ -17,6 +17,7 @@ Overrides: spacing=(x, y, z) mm of the CT; n_lesions=int or (lo, hi);
 lesion_types=[...] subset of TYPES; lesion_diameters=(lo, hi) mm; flip / direction = 'identity' | 'ras' |
 'flip_z' | 'flip_x' | 'flip_all' | 'oblique' | 9 numbers; mri_sequence='t2' | 't1';
 with_mri=bool; noise=CT noise SD in HU; fatty / cirrhotic / artefacts = bool;
+plain_lesions=fraction of lesions with a flat CT look (training variety; default 0);
 mri_spacing, mri_direction (as for the CT); debug=True adds `case.debug` (tissue map
 with names, noise-free CT).
 

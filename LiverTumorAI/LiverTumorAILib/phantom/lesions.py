@@ -23,6 +23,13 @@ relative to liver = 100 / 175); ranges overlap between types on purpose:
 - cholangiocarcinoma: hypodense L-55..L-20, irregular/spiculated, slightly enhancing
   fibrous centre, capsular retraction of the liver surface when subcapsular, dilated
   bile ducts upstream (label 1, not tumour); T2 160-280.
+
+Plain CT look (opt-in, `plain_lesions` = fraction of lesions, default 0): the lesion keeps its
+type, shape and MRI but its CT is one flat level, L-70..L-15 (80 %) or L+15..L+45 (20 %), with
+only the fine texture. Many real lesions look like that on one phase (small metastases, HCC
+without capsule); a network trained only on the rims, capsules and nodules above learns to
+mark only a lesion's dark core, so training mixes some in. Drawn only when asked for, so a
+case made without it is unchanged.
 """
 
 from __future__ import annotations
@@ -172,7 +179,9 @@ def _appearance(les: Lesion, nod_dirs: np.ndarray, spokes: np.ndarray) -> Callab
         else:
             tex_amp = lk["tex_mr"] * (liver if mod == "t2" else liver * 0.6)
         scale_t2 = (liver / 95.0) if mod == "t2" else (liver / 175.0)
-        if kind == "cyst":
+        if mod == "ct" and lk.get("plain"):
+            v = np.full(d.shape, liver + lk["plain_ct"], np.float32)
+        elif kind == "cyst":
             v = np.full(d.shape, lk["ct"] if mod == "ct" else lk[mod] * scale_t2, np.float32)
         elif kind == "haemangioma":
             if mod == "ct":
@@ -234,8 +243,10 @@ def _unit_dirs(rng: np.random.Generator, n: int) -> np.ndarray:
 def sample_lesions(rng: np.random.Generator, liver_sdf: Callable, liver_lo: Vec3, liver_hi: Vec3,
                    ct_grid: Grid, patient: Patient, cirrhotic: bool, n_lesions=None,
                    lesion_types: Optional[Sequence[str]] = None,
-                   diameters: Optional[Tuple[float, float]] = None) -> List[Lesion]:
-    """Place non-touching lesions inside the liver, preferring the CT field of view."""
+                   diameters: Optional[Tuple[float, float]] = None, plain: float = 0.0) -> List[Lesion]:
+    """Place non-touching lesions inside the liver, preferring the CT field of view.
+
+    `plain` is the probability that a lesion gets the plain CT look (module docstring)."""
     if n_lesions is None:
         n = int(rng.choice(7, p=[0.1, 0.28, 0.2, 0.15, 0.11, 0.09, 0.07]))
     elif isinstance(n_lesions, (tuple, list)):
@@ -288,6 +299,11 @@ def sample_lesions(rng: np.random.Generator, liver_sdf: Callable, liver_lo: Vec3
         les.look = _look(rng, kind, diameter, cirrhotic)
         les.look["depth_mm"] = float(-liver_sdf((np.float32([c[0]]), np.float32([c[1]]), np.float32([c[2]])))[0])
         out.append(les)
+    if plain > 0:  # after all other draws: cases without plain lesions keep their stream
+        for les in out:
+            if les.type != "cyst" and rng.random() < plain:
+                hyper = rng.random() < 0.2
+                les.look.update(plain=1.0, plain_ct=float(rng.uniform(15, 45) if hyper else -rng.uniform(15, 70)))
     return out
 
 
