@@ -24,8 +24,8 @@ relative to liver = 100 / 175); ranges overlap between types on purpose:
   fibrous centre, capsular retraction of the liver surface when subcapsular, dilated
   bile ducts upstream (label 1, not tumour); T2 160-280.
 
-Plain CT look (opt-in, `plain_lesions` = fraction of lesions, default 0): the lesion keeps its
-type, shape and MRI but its CT is one flat level, L-70..L-15 (80 %) or L+15..L+45 (20 %), with
+Plain CT look (opt-in, `plain_lesions` = fraction of the non-cyst lesions, default 0; cysts are
+flat already): the lesion keeps its type, shape and MRI but its CT is one flat level, L-70..L-15 (80 %) or L+15..L+45 (20 %), with
 only the fine texture. Many real lesions look like that on one phase (small metastases, HCC
 without capsule); a network trained only on the rims, capsules and nodules above learns to
 mark only a lesion's dark core, so training mixes some in. Drawn only when asked for, so a
@@ -299,7 +299,7 @@ def sample_lesions(rng: np.random.Generator, liver_sdf: Callable, liver_lo: Vec3
         les.look = _look(rng, kind, diameter, cirrhotic)
         les.look["depth_mm"] = float(-liver_sdf((np.float32([c[0]]), np.float32([c[1]]), np.float32([c[2]])))[0])
         out.append(les)
-    if plain > 0:  # after all other draws: cases without plain lesions keep their stream
+    if plain > 0:  # drawn only when asked for: a case made without plain lesions keeps its random stream
         for les in out:
             if les.type != "cyst" and rng.random() < plain:
                 hyper = rng.random() < 0.2
