@@ -123,9 +123,8 @@ def _prepare_one(job: tuple) -> str:
     from training.localizer_trainer import prepare_localizer_case
     from training.seg_trainer import prepare_case, save_prepared
 
-    cache, split, index, seed, size, slices, sequence, overrides = job
+    cache, split, index, seed, size, slices, sequence, tag, overrides = job
     seg_dir, loc_dir = cache / "seg" / split, cache / "loc" / split
-    tag = "_fatty" if overrides.get("fatty") else "_plain" if overrides.get("plain_lesions") else ""
     case_id = f"{split}{tag}_{index:03d}" if sequence == "t2" and not tag else f"{split}{tag}_{sequence}_{index:03d}"
     if (seg_dir / f"{case_id}.npz").exists() and (loc_dir / f"{case_id}.npz").exists():
         return f"{case_id}: cached"
@@ -152,14 +151,14 @@ def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int
     """
     from concurrent.futures import ProcessPoolExecutor
 
-    work = [(cache, "train", i, TRAIN_SEED + i, size, slices, "t2", {}) for i in range(count)]
-    work += [(cache, "val", i, VAL_SEED + i, size, slices, "t2", {}) for i in range(val)]
-    work += [(cache, "train", i, T1_TRAIN_SEED + i, size, slices, "t1", {}) for i in range(t1_count)]
-    work += [(cache, "val", i, T1_VAL_SEED + i, size, slices, "t1", {}) for i in range(t1_val)]
-    work += [(cache, "train", i, FATTY_TRAIN_SEED + i, size, slices, ("t2", "t1")[i % 2], {"fatty": True})
-             for i in range(fatty_count)]
-    work += [(cache, "train", i, PLAIN_TRAIN_SEED + i, size, slices, ("t2", "t1")[i % 2],
-              {"plain_lesions": PLAIN_FRACTION}) for i in range(plain_count)]
+    work = [(cache, "train", i, TRAIN_SEED + i, size, slices, "t2", "", {}) for i in range(count)]
+    work += [(cache, "val", i, VAL_SEED + i, size, slices, "t2", "", {}) for i in range(val)]
+    work += [(cache, "train", i, T1_TRAIN_SEED + i, size, slices, "t1", "", {}) for i in range(t1_count)]
+    work += [(cache, "val", i, T1_VAL_SEED + i, size, slices, "t1", "", {}) for i in range(t1_val)]
+    for tag, first_seed, n, overrides in (("_fatty", FATTY_TRAIN_SEED, fatty_count, {"fatty": True}),
+                                          ("_plain", PLAIN_TRAIN_SEED, plain_count, {"plain_lesions": PLAIN_FRACTION})):
+        work += [(cache, "train", i, first_seed + i, size, slices, ("t2", "t1")[i % 2], tag, overrides)
+                 for i in range(n)]
     if jobs <= 1:
         for job in work:
             print(_prepare_one(job), flush=True)
