@@ -58,6 +58,12 @@ def voxel_indices_to_physical(image: sitk.Image, zyx: np.ndarray) -> np.ndarray:
     return ijk @ matrix.T + origin
 
 
+def head_foot_axis(image: sitk.Image) -> int:
+    """The array axis (z, y, x order) of `image` whose index direction is closest to head-foot."""
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    return 2 - int(np.argmax(np.abs(direction[2])))
+
+
 def image_bounding_box(image: sitk.Image) -> BoundingBox:
     """Physical bounding box of the voxel *edges* of an image of any direction."""
     size = np.asarray(image.GetSize(), dtype=float)

@@ -15,7 +15,13 @@
   confident blobs on one slice only, where no lesion of the smallest annotated size (5 mm)
   fits. On a CT whose slices are thicker than the threshold a one-slice blob is kept;
 * lesions = 3D connected components (26-connectivity) of what remains, numbered by
-  decreasing volume.
+  decreasing volume;
+* with the CT's HU given, slices unlike the liver are cut off (`trim_slices_unlike_liver`):
+  walking head- and footward from the liver's widest slice, the organ ends where the median HU
+  of its liver voxels stays more than `max_slice_hu_shift` from the liver's own level for
+  `min_unlike_run_mm`. A network trained on phantoms labels the colon and pelvic bowel of a
+  real scan that reaches the pelvis as liver, joined to it along the right flank, so the
+  largest component alone keeps them; their HU is not the liver's.
 
 Every step works inside the bounding box of what it labels (the organ, the tumour), so a
 long scan costs what its liver costs: connected-component labels are int32, and a
@@ -32,6 +38,8 @@ from scipy import ndimage
 
 MIN_LESION_MM3 = 65.0
 TUMOUR_MARGIN_MM = 3.0
+#: half-width of the band around the liver's HU level whose voxels count as liver-like
+LIVER_BAND_HU = 15.0
 
 
 @dataclass
@@ -41,6 +49,8 @@ class PostprocessConfig:
     min_liver_ml: float = 10.0
     min_tumour_peak: float = 0.0
     min_lesion_thickness_mm: float = 0.0
+    max_slice_hu_shift: float = 30.0
+    min_unlike_run_mm: float = 10.0
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> PostprocessConfig:
@@ -76,16 +86,89 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     return out
 
 
+def liver_level_hu(values: np.ndarray) -> float:
+    """The liver's own HU level: the mode of its parenchyma's histogram (5 HU bins, -100..300).
+
+    A mode, not a median: when the network also labelled bowel, the liver is still the one
+    narrow peak, while the bowel's HU spread out (content, wall, gas)."""
+    counts, edges = np.histogram(values, bins=80, range=(-100.0, 300.0))
+    counts = np.convolve(counts, np.ones(3), mode="same")
+    peak = int(np.argmax(counts))
+    return float((edges[peak] + edges[peak + 1]) / 2.0)
+
+
+def trim_slices_unlike_liver(
+    organ: np.ndarray,
+    parenchyma: np.ndarray,
+    ct_hu: np.ndarray,
+    spacing_zyx: Sequence[float],
+    axis: int = 0,
+    max_shift_hu: float = 30.0,
+    min_run_mm: float = 10.0,
+) -> np.ndarray:
+    """`organ` cut to its stretch of slices along `axis` (the head-foot axis) that look like liver.
+
+    Per slice, the median HU of the organ's `parenchyma` voxels (the liver label, not tumour) is
+    compared with the liver's level (`liver_level_hu`). Runs of slices whose median is more than
+    `max_shift_hu` off for at least `min_run_mm` split the organ into stretches; the stretch
+    holding the most parenchyma voxels within `LIVER_BAND_HU` of the level is kept, the rest of
+    the organ is removed (the most liver-like voxels, not the most voxels: on a real scan to the
+    pelvis, the bowel labelled as liver can outweigh the liver). Slices with too few
+    parenchyma voxels for a median (the dome, the tip: under 2 % of the widest slice) neither
+    start nor end a run. Returns `organ` itself when nothing is cut."""
+    others = tuple(i for i in range(3) if i != axis)
+    area = organ.sum(axis=others)
+    if not area.any():
+        return organ
+    liver = parenchyma & organ
+    min_voxels = max(20, int(0.02 * area.max()))
+    level = liver_level_hu(ct_hu[liver])
+    medians = np.full(organ.shape[axis], np.nan)
+    liver_like = np.zeros(organ.shape[axis])
+    for i in np.flatnonzero(liver.sum(axis=others) >= min_voxels):
+        index = tuple(i if a == axis else slice(None) for a in range(3))
+        inner = ndimage.binary_erosion(liver[index])  # without the partial-volume rim
+        values = ct_hu[index][inner if np.count_nonzero(inner) >= min_voxels else liver[index]]
+        medians[i] = np.median(values)
+        liver_like[i] = np.count_nonzero(np.abs(values - level) <= LIVER_BAND_HU)
+    measured = np.flatnonzero(np.isfinite(medians))
+    if not len(measured):
+        return organ
+    unlike = np.abs(medians[measured] - level) > max_shift_hu
+    cut = np.zeros(organ.shape[axis], dtype=bool)
+    start = None
+    for k in range(len(measured) + 1):
+        if k < len(measured) and unlike[k]:
+            start = k if start is None else start
+            continue
+        if start is not None:
+            first, last = measured[start], measured[k - 1]
+            if (last - first + 1) * float(spacing_zyx[axis]) >= min_run_mm:
+                cut[first : last + 1] = True
+            start = None
+    if not cut.any():
+        return organ
+    stretch, count = ndimage.label(~cut)
+    score = ndimage.sum_labels(liver_like, stretch, index=np.arange(1, count + 1))
+    keep = stretch == int(np.argmax(score)) + 1
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    return organ & keep.reshape(shape)
+
+
 def clean_label_map(
     label: np.ndarray,
     spacing_zyx: Sequence[float],
     config: PostprocessConfig | None = None,
     tumour_probability: np.ndarray | None = None,
+    ct_hu: np.ndarray | None = None,
+    head_foot_axis: int = 0,
 ) -> np.ndarray:
     """Return a cleaned uint8 label map (0 bg, 1 liver, 2 tumour) on the same grid.
 
     `tumour_probability` (same grid; float in [0, 1] or uint8 as 255 x p) enables the
-    `min_tumour_peak` filter; without it that step is skipped.
+    `min_tumour_peak` filter; without it that step is skipped. `ct_hu` (same grid, HU) enables
+    `trim_slices_unlike_liver` along `head_foot_axis` (array axis, z y x order).
 
     Computed inside the organ's bounding box (+ the tumour margin): components, holes and
     the dilated envelope are the same there as on the whole grid, since nothing of the
@@ -115,6 +198,11 @@ def clean_label_map(
     organ_crop[dst] = organ[src]
     del organ
     organ = fill_holes(organ_crop)
+    if ct_hu is not None and config.max_slice_hu_shift > 0:
+        trimmed = trim_slices_unlike_liver(organ, label[crop] == 1, ct_hu[crop], spacing_zyx, head_foot_axis,
+                                           config.max_slice_hu_shift, config.min_unlike_run_mm)
+        if trimmed is not organ:
+            organ = largest_component(trimmed)
     if organ.sum() * voxel_mm3 / 1000.0 < config.min_liver_ml:
         return out
     envelope = ndimage.binary_dilation(organ, structure=_ellipsoid(radius)) if dilate else organ

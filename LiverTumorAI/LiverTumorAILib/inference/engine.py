@@ -22,6 +22,7 @@ from LiverTumorAILib.errors import InputError
 from LiverTumorAILib.geometry import (
     BoundingBox,
     array_to_image,
+    head_foot_axis,
     image_bounding_box,
     region_reference,
     region_slices,
@@ -30,7 +31,7 @@ from LiverTumorAILib.geometry import (
 )
 from LiverTumorAILib.inference.localize import localize_liver
 from LiverTumorAILib.inference.slab import predict_volume
-from LiverTumorAILib.postprocess import PostprocessConfig, clean_label_map
+from LiverTumorAILib.postprocess import PostprocessConfig, clean_label_map, trim_slices_unlike_liver
 from LiverTumorAILib.preprocess import DEFAULT_SPACING_MM, DEFAULT_WINDOW_HU, make_model_grid, normalize_ct
 
 SEGMENTATION_MODELS = ("dual-stream", "tam-unet", "fusion")
@@ -81,6 +82,18 @@ def label_on_grid(
         if tumour_out is not None:
             tumour_out[z0 : z0 + n] = np.rint(np.clip(back[1], 0.0, 1.0) * 255.0)
     return label
+
+
+def liver_for_growth(probabilities: np.ndarray, ct_hu: np.ndarray, spacing_xyz, config: PostprocessConfig) -> np.ndarray:
+    """The model grid's liver (argmax >= 1) that decides whether the box grows: cut to its
+    liver-looking slices first (`trim_slices_unlike_liver`; the model grid's axis 0 is head-foot),
+    so bowel labelled as liver below the liver does not pull the box down to the pelvis."""
+    label = np.argmax(probabilities, axis=0)
+    organ = label >= 1
+    if config.max_slice_hu_shift <= 0:
+        return organ
+    return trim_slices_unlike_liver(organ, label == 1, ct_hu, tuple(reversed(spacing_xyz)), 0,
+                                    config.max_slice_hu_shift, config.min_unlike_run_mm)
 
 
 @dataclass
@@ -145,6 +158,7 @@ def segment_volume(
     by `GROW_MM` on that side and the region is segmented again, at most
     `MAX_GROW_STEPS` times."""
     timing: dict[str, float] = {}
+    clean = postprocess or PostprocessConfig.from_manifest(seg.manifest)
     config = seg.manifest.get("config", {})
     prep = seg.manifest.get("preprocessing", {})
     spacing = prep.get("spacing_mm", DEFAULT_SPACING_MM)
@@ -187,7 +201,7 @@ def segment_volume(
             warn=warn,
         )
         timing["segment"] += time.perf_counter() - t0
-        grown = grow_box_where_cut(box, np.argmax(pred.probabilities, axis=0) >= 1, scan)
+        grown = grow_box_where_cut(box, liver_for_growth(pred.probabilities, grid.ct_hu, spacing, clean), scan)
         if not localized or grown is None or attempt == MAX_GROW_STEPS:
             break
         box = grown  # the liver reaches a side of the box that is not the scan's edge: widen and redo
@@ -203,11 +217,11 @@ def segment_volume(
         ref = region_reference(ct, start, size)
         sl = region_slices(start, size)
         probabilities = [array_to_image(pred.probabilities[c], grid.reference) for c in (1, 2)]
-        config = postprocess or PostprocessConfig.from_manifest(seg.manifest)
-        tumour_u8 = np.empty(tuple(reversed(size)), np.uint8) if config.min_tumour_peak > 0 else None
+        tumour_u8 = np.empty(tuple(reversed(size)), np.uint8) if clean.min_tumour_peak > 0 else None
         label = label_on_grid(ct, start, size, probabilities, tumour_out=tumour_u8)
         spacing_zyx = tuple(reversed(ct.GetSpacing()))
-        label_full[sl] = clean_label_map(label, spacing_zyx, config, tumour_probability=tumour_u8)
+        label_full[sl] = clean_label_map(label, spacing_zyx, clean, tumour_probability=tumour_u8,
+                                         ct_hu=sitk.GetArrayViewFromImage(ct)[sl], head_foot_axis=head_foot_axis(ct))
         del label, tumour_u8
         maps = pred.attention
         if maps and not all_attention_sources:  # combine on the small model grid: one full-size array
