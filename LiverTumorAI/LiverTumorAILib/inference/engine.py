@@ -29,9 +29,10 @@ from LiverTumorAILib.geometry import (
     resample_like,
     sub_grid_covering,
 )
+from LiverTumorAILib.hu_guards import trim_slices_unlike_liver
 from LiverTumorAILib.inference.localize import localize_liver
 from LiverTumorAILib.inference.slab import predict_volume
-from LiverTumorAILib.postprocess import PostprocessConfig, clean_label_map, trim_slices_unlike_liver
+from LiverTumorAILib.postprocess import PostprocessConfig, clean_label_map
 from LiverTumorAILib.preprocess import DEFAULT_SPACING_MM, DEFAULT_WINDOW_HU, make_model_grid, normalize_ct
 
 SEGMENTATION_MODELS = ("dual-stream", "tam-unet", "fusion")

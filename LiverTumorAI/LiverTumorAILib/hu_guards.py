@@ -1,0 +1,185 @@
+"""Checks of the network's liver and lesions against the CT's own HU (anatomy, not learning).
+
+A network trained on phantoms labels neighbours of the liver that it never saw as liver: on a
+real scan to the pelvis, colon and pelvic bowel joined to the liver along the right flank; on
+real and unseen synthetic scans, the kidney, the stomach, the heart. And it marks "lesions"
+inside those neighbours. The liver's parenchyma is one tissue with one HU level per scan (the
+mode of its histogram), so the organ and each lesion can be checked against it:
+
+* `trim_slices_unlike_liver`: head-foot stretches whose slices' median HU is off the level;
+* `drop_regions_unlike_liver`: regions at the organ's surface whose local HU (Gaussian, sigma
+  `REGION_SIGMA_MM`) is off the level: a neighbouring organ drawn onto the liver. Regions
+  inside the organ (vessels, a lesion the network called liver) are never removed;
+* `lesions_in_other_tissue`: a lesion that is off the level, with a liver-labelled rim that is
+  off the level too and looks like the lesion, sits inside one tissue that is not liver (a
+  "lesion" in the kidney that was drawn as liver around it). A real lesion's rim is liver.
+  Limit: a homogeneous, strongly contrasting lesion drawn more than `LESION_RIM_MM` inside its
+  edge all round has a rim of lesion and is dropped (none was among the held-out phantoms'
+  found lesions).
+
+All take `parenchyma` = the network's liver label (not tumour). Values and why: see
+`PostprocessConfig` in postprocess.py; measured effect: README "On data the weights were not
+made from".
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+from scipy import ndimage
+
+#: half-width of the band around the liver's HU level whose voxels count as liver-like
+LIVER_BAND_HU = 15.0
+#: smoothing of the HU before the region check: vessels and noise average out, organs do not
+REGION_SIGMA_MM = 4.0
+#: smallest region at the organ's surface that is removed as another organ
+MIN_REGION_ML = 1.0
+#: a lesion's rim "looks like the lesion" within this many HU (medians)
+LESION_RIM_MATCH_HU = 30.0
+#: thickness of the rim measured around a lesion
+LESION_RIM_MM = 3.0
+
+
+def liver_level_hu(values: np.ndarray) -> float:
+    """The liver's own HU level: the mode of its parenchyma's histogram (5 HU bins, -100..300).
+
+    A mode, not a median: when the network also labelled bowel, the liver is still the one
+    narrow peak, while the bowel's HU spread out (content, wall, gas)."""
+    counts, edges = np.histogram(values, bins=80, range=(-100.0, 300.0))
+    counts = np.convolve(counts, np.ones(3), mode="same")
+    peak = int(np.argmax(counts))
+    return float((edges[peak] + edges[peak + 1]) / 2.0)
+
+
+def trim_slices_unlike_liver(
+    organ: np.ndarray,
+    parenchyma: np.ndarray,
+    ct_hu: np.ndarray,
+    spacing_zyx: Sequence[float],
+    axis: int = 0,
+    max_shift_hu: float = 30.0,
+    min_run_mm: float = 10.0,
+) -> np.ndarray:
+    """`organ` cut to its stretch of slices along `axis` (the head-foot axis) that look like liver.
+
+    Per slice, the median HU of the organ's `parenchyma` voxels (the liver label, not tumour) is
+    compared with the liver's level (`liver_level_hu`). Runs of slices whose median is more than
+    `max_shift_hu` off for at least `min_run_mm` split the organ into stretches; the stretch
+    holding the most parenchyma voxels within `LIVER_BAND_HU` of the level is kept, the rest of
+    the organ is removed (the most liver-like voxels, not the most voxels: on a real scan to the
+    pelvis, the bowel labelled as liver can outweigh the liver). Slices with too few
+    parenchyma voxels for a median (the dome, the tip: under 2 % of the widest slice) neither
+    start nor end a run. Returns `organ` itself when nothing is cut."""
+    others = tuple(i for i in range(3) if i != axis)
+    area = organ.sum(axis=others)
+    if not area.any():
+        return organ
+    liver = parenchyma & organ
+    min_voxels = max(20, int(0.02 * area.max()))
+    level = liver_level_hu(ct_hu[liver])
+    medians = np.full(organ.shape[axis], np.nan)
+    liver_like = np.zeros(organ.shape[axis])
+    for i in np.flatnonzero(liver.sum(axis=others) >= min_voxels):
+        index = tuple(i if a == axis else slice(None) for a in range(3))
+        inner = ndimage.binary_erosion(liver[index])  # without the partial-volume rim
+        values = ct_hu[index][inner if np.count_nonzero(inner) >= min_voxels else liver[index]]
+        medians[i] = np.median(values)
+        liver_like[i] = np.count_nonzero(np.abs(values - level) <= LIVER_BAND_HU)
+    measured = np.flatnonzero(np.isfinite(medians))
+    if not len(measured):
+        return organ
+    unlike = np.abs(medians[measured] - level) > max_shift_hu
+    cut = np.zeros(organ.shape[axis], dtype=bool)
+    start = None
+    for k in range(len(measured) + 1):
+        if k < len(measured) and unlike[k]:
+            start = k if start is None else start
+            continue
+        if start is not None:
+            first, last = measured[start], measured[k - 1]
+            if (last - first + 1) * float(spacing_zyx[axis]) >= min_run_mm:
+                cut[first : last + 1] = True
+            start = None
+    if not cut.any():
+        return organ
+    stretch, count = ndimage.label(~cut)
+    score = ndimage.sum_labels(liver_like, stretch, index=np.arange(1, count + 1))
+    keep = stretch == int(np.argmax(score)) + 1
+    shape = [1, 1, 1]
+    shape[axis] = -1
+    return organ & keep.reshape(shape)
+
+
+def drop_regions_unlike_liver(
+    organ: np.ndarray,
+    parenchyma: np.ndarray,
+    ct_hu: np.ndarray,
+    spacing_zyx: Sequence[float],
+    level: float,
+    max_shift_hu: float = 40.0,
+) -> np.ndarray:
+    """`organ` without the regions of `parenchyma` whose local mean HU is more than `max_shift_hu`
+    from `level`, that touch the organ's outer surface and hold at least `MIN_REGION_ML`.
+
+    The local mean is a normalised Gaussian average over parenchyma voxels only (HU clipped to
+    level +- 150 so gas and bone do not dominate), so the tumour label and the background never
+    pull it. Returns `organ` itself when nothing is removed."""
+    liver = parenchyma & organ
+    sigma = [REGION_SIGMA_MM / float(s) for s in spacing_zyx]
+    weight = ndimage.gaussian_filter(liver.astype(np.float32), sigma)
+    clipped = np.clip(ct_hu, level - 150.0, level + 150.0).astype(np.float32)
+    clipped[~liver] = 0.0
+    local = ndimage.gaussian_filter(clipped, sigma)
+    del clipped
+    local /= np.maximum(weight, 1e-3)
+    unlike = liver & (np.abs(local - level) > max_shift_hu)
+    del local, weight
+    labels, count = ndimage.label(unlike, structure=np.ones((3, 3, 3), bool))
+    if count == 0:
+        return organ
+    surface = organ & ndimage.binary_dilation(~organ, border_value=1)
+    index = np.arange(1, count + 1)
+    volume_ml = ndimage.sum_labels(unlike, labels, index) * float(np.prod(spacing_zyx)) / 1000.0
+    touches = ndimage.maximum(surface, labels, index) > 0
+    remove = np.zeros(count + 1, dtype=bool)
+    remove[1:] = (volume_ml >= MIN_REGION_ML) & touches
+    if not remove.any():
+        return organ
+    return organ & ~remove[labels]
+
+
+def lesions_in_other_tissue(
+    labels: np.ndarray,
+    count: int,
+    parenchyma: np.ndarray,
+    ct_hu: np.ndarray,
+    spacing_zyx: Sequence[float],
+    level: float,
+    max_shift_hu: float = 40.0,
+) -> np.ndarray:
+    """For each component 1..count of `labels`, whether it lies inside a tissue that is not liver:
+    its own median HU and that of the `parenchyma` voxels within `LESION_RIM_MM` around it are
+    both more than `max_shift_hu` from `level`, and within `LESION_RIM_MATCH_HU` of each other.
+    (A lesion drawn short of its edge has a rim of lesion; its core is then unlike the liver too
+    only for strongly contrasting lesions, which the network draws fully: a held-out 23 ml
+    hyperdense lesion drawn at 63 % had core 114, rim 138, level 97 HU, and is kept.)
+    Components with fewer than 10 rim voxels are never flagged."""
+    flagged = np.zeros(count, dtype=bool)
+    radius = [max(LESION_RIM_MM / float(s), 1.0) for s in spacing_zyx]
+    pad = [int(np.ceil(r)) for r in radius]
+    grids = np.ogrid[tuple(slice(-k, k + 1) for k in pad)]
+    ball = sum((g / r) ** 2 for g, r in zip(grids, radius)) <= 1.0
+    for i, box in enumerate(ndimage.find_objects(labels)):
+        if box is None:
+            continue
+        box = tuple(slice(max(b.start - p, 0), min(b.stop + p, n)) for b, p, n in zip(box, pad, labels.shape))
+        component = labels[box] == i + 1
+        rim = ndimage.binary_dilation(component, structure=ball) & ~component & parenchyma[box]
+        if np.count_nonzero(rim) < 10:
+            continue
+        rim_hu = float(np.median(ct_hu[box][rim]))
+        own_hu = float(np.median(ct_hu[box][component]))
+        flagged[i] = (abs(own_hu - level) > max_shift_hu and abs(rim_hu - level) > max_shift_hu
+                      and abs(rim_hu - own_hu) <= LESION_RIM_MATCH_HU)
+    return flagged

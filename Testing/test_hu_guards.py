@@ -1,0 +1,209 @@
+"""The checks of the network's liver and lesions against the CT's HU (hu_guards.py).
+
+Synthetic organs with a known answer (bowel below the liver, a kidney against it, a "lesion"
+inside that kidney, real lesions and vessels that must stay), the same through `clean_label_map`
+and on a permuted (sagittal-like) array, and the real TotalSegmentator CT, which reaches the
+pelvis, through `segment` with the bundled CT-only weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from LiverTumorAILib.hu_guards import (
+    drop_regions_unlike_liver,
+    lesions_in_other_tissue,
+    trim_slices_unlike_liver,
+)
+from LiverTumorAILib.postprocess import PostprocessConfig, clean_label_map
+
+SPACING = (3.0, 1.5, 1.5)
+
+
+def _liver_and_bowel(seed: int = 0):
+    """(label, HU): a liver (60 HU) in slices 30-59, over a bigger blob of 'bowel' joined to it
+    along one side, slices 0-33 (HU spread -40..+80 with gas pockets, the liver's level only
+    by chance)."""
+    rng = np.random.default_rng(seed)
+    shape = (60, 80, 80)
+    label = np.zeros(shape, np.uint8)
+    hu = rng.normal(-80.0, 10.0, shape).astype(np.float32)  # fat around
+    label[30:60, 10:60, 10:60] = 1
+    hu[30:60, 10:60, 10:60] = rng.normal(60.0, 12.0, (30, 50, 50))
+    bowel = np.zeros(shape, bool)
+    bowel[0:34, 5:75, 40:75] = True
+    bowel[30:60, 10:60, 10:60] = False
+    label[bowel] = 1
+    hu[bowel] = rng.uniform(-40.0, 80.0, int(bowel.sum()))
+    gas = bowel & (rng.random(shape) < 0.15)
+    hu[gas] = -900.0
+    return label, hu, bowel
+
+
+def test_bowel_below_the_liver_is_cut_even_when_it_outweighs_the_liver():
+    label, hu, bowel = _liver_and_bowel()
+    organ = label >= 1
+    assert bowel.sum() > (organ & ~bowel).sum()  # the bowel has more voxels than the liver
+    trimmed = trim_slices_unlike_liver(organ, label == 1, hu, SPACING, axis=0)
+    liver = organ & ~bowel
+    assert trimmed[liver].mean() > 0.97
+    assert trimmed[bowel].mean() < 0.15  # only the bowel beside the liver's slices is left
+
+
+def test_the_same_along_another_array_axis():
+    label, hu, bowel = _liver_and_bowel()
+    order = (1, 0, 2)  # head-foot is now array axis 1
+    label_p, hu_p, bowel_p = (np.transpose(a, order) for a in (label, hu, bowel))
+    spacing = tuple(SPACING[i] for i in order)
+    trimmed = trim_slices_unlike_liver(label_p >= 1, label_p == 1, hu_p, spacing, axis=1)
+    expected = trim_slices_unlike_liver(label >= 1, label == 1, hu, SPACING, axis=0)
+    assert np.array_equal(trimmed, np.transpose(expected, order))
+
+
+def test_a_homogeneous_liver_with_lesions_and_a_thin_dome_is_left_whole():
+    rng = np.random.default_rng(1)
+    shape = (50, 70, 70)
+    z, y, x = np.indices(shape)
+    organ = ((z - 25) / 24.0) ** 2 + ((y - 35) / 30.0) ** 2 + ((x - 35) / 30.0) ** 2 <= 1.0
+    hu = np.where(organ, rng.normal(110.0, 20.0, shape), -90.0).astype(np.float32)
+    edge = organ & ~np.roll(organ, 1, axis=0)
+    hu[edge] = 20.0  # partial volume with the lung at the dome
+    label = organ.astype(np.uint8)
+    lesion = ((z - 30) / 12.0) ** 2 + ((y - 35) / 20.0) ** 2 + ((x - 35) / 20.0) ** 2 <= 1.0
+    label[lesion & organ] = 2
+    hu[lesion & organ] = 40.0  # a large hypodense lesion: labelled tumour, so not in the medians
+    trimmed = trim_slices_unlike_liver(organ, label == 1, hu, SPACING, axis=0)
+    assert trimmed is organ
+
+
+def test_a_short_unlike_run_does_not_cut():
+    rng = np.random.default_rng(2)
+    organ = np.zeros((40, 50, 50), bool)
+    organ[5:35, 10:40, 10:40] = True
+    hu = np.where(organ, rng.normal(60.0, 12.0, organ.shape), -80.0).astype(np.float32)
+    hu[20] = -20.0  # one 3 mm slice off (a streak artefact), under the 10 mm run
+    assert trim_slices_unlike_liver(organ, organ, hu, SPACING, axis=0) is organ
+    hu[20:24] = -20.0  # 12 mm off: the organ is cut there, the larger side (slices 5-19) kept
+    trimmed = trim_slices_unlike_liver(organ, organ, hu, SPACING, axis=0)
+    expected = organ.copy()
+    expected[20:] = False
+    assert np.array_equal(trimmed, expected)
+
+
+def test_clean_label_map_uses_the_guard_only_with_the_ct():
+    label, hu, bowel = _liver_and_bowel()
+    with_ct = clean_label_map(label, SPACING, PostprocessConfig(), ct_hu=hu)
+    without = clean_label_map(label, SPACING, PostprocessConfig())
+    off = clean_label_map(label, SPACING, PostprocessConfig(max_slice_hu_shift=0.0, max_region_hu_shift=0.0,
+                                                           max_lesion_rim_hu_shift=0.0), ct_hu=hu)
+    assert (without[bowel] >= 1).all() and np.array_equal(without, off)
+    assert (with_ct[bowel] >= 1).mean() < 0.15
+    assert (with_ct[(label >= 1) & ~bowel] >= 1).mean() > 0.97
+
+
+def _liver_with_kidney(seed: int = 3):
+    """(label, HU, kidney, vessel, missed, lesion, kidney_lesion) on a 2 x 1 x 1 mm grid: a liver
+    (100 HU) with a 'kidney' (160 HU) against its surface, all labelled liver by the network; a
+    4 mm vessel (170 HU) and a missed lesion (40 HU) inside the liver, labelled liver; a real
+    hypodense lesion (45 HU) labelled tumour; a 'lesion' inside the kidney, labelled tumour."""
+    rng = np.random.default_rng(seed)
+    shape = (40, 90, 110)
+    z, y, x = np.indices(shape)
+    hu = rng.normal(-80.0, 10.0, shape).astype(np.float32)
+    liver = (z >= 5) & (z < 35) & (y >= 10) & (y < 80) & (x >= 10) & (x < 75)
+    kidney = ((z - 20) / 10.0) ** 2 + ((y - 45) / 22.0) ** 2 + ((x - 86) / 14.0) ** 2 <= 1.0
+    kidney &= ~liver
+    vessel = liver & ((y - 45) ** 2 + ((z - 20) * 2) ** 2 <= 4) & (x < 74)
+    missed = liver & ((z - 20) ** 2 * 4 + (y - 25) ** 2 + (x - 30) ** 2 <= 64)
+    lesion = liver & ((z - 20) ** 2 * 4 + (y - 65) ** 2 + (x - 35) ** 2 <= 81)
+    kidney_lesion = kidney & ((z - 20) ** 2 * 4 + (y - 45) ** 2 + (x - 88) ** 2 <= 36)
+    hu[liver] = rng.normal(100.0, 15.0, int(liver.sum()))
+    hu[kidney] = rng.normal(160.0, 15.0, int(kidney.sum()))
+    hu[vessel] = 170.0
+    hu[missed] = 40.0
+    hu[lesion] = 45.0
+    label = np.zeros(shape, np.uint8)
+    label[liver | kidney] = 1
+    label[lesion | kidney_lesion] = 2
+    return label, hu, kidney, vessel, missed, lesion, kidney_lesion
+
+
+def test_a_neighbouring_organ_at_the_surface_is_removed_and_the_inside_kept():
+    label, hu, kidney, vessel, missed, lesion, _ = _liver_with_kidney()
+    organ = label >= 1
+    kept = drop_regions_unlike_liver(organ, label == 1, hu, (2.0, 1.0, 1.0), level=100.0)
+    assert kept[kidney & (label == 1)].mean() < 0.2
+    assert kept[vessel].all() and kept[missed].all() and kept[lesion].all()
+    liver_only = organ & ~kidney
+    assert drop_regions_unlike_liver(liver_only, label == 1, hu, (2.0, 1.0, 1.0), level=100.0) is liver_only
+
+
+def test_a_lesion_inside_another_tissue_is_flagged_and_real_lesions_are_not():
+    from scipy import ndimage
+
+    label, hu, _, _, _, lesion, kidney_lesion = _liver_with_kidney()
+    bright = np.zeros(label.shape, bool)  # a hyperdense real lesion (haemangioma-like) in the liver
+    bright[14:26, 30:40, 50:60] = True
+    hu[bright] = 170.0
+    label[bright] = 2
+    labels, count = ndimage.label(label == 2, structure=np.ones((3, 3, 3), bool))
+    flagged = lesions_in_other_tissue(labels, count, label == 1, hu, (2.0, 1.0, 1.0), level=100.0)
+    by_lesion = {name: bool(flagged[labels[mask].max() - 1])
+                 for name, mask in (("kidney", kidney_lesion), ("hypodense", lesion), ("bright", bright))}
+    assert by_lesion == {"kidney": True, "hypodense": False, "bright": False}
+
+
+def test_an_under_drawn_lesion_whose_core_is_near_the_liver_is_kept():
+    """A held-out hyperdense lesion drawn at 63 %: core 114 HU, the undrawn rest 138, liver 97."""
+    from scipy import ndimage
+
+    label, hu, *_ = _liver_with_kidney()
+    z, y, x = np.indices(label.shape)
+    lesion = ((z - 20) * 2.0) ** 2 + (y - 40) ** 2 + (x - 40) ** 2 <= 12 ** 2
+    drawn = ((z - 20) * 2.0) ** 2 + (y - 40) ** 2 + (x - 40) ** 2 <= 7 ** 2
+    hu[lesion] = 138.0
+    hu[drawn] = 114.0
+    label[lesion] = 1
+    label[drawn] = 2
+    labels, count = ndimage.label(label == 2, structure=np.ones((3, 3, 3), bool))
+    flagged = lesions_in_other_tissue(labels, count, label == 1, hu, (2.0, 1.0, 1.0), level=97.0)
+    assert not flagged[labels[drawn].max() - 1]
+    hu[drawn] = 140.0  # the same lesion, homogeneous: the documented limit, dropped
+    flagged = lesions_in_other_tissue(labels, count, label == 1, hu, (2.0, 1.0, 1.0), level=97.0)
+    assert flagged[labels[drawn].max() - 1]
+
+
+def test_clean_label_map_applies_every_check_with_the_ct():
+    label, hu, kidney, vessel, missed, lesion, kidney_lesion = _liver_with_kidney()
+    spacing = (2.0, 1.0, 1.0)
+    cleaned = clean_label_map(label, spacing, PostprocessConfig(), ct_hu=hu)
+    plain = clean_label_map(label, spacing, PostprocessConfig())
+    assert (plain[kidney_lesion] == 2).all() and (plain[kidney] >= 1).all()
+    assert not (cleaned[kidney_lesion] == 2).any()
+    assert (cleaned[kidney] >= 1).mean() < 0.2
+    assert (cleaned[lesion] == 2).all() and (cleaned[vessel] >= 1).all() and (cleaned[missed] >= 1).all()
+
+
+def _head_foot_extent_mm(mask: np.ndarray, image) -> float:
+    direction = np.asarray(image.GetDirection()).reshape(3, 3)
+    z, y, x = np.nonzero(mask)
+    lps_z = (np.stack([x, y, z], axis=1) * np.asarray(image.GetSpacing())) @ direction[2]
+    return float(lps_z.max() - lps_z.min())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", ["tam-unet", "dual-stream"])
+def test_real_ct_to_the_pelvis_keeps_the_liver_out_of_the_pelvis(real_data_dir, tmp_path, model):
+    """The TotalSegmentator example CT runs from the liver dome to the pelvis (33 cm). Without the
+    guard both CT-only models' liver ran its whole length (2.4-3.3 l); an adult liver spans
+    15-25 cm, and this scan cuts the dome, so the liver must stay under 20 cm and 2 l."""
+    import SimpleITK as sitk
+
+    from LiverTumorAILib.pipeline import run_segment
+
+    ct_path = real_data_dir / "totalsegmentator" / "example_ct.nii.gz"
+    run_segment(ct_path, tmp_path / "out", model=model, device="cpu")
+    ct = sitk.ReadImage(str(ct_path))
+    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "segmentation.nii.gz"))) >= 1
+    assert liver.sum() * np.prod(ct.GetSpacing()) / 1e6 < 2.0
+    assert 60.0 < _head_foot_extent_mm(liver, ct) < 200.0
