@@ -182,6 +182,25 @@ def test_clean_label_map_applies_every_check_with_the_ct():
     assert not (cleaned[kidney_lesion] == 2).any()
     assert (cleaned[kidney] >= 1).mean() < 0.2
     assert (cleaned[lesion] == 2).all() and (cleaned[vessel] >= 1).all() and (cleaned[missed] >= 1).all()
+    notes: dict = {}
+    clean_label_map(label, spacing, PostprocessConfig(), ct_hu=hu, notes=notes)
+    kidney_ml = np.count_nonzero(kidney & (label == 1)) * 2.0 / 1000.0
+    assert abs(notes["liver_level_hu"] - 100.0) <= 5.0
+    assert 0.8 * kidney_ml <= notes["regions_unlike_liver_removed_ml"] <= 1.2 * kidney_ml
+    assert notes["lesions_in_other_tissue_removed"] == 0  # it went with the kidney, outside the liver now
+    assert "slices_unlike_liver_removed_ml" not in notes  # the kidney lies beside the liver, not below it
+    notes = {}
+    only_lesions = clean_label_map(label, spacing, PostprocessConfig(max_region_hu_shift=0.0), ct_hu=hu, notes=notes)
+    assert notes["lesions_in_other_tissue_removed"] == 1 and not (only_lesions[kidney_lesion] == 2).any()
+
+
+def test_warnings_when_the_checks_removed_much():
+    from LiverTumorAILib.pipeline import hu_check_warnings
+
+    assert hu_check_warnings({"liver_level_hu": 100.0, "regions_unlike_liver_removed_ml": 12.0}) == []
+    warned = hu_check_warnings({"slices_unlike_liver_removed_ml": 900.0, "regions_unlike_liver_removed_ml": 12.0,
+                                "lesions_in_other_tissue_removed": 2})
+    assert len(warned) == 2 and "912 ml" in warned[0] and warned[1].startswith("2 lesion")
 
 
 def _head_foot_extent_mm(mask: np.ndarray, image) -> float:

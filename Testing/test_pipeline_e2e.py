@@ -83,6 +83,10 @@ def test_segment_outputs_on_the_exact_ct_grid_with_stated_dice(phantom_case, seg
     assert report["lesion_count"] == len(report["lesions"]) == int(sitk.GetArrayFromImage(lesions).max())
     assert "synthetic phantoms" in report["weights_notice"]
     assert report["models"]["segmentation"]["synthetic"] is True
+    # the HU checks took the liver's level from this CT: the phantom's liver is drawn at 95-130 HU
+    # (35-70 when fatty), never below 30 or above 140
+    truth_liver_hu = np.median(sitk.GetArrayFromImage(ct)[truth == 1])
+    assert abs(report["hu_checks"]["liver_level_hu"] - truth_liver_hu) <= 10.0
     for les in report["lesions"]:
         assert les["volume_ml"] > 0 and les["longest_diameter_mm"] > 0 and len(les["centroid_ras"]) == 3
         assert les["predicted_class"] in ("benign", "malignant", "indeterminate")

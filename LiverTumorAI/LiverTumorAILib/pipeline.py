@@ -65,6 +65,24 @@ def _model_entry(loaded) -> dict:
     return entry
 
 
+#: removed tissue (ml) from which the HU checks' work is worth a warning
+HU_CHECK_WARN_ML = 50.0
+
+
+def hu_check_warnings(hu_checks: dict) -> list[str]:
+    """Plain-language warnings when the HU checks of postprocess removed much: the network drew
+    a sizeable piece of another organ as liver, so the liver segment deserves a look."""
+    removed = hu_checks.get("slices_unlike_liver_removed_ml", 0.0) + hu_checks.get("regions_unlike_liver_removed_ml", 0.0)
+    warnings = []
+    if removed >= HU_CHECK_WARN_ML:
+        warnings.append(f"{removed:.0f} ml drawn as liver did not look like liver on the CT and was removed "
+                        "(bowel, kidney, stomach or heart); check the liver segment")
+    dropped = hu_checks.get("lesions_in_other_tissue_removed", 0)
+    if dropped:
+        warnings.append(f"{dropped} lesion(s) inside tissue that is not liver were dropped; check the liver's edges")
+    return warnings
+
+
 def _write_image(array: np.ndarray, reference: sitk.Image, path: Path) -> None:
     _write_sitk(array_to_image(array, reference), path)
 
@@ -172,8 +190,11 @@ def segment_into(
     # heatmaps, what the scene shows) lives on `region`, the CT sub-grid that was segmented
     # and outside which every result is zero.
     label, attention, region = out.label, out.attention, out.region
-    seg_device, localized = out.device, out.localized
+    seg_device, localized, hu_checks = out.device, out.localized, out.hu_checks
     del out
+    warnings = hu_check_warnings(hu_checks)
+    for message in warnings:
+        progress.warn(message)
     lesion_image = lesion_instance_image(label, ct)
     lesions = sitk.GetArrayViewFromImage(lesion_image)
     ct_array = sitk.GetArrayViewFromImage(ct)
@@ -230,10 +251,13 @@ def segment_into(
         "weights_notice": DEMO_WEIGHTS_NOTICE if any(m.get("synthetic") for m in models_used.values()) else None,
         "device": describe_device(torch_device) | {"used": seg_device},
         "liver_localized": localized,
+        "hu_checks": hu_checks,
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
     }
     if not localized and localizer is not None:
-        report["warnings"] = ["liver localiser found no liver; whole scan segmented"]
+        warnings.insert(0, "liver localiser found no liver; whole scan segmented")
+    if warnings:
+        report["warnings"] = warnings
     _write_json(folder / "report.json", report)
     _write_scene(folder, ct, mri, sub.image(label_region), lesion_region, heatmap, report, ct_path, progress)
     progress.stage("write", 1.0)

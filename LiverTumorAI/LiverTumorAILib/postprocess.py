@@ -103,26 +103,35 @@ class TissueContext:
     parenchyma: np.ndarray
     ct_hu: np.ndarray
     level: float
+    notes: dict | None = None  # receives "lesions_in_other_tissue_removed": count
 
 
-def _organ_checked_against_hu(organ, parenchyma, ct_hu, spacing_zyx, axis, config) -> tuple[np.ndarray, float | None]:
+def _organ_checked_against_hu(organ, parenchyma, ct_hu, spacing_zyx, axis, config,
+                              notes: dict) -> tuple[np.ndarray, float | None]:
     """`organ` after the slice and region checks of hu_guards.py, and the liver's HU level
-    (None when the organ has no liver-labelled voxel to take it from)."""
+    (None when the organ has no liver-labelled voxel to take it from). `notes` receives the
+    level and the volume (ml) each check removed."""
     from LiverTumorAILib.inference.localize import largest_component
 
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
     if config.max_slice_hu_shift > 0:
         trimmed = trim_slices_unlike_liver(organ, parenchyma, ct_hu, spacing_zyx, axis,
                                            config.max_slice_hu_shift, config.min_unlike_run_mm)
         if trimmed is not organ:
+            before = np.count_nonzero(organ)
             organ = largest_component(trimmed)
+            notes["slices_unlike_liver_removed_ml"] = round((before - np.count_nonzero(organ)) * voxel_ml, 1)
     liver = parenchyma & organ
     if not liver.any():
         return organ, None
     level = liver_level_hu(ct_hu[liver])
+    notes["liver_level_hu"] = level
     if config.max_region_hu_shift > 0:
         kept = drop_regions_unlike_liver(organ, parenchyma, ct_hu, spacing_zyx, level, config.max_region_hu_shift)
         if kept is not organ:
+            before = np.count_nonzero(organ)
             organ = fill_holes(largest_component(kept))
+            notes["regions_unlike_liver_removed_ml"] = round((before - np.count_nonzero(organ)) * voxel_ml, 1)
     return organ, level
 
 
@@ -133,12 +142,14 @@ def clean_label_map(
     tumour_probability: np.ndarray | None = None,
     ct_hu: np.ndarray | None = None,
     head_foot_axis: int = 0,
+    notes: dict | None = None,
 ) -> np.ndarray:
     """Return a cleaned uint8 label map (0 bg, 1 liver, 2 tumour) on the same grid.
 
     `tumour_probability` (same grid; float in [0, 1] or uint8 as 255 x p) enables the
     `min_tumour_peak` filter; without it that step is skipped. `ct_hu` (same grid, HU) enables
-    `trim_slices_unlike_liver` along `head_foot_axis` (array axis, z y x order).
+    the checks of hu_guards.py (the slice check along `head_foot_axis`, array axis in z y x
+    order); `notes`, if given, receives what they found and removed (for report.json).
 
     Computed inside the organ's bounding box (+ the tumour margin): components, holes and
     the dilated envelope are the same there as on the whole grid, since nothing of the
@@ -171,8 +182,9 @@ def clean_label_map(
     tissue = None
     if ct_hu is not None:
         parenchyma = label[crop] == 1
-        organ, level = _organ_checked_against_hu(organ, parenchyma, ct_hu[crop], spacing_zyx, head_foot_axis, config)
-        tissue = None if level is None else TissueContext(parenchyma, ct_hu[crop], level)
+        organ, level = _organ_checked_against_hu(organ, parenchyma, ct_hu[crop], spacing_zyx, head_foot_axis, config,
+                                                 notes if notes is not None else {})
+        tissue = None if level is None else TissueContext(parenchyma, ct_hu[crop], level, notes)
     if organ.sum() * voxel_mm3 / 1000.0 < config.min_liver_ml:
         return out
     envelope = ndimage.binary_dilation(organ, structure=_ellipsoid(radius)) if dilate else organ
@@ -205,8 +217,11 @@ def filter_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], config: Postp
     if config.min_lesion_thickness_mm > 0:
         keep[1:] &= component_thickness_mm(labels, spacing_zyx) >= config.min_lesion_thickness_mm
     if tissue is not None and config.max_lesion_rim_hu_shift > 0:
-        keep[1:] &= ~lesions_in_other_tissue(labels, count, tissue.parenchyma, tissue.ct_hu, spacing_zyx, tissue.level,
-                                             config.max_lesion_rim_hu_shift)
+        other = lesions_in_other_tissue(labels, count, tissue.parenchyma, tissue.ct_hu, spacing_zyx, tissue.level,
+                                        config.max_lesion_rim_hu_shift)
+        if tissue.notes is not None:
+            tissue.notes["lesions_in_other_tissue_removed"] = int(np.count_nonzero(other & keep[1:]))
+        keep[1:] &= ~other
     return keep[labels]
 
 

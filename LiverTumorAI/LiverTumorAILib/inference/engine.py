@@ -125,6 +125,7 @@ class SegmentationOutput:
     timing_s: dict[str, float] = field(default_factory=dict)
     slice_class_logits: np.ndarray | None = None
     region: tuple | None = None
+    hu_checks: dict = field(default_factory=dict)  # what the HU checks of postprocess found and removed
 
 
 def load_model(name: str, weights_dir, device) -> LoadedModel:
@@ -213,6 +214,7 @@ def segment_volume(
     full_shape = tuple(reversed(ct.GetSize()))
     label_full = np.zeros(full_shape, dtype=np.uint8)
     attention_full: dict[str, np.ndarray] = {}
+    hu_checks: dict = {}
     if region is not None:
         start, size = region
         ref = region_reference(ct, start, size)
@@ -222,7 +224,8 @@ def segment_volume(
         label = label_on_grid(ct, start, size, probabilities, tumour_out=tumour_u8)
         spacing_zyx = tuple(reversed(ct.GetSpacing()))
         label_full[sl] = clean_label_map(label, spacing_zyx, clean, tumour_probability=tumour_u8,
-                                         ct_hu=sitk.GetArrayViewFromImage(ct)[sl], head_foot_axis=head_foot_axis(ct))
+                                         ct_hu=sitk.GetArrayViewFromImage(ct)[sl], head_foot_axis=head_foot_axis(ct),
+                                         notes=hu_checks)
         del label, tumour_u8
         maps = pred.attention
         if maps and not all_attention_sources:  # combine on the small model grid: one full-size array
@@ -240,4 +243,5 @@ def segment_volume(
         timing_s=timing,
         slice_class_logits=pred.class_logits,
         region=region,
+        hu_checks=hu_checks,
     )
