@@ -226,3 +226,14 @@ def test_real_ct_to_the_pelvis_keeps_the_liver_out_of_the_pelvis(real_data_dir, 
     liver = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "segmentation.nii.gz"))) >= 1
     assert liver.sum() * np.prod(ct.GetSpacing()) / 1e6 < 2.0
     assert 60.0 < _head_foot_extent_mm(liver, ct) < 200.0
+
+
+@pytest.mark.parametrize("value", [np.nan, -1000.0])
+def test_a_ct_without_liver_values_turns_the_checks_off(value):
+    """NaN or all-air HU under the network's liver: no level to check against, so the map is the
+    one cleaned without the CT, and report.json gets no level."""
+    label, _, _ = _liver_and_bowel()
+    hu = np.full(label.shape, value, np.float32)
+    notes: dict = {}
+    cleaned = clean_label_map(label, SPACING, PostprocessConfig(), ct_hu=hu, notes=notes)
+    assert notes == {} and np.array_equal(cleaned, clean_label_map(label, SPACING, PostprocessConfig()))

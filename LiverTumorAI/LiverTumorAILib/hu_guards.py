@@ -42,11 +42,14 @@ LESION_RIM_MM = 3.0
 
 
 def liver_level_hu(values: np.ndarray) -> float:
-    """The liver's own HU level: the mode of its parenchyma's histogram (5 HU bins, -100..300).
+    """The liver's own HU level: the mode of its parenchyma's histogram (5 HU bins, -100..300);
+    NaN when no value falls in that range.
 
     A mode, not a median: when the network also labelled bowel, the liver is still the one
     narrow peak, while the bowel's HU spread out (content, wall, gas)."""
     counts, edges = np.histogram(values, bins=80, range=(-100.0, 300.0))
+    if not counts.any():
+        return float("nan")  # no parenchyma voxel in a liver's range: no level, no checks
     counts = np.convolve(counts, np.ones(3), mode="same")
     peak = int(np.argmax(counts))
     return float((edges[peak] + edges[peak + 1]) / 2.0)
@@ -78,6 +81,8 @@ def trim_slices_unlike_liver(
     liver = parenchyma & organ
     min_voxels = max(20, int(0.02 * area.max()))
     level = liver_level_hu(ct_hu[liver])
+    if not np.isfinite(level):
+        return organ
     medians = np.full(organ.shape[axis], np.nan)
     liver_like = np.zeros(organ.shape[axis])
     for i in np.flatnonzero(liver.sum(axis=others) >= min_voxels):

@@ -125,6 +125,8 @@ def _organ_checked_against_hu(organ, parenchyma, ct_hu, spacing_zyx, axis, confi
     if not liver.any():
         return organ, None
     level = liver_level_hu(ct_hu[liver])
+    if not np.isfinite(level):
+        return organ, None
     notes["liver_level_hu"] = level
     if config.max_region_hu_shift > 0:
         kept = drop_regions_unlike_liver(organ, parenchyma, ct_hu, spacing_zyx, level, config.max_region_hu_shift)
