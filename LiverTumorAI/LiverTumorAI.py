@@ -93,6 +93,7 @@ class LiverTumorAIParameterNode:
     device: str = "auto"
     classify: bool = True
     heatmap: bool = True
+    huChecks: bool = True
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     weightsFolder: str = ""
     replacePrevious: bool = False
@@ -512,7 +513,8 @@ class LiverTumorAILogic(ScriptedLoadableModuleLogic):
         mriPath = self._writeVolume(pn.mriVolume, workDir / "mri.nrrd") if pn.mriVolume is not None else None
         command = runner.segment_command(
             ctPath, workDir / "out", mri=mriPath, model=pn.model, device=pn.device, classify=pn.classify,
-            heatmap=pn.heatmap, weights=pn.weightsFolder or None, python=self.pythonExecutable())
+            heatmap=pn.heatmap, weights=pn.weightsFolder or None, python=self.pythonExecutable(),
+            hu_checks=pn.huChecks)
         logging.info("LiverTumorAI: %s", " ".join(command))
         self._job = _Job("segment", runner.ProcessRunner(command).start(), workDir, parameterNode=pn,
                          ctNode=pn.ctVolume, replaceNode=pn.resultSegmentation if pn.replacePrevious else None)

@@ -213,19 +213,30 @@ def _head_foot_extent_mm(mask: np.ndarray, image) -> float:
 @pytest.mark.slow
 @pytest.mark.parametrize("model", ["tam-unet", "dual-stream"])
 def test_real_ct_to_the_pelvis_keeps_the_liver_out_of_the_pelvis(real_data_dir, tmp_path, model):
-    """The TotalSegmentator example CT runs from the liver dome to the pelvis (33 cm). Without the
-    guard both CT-only models' liver ran its whole length (2.4-3.3 l); an adult liver spans
-    15-25 cm, and this scan cuts the dome, so the liver must stay under 20 cm and 2 l."""
+    """The TotalSegmentator example CT runs from inside the liver to the pelvis (33 cm). Without
+    the checks (`hu_checks=False`) both CT-only models' liver runs its whole length (2.4-3.3 l);
+    an adult liver spans 15-25 cm and this scan cuts its top, so with them the liver must stay
+    under 20 cm and 2 l, and report.json must say what was removed."""
+    import json
+
     import SimpleITK as sitk
 
     from LiverTumorAILib.pipeline import run_segment
 
     ct_path = real_data_dir / "totalsegmentator" / "example_ct.nii.gz"
-    run_segment(ct_path, tmp_path / "out", model=model, device="cpu")
     ct = sitk.ReadImage(str(ct_path))
-    liver = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "segmentation.nii.gz"))) >= 1
-    assert liver.sum() * np.prod(ct.GetSpacing()) / 1e6 < 2.0
-    assert 60.0 < _head_foot_extent_mm(liver, ct) < 200.0
+    for checks in (True, False):
+        out = tmp_path / f"checks_{checks}"
+        run_segment(ct_path, out, model=model, device="cpu", hu_checks=checks)
+        liver = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nii.gz"))) >= 1
+        litres, extent = liver.sum() * np.prod(ct.GetSpacing()) / 1e6, _head_foot_extent_mm(liver, ct)
+        report = json.loads((out / "report.json").read_text())
+        if checks:
+            assert litres < 2.0 and 60.0 < extent < 200.0
+            assert report["hu_checks"]["enabled"] is True and report["warnings"]
+        else:
+            assert litres > 2.0 and extent > 300.0
+            assert report["hu_checks"] == {"enabled": False}
 
 
 @pytest.mark.parametrize("value", [np.nan, -1000.0])

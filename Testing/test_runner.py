@@ -212,11 +212,12 @@ def test_parse_progress_line():
 
 def test_command_builders(tmp_path):
     cmd = segment_command("ct.nrrd", tmp_path, mri="mri.nrrd", model="fusion", device="cuda",
-                          classify=False, heatmap=False, weights="w", python="py")
+                          classify=False, heatmap=False, weights="w", python="py", hu_checks=False)
     assert cmd[:4] == ["py", "-m", "LiverTumorAILib", "segment"]
     assert cmd[4] == "ct.nrrd"
-    for flag in ("--mri", "--no-classify", "--no-heatmap", "--weights"):
+    for flag in ("--mri", "--no-classify", "--no-heatmap", "--no-hu-checks", "--weights"):
         assert flag in cmd
+    assert "--no-hu-checks" not in segment_command("ct.nrrd", tmp_path)
     assert cmd[cmd.index("--model") + 1] == "fusion" and cmd[cmd.index("--device") + 1] == "cuda"
     assert cmd[-4:] == ["-o", str(tmp_path), "--progress", "json"]
     with pytest.raises(ValueError):
@@ -292,9 +293,9 @@ def test_commands_parse_with_the_real_cli(tmp_path):
     cli = pytest.importorskip("LiverTumorAILib.cli")
     parser = cli.build_parser()
     seg = parser.parse_args(segment_command("ct.nrrd", "out", mri="m.nrrd", model="fusion", device="cpu",
-                                            classify=False, heatmap=False, weights="w")[3:])
+                                            classify=False, heatmap=False, weights="w", hu_checks=False)[3:])
     assert (seg.command, seg.mri, seg.model, seg.device, seg.progress) == ("segment", "m.nrrd", "fusion", "cpu", "json")
-    assert seg.no_classify and seg.no_heatmap and seg.outdir == "out"
+    assert seg.no_classify and seg.no_heatmap and seg.no_hu_checks and seg.outdir == "out"
     cls = parser.parse_args(classify_command("ct.nrrd", "seg.nii.gz", "out", device="cuda")[3:])
     assert (cls.command, cls.seg, cls.device, cls.progress) == ("classify", "seg.nii.gz", "cuda", "json")
     ph = parser.parse_args(phantom_command("ph", count=2, seed=4, size=64, slices=16)[3:])

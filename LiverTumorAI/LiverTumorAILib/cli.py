@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mri", metavar="MRI", help="MRI of the same patient (file or DICOM folder), optional")
     p.add_argument("--model", choices=MODELS, default="dual-stream", help="segmentation model (default: dual-stream)")
     p.add_argument("--no-classify", action="store_true", help="skip benign/malignant lesion classification")
+    p.add_argument("--no-hu-checks", action="store_true",
+                   help="keep the network's liver and lesions as drawn: no removal of tissue whose CT HU is "
+                        "unlike the liver's (for livers with very uneven HU; see README)")
     heat = p.add_mutually_exclusive_group()
     heat.add_argument("--no-heatmap", action="store_true", help="do not write heatmap.nii.gz")
     heat.add_argument("--heatmaps", choices=("main", "all"), default="main",
@@ -178,6 +181,7 @@ def _cmd_segment(args: argparse.Namespace, progress: Progress) -> Any:
     heatmaps = "none" if args.no_heatmap else args.heatmaps
     report = pipeline.run_segment(args.ct, args.outdir, mri_path=args.mri, model=args.model, device=args.device,
                          classify=not args.no_classify, heatmaps=heatmaps, weights_dir=args.weights,
+                         hu_checks=not args.no_hu_checks,
                          overwrite=args.overwrite, threads=args.threads, progress=progress)
     progress.done(args.outdir)
     print_summary(report)

@@ -151,6 +151,7 @@ def segment_into(
     weights_dir=None,
     threads: int | None = None,
     progress=None,
+    hu_checks: bool = True,
 ) -> dict:
     """Run the pipeline on loaded images and write every output into `folder` (already staged)."""
     from LiverTumorAILib.errors import WeightsError
@@ -181,7 +182,7 @@ def segment_into(
     out = segment_volume(
         ct, seg_model, localizer=localizer, mri=mri, device=torch_device,
         keep_attention=heatmaps != "none", all_attention_sources=heatmaps == "all",
-        progress=lambda stage, f: progress.stage(stage, f), warn=progress.warn,
+        progress=lambda stage, f: progress.stage(stage, f), warn=progress.warn, hu_checks=hu_checks,
     )
     timing.update(out.timing_s)
     # Whole-scan arrays are what a long scan cannot afford several of: from here on the CT,
@@ -190,9 +191,9 @@ def segment_into(
     # heatmaps, what the scene shows) lives on `region`, the CT sub-grid that was segmented
     # and outside which every result is zero.
     label, attention, region = out.label, out.attention, out.region
-    seg_device, localized, hu_checks = out.device, out.localized, out.hu_checks
+    seg_device, localized, hu_found = out.device, out.localized, out.hu_checks
     del out
-    warnings = hu_check_warnings(hu_checks)
+    warnings = hu_check_warnings(hu_found)
     for message in warnings:
         progress.warn(message)
     lesion_image = lesion_instance_image(label, ct)
@@ -251,7 +252,7 @@ def segment_into(
         "weights_notice": DEMO_WEIGHTS_NOTICE if any(m.get("synthetic") for m in models_used.values()) else None,
         "device": describe_device(torch_device) | {"used": seg_device},
         "liver_localized": localized,
-        "hu_checks": hu_checks,
+        "hu_checks": {"enabled": hu_checks, **hu_found},
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
     }
     if not localized and localizer is not None:
@@ -365,8 +366,10 @@ def run_segment(
     overwrite: bool = False,
     threads: int | None = None,
     progress=None,
+    hu_checks: bool = True,
 ) -> dict:
-    """`livertumorai segment`: read, segment, classify, write OUTDIR atomically."""
+    """`livertumorai segment`: read, segment, classify, write OUTDIR atomically. `hu_checks=False`
+    keeps the network's liver and lesions as drawn (no checks against the CT's HU)."""
     from LiverTumorAILib.io.atomic import atomic_output_dir
 
     progress = progress or _NullProgress()
@@ -375,7 +378,7 @@ def run_segment(
         report = segment_into(
             staging, ct, mri, ct_path=str(ct_path), mri_path=str(mri_path) if mri_path else None, model=model,
             device=device, classify=classify, heatmaps=heatmaps, weights_dir=weights_dir, threads=threads,
-            progress=progress,
+            progress=progress, hu_checks=hu_checks,
         )
     progress.done(str(outdir))
     return report

@@ -109,6 +109,7 @@ def segment_command(
     heatmap: bool = True,
     weights: Optional[os.PathLike | str] = None,
     python: Optional[str] = None,
+    hu_checks: bool = True,
 ) -> List[str]:
     """`livertumorai segment CT [--mri MRI] --model M --device D ... -o OUTDIR --progress json`."""
     if model == "fusion" and not mri:
@@ -121,6 +122,8 @@ def segment_command(
         cmd.append("--no-classify")
     if not heatmap:
         cmd.append("--no-heatmap")
+    if not hu_checks:
+        cmd.append("--no-hu-checks")
     if weights:
         cmd += ["--weights", str(weights)]
     cmd += ["-o", str(outdir), "--progress", "json"]

@@ -12,7 +12,7 @@ resampling.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import numpy as np
@@ -151,6 +151,7 @@ def segment_volume(
     progress: Callable[[str, float], None] | None = None,
     warn: Callable[[str], None] | None = None,
     box: BoundingBox | None = None,
+    hu_checks: bool = True,
 ) -> SegmentationOutput:
     """Segment liver and tumour on `ct`'s grid with one 2.5D model.
 
@@ -158,9 +159,12 @@ def segment_volume(
     The cascade never trusts that box blindly: if the segmented liver touches a side of
     the box that is not the scan's edge (the coarse localiser cut a lobe), the box grows
     by `GROW_MM` on that side and the region is segmented again, at most
-    `MAX_GROW_STEPS` times."""
+    `MAX_GROW_STEPS` times. `hu_checks=False` turns off the checks against the CT's HU
+    (hu_guards.py) in the growth decision and the clean-up."""
     timing: dict[str, float] = {}
     clean = postprocess or PostprocessConfig.from_manifest(seg.manifest)
+    if not hu_checks:
+        clean = replace(clean, max_slice_hu_shift=0.0, max_region_hu_shift=0.0, max_lesion_rim_hu_shift=0.0)
     config = seg.manifest.get("config", {})
     prep = seg.manifest.get("preprocessing", {})
     spacing = prep.get("spacing_mm", DEFAULT_SPACING_MM)
@@ -214,7 +218,7 @@ def segment_volume(
     full_shape = tuple(reversed(ct.GetSize()))
     label_full = np.zeros(full_shape, dtype=np.uint8)
     attention_full: dict[str, np.ndarray] = {}
-    hu_checks: dict = {}
+    hu_found: dict = {}
     if region is not None:
         start, size = region
         ref = region_reference(ct, start, size)
@@ -224,8 +228,9 @@ def segment_volume(
         label = label_on_grid(ct, start, size, probabilities, tumour_out=tumour_u8)
         spacing_zyx = tuple(reversed(ct.GetSpacing()))
         label_full[sl] = clean_label_map(label, spacing_zyx, clean, tumour_probability=tumour_u8,
-                                         ct_hu=sitk.GetArrayViewFromImage(ct)[sl], head_foot_axis=head_foot_axis(ct),
-                                         notes=hu_checks)
+                                         ct_hu=sitk.GetArrayViewFromImage(ct)[sl] if hu_checks else None,
+                                         head_foot_axis=head_foot_axis(ct),
+                                         notes=hu_found)
         del label, tumour_u8
         maps = pred.attention
         if maps and not all_attention_sources:  # combine on the small model grid: one full-size array
@@ -243,5 +248,5 @@ def segment_volume(
         timing_s=timing,
         slice_class_logits=pred.class_logits,
         region=region,
-        hu_checks=hu_checks,
+        hu_checks=hu_found,
     )
