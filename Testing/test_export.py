@@ -23,6 +23,7 @@ REPORT = {
     "models": {"dual-stream": {"version": "demo-0.1", "synthetic": True}},
     "weights_notice": "demo weights trained on synthetic phantoms - not for clinical use",
     "device": "cpu", "software_version": "0.1.0",
+    "warnings": ["120 ml drawn as liver did not look like liver on the CT and was removed <check>"],
 }
 
 
@@ -216,6 +217,7 @@ def test_html_report_nifti_and_seg_nrrd(phantom_result, tmp_path):
     assert '<table id="lesions">' in page and "16.00" in page and "0.83" in page and "malignant" in page
     assert "Not for clinical use" in page and "synthetic demo weights" in page
     assert "dual-stream: version demo-0.1" in page
+    assert "120 ml drawn as liver did not look like liver on the CT and was removed &lt;check&gt;" in page
     assert page.count("data:image/png;base64,") == 1
     nii = sitk.ReadImage(str(tmp_path / "out" / "labelmap.nii.gz"))
     arr = sitk.GetArrayFromImage(nii)

@@ -104,6 +104,10 @@ def render(data: ResultData) -> str:
                       f"{html.escape(notice)}. Phantom/demo weights.</p>")
     summary = (f"<p>Liver volume: {_fmt(report.get('liver_volume_ml'))} ml; tumour burden: "
                f"{_fmt(report.get('tumour_burden_percent'))} %; lesions: {len(lesions)}.</p>")
+    warnings = [str(w) for w in (report.get("warnings") or []) if w]
+    if warnings:  # what the automatic run flagged; still worth reading after manual correction
+        summary += ("<h2>Warnings from the automatic segmentation</h2><ul>"
+                    + "".join(f"<li>{html.escape(w)}</li>" for w in warnings) + "</ul>")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>LiverTumorAI report</title>
 <style>body{{font-family:sans-serif;margin:2em}} table{{border-collapse:collapse}}
