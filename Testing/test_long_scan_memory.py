@@ -229,9 +229,14 @@ def test_extra_slices_cost_a_few_bytes_per_voxel(tmp_path):
     subprocess.run([sys.executable, "-c", _MAKE_CASE, str(short), str(long)], check=True, env=env)
     runs = []
     for name, ct in (("short", short), ("long", long)):
-        out = subprocess.run([sys.executable, "-c", _MEASURE, str(ct), str(tmp_path / name)],
-                             check=True, env=env, capture_output=True, text=True)
-        runs.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        # the lower peak of two runs: one run's peak swings by 100 MB with what the allocator and
+        # the sampler catch (measured 4.5-8.4 bytes per voxel on unchanged code)
+        repeats = []
+        for attempt in range(2):
+            out = subprocess.run([sys.executable, "-c", _MEASURE, str(ct), str(tmp_path / f"{name}_{attempt}")],
+                                 check=True, env=env, capture_output=True, text=True)
+            repeats.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        runs.append(min(repeats, key=lambda run: run["peak"]))
     assert runs[0]["liver_ml"] == runs[1]["liver_ml"] > 500 and runs[0]["lesions"] == runs[1]["lesions"]
     per_voxel = (runs[1]["peak"] - runs[0]["peak"]) / (runs[1]["voxels"] - runs[0]["voxels"])
     assert per_voxel <= MAX_BYTES_PER_VOXEL, (
