@@ -153,6 +153,23 @@ def test_a_lesion_inside_another_tissue_is_flagged_and_real_lesions_are_not():
     assert by_lesion == {"kidney": True, "hypodense": False, "bright": False}
 
 
+def test_fat_at_the_liver_edge_is_dropped_and_a_fat_lesion_inside_kept():
+    from scipy import ndimage
+
+    label, hu, *_ = _liver_with_kidney()
+    z, y, x = np.indices(label.shape)
+    edge_fat = (np.abs(z - 12) <= 2) & (np.abs(y - 30) <= 5) & (x >= 10) & (x < 14)  # at the liver's side
+    inner_fat = ((z - 28) * 2.0) ** 2 + (y - 30) ** 2 + (x - 45) ** 2 <= 25  # angiomyolipoma-like
+    hu[edge_fat | inner_fat] = -90.0
+    label[edge_fat | inner_fat] = 2
+    organ = label >= 1
+    labels, count = ndimage.label(label == 2, structure=np.ones((3, 3, 3), bool))
+    flagged = lesions_in_other_tissue(labels, count, label == 1, hu, (2.0, 1.0, 1.0), level=100.0, outside=~organ)
+    assert flagged[labels[edge_fat].max() - 1] and not flagged[labels[inner_fat].max() - 1]
+    without_outside = lesions_in_other_tissue(labels, count, label == 1, hu, (2.0, 1.0, 1.0), level=100.0)
+    assert not without_outside[labels[edge_fat].max() - 1]
+
+
 def test_an_under_drawn_lesion_whose_core_is_near_the_liver_is_kept():
     """A held-out hyperdense lesion drawn at 63 %: core 114 HU, the undrawn rest 138, liver 97."""
     from scipy import ndimage

@@ -15,7 +15,9 @@ mode of its histogram), so the organ and each lesion can be checked against it:
   "lesion" in the kidney that was drawn as liver around it). A real lesion's rim is liver.
   Limit: a homogeneous, strongly contrasting lesion drawn more than `LESION_RIM_MM` inside its
   edge all round has a rim of lesion and is dropped (none was among the held-out phantoms'
-  found lesions).
+  found lesions). The same check drops a "lesion" of fat density (median below `FAT_HU`) whose
+  rim lies outside the liver for `FAT_OUTSIDE_FRACTION` of it: the fat around the liver, drawn
+  at its edge. Fat-containing lesions inside the liver are kept.
 
 All take `parenchyma` = the network's liver label (not tumour). Values and why: see
 `PostprocessConfig` in postprocess.py; measured effect: README "On data the weights were not
@@ -39,6 +41,11 @@ MIN_REGION_ML = 1.0
 LESION_RIM_MATCH_HU = 30.0
 #: thickness of the rim measured around a lesion
 LESION_RIM_MM = 3.0
+#: a lesion whose median HU is below this is fat
+FAT_HU = -30.0
+#: a fat "lesion" touching the outside of the liver over at least this fraction of its rim
+#: is the fat around the liver, drawn at the partial-volume edge
+FAT_OUTSIDE_FRACTION = 0.3
 
 
 def liver_level_hu(values: np.ndarray) -> float:
@@ -162,6 +169,7 @@ def lesions_in_other_tissue(
     spacing_zyx: Sequence[float],
     level: float,
     max_shift_hu: float = 40.0,
+    outside: np.ndarray | None = None,
 ) -> np.ndarray:
     """For each component 1..count of `labels`, whether it lies inside a tissue that is not liver:
     its own median HU and that of the `parenchyma` voxels within `LESION_RIM_MM` around it are
@@ -169,7 +177,9 @@ def lesions_in_other_tissue(
     (A lesion drawn short of its edge has a rim of lesion; its core is then unlike the liver too
     only for strongly contrasting lesions, which the network draws fully: a held-out 23 ml
     hyperdense lesion drawn at 63 % had core 114, rim 138, level 97 HU, and is kept.)
-    Components with fewer than 10 rim voxels are never flagged."""
+    Components with fewer than 10 rim voxels are never flagged. With `outside` (the voxels
+    outside the organ), a component of fat density with `FAT_OUTSIDE_FRACTION` of its rim outside
+    is flagged too."""
     flagged = np.zeros(count, dtype=bool)
     radius = [max(LESION_RIM_MM / float(s), 1.0) for s in spacing_zyx]
     pad = [int(np.ceil(r)) for r in radius]
@@ -180,11 +190,15 @@ def lesions_in_other_tissue(
             continue
         box = tuple(slice(max(b.start - p, 0), min(b.stop + p, n)) for b, p, n in zip(box, pad, labels.shape))
         component = labels[box] == i + 1
-        rim = ndimage.binary_dilation(component, structure=ball) & ~component & parenchyma[box]
+        shell = ndimage.binary_dilation(component, structure=ball) & ~component
+        own_hu = float(np.median(ct_hu[box][component]))
+        if outside is not None and own_hu < FAT_HU and shell.any() and outside[box][shell].mean() >= FAT_OUTSIDE_FRACTION:
+            flagged[i] = True
+            continue
+        rim = shell & parenchyma[box]
         if np.count_nonzero(rim) < 10:
             continue
         rim_hu = float(np.median(ct_hu[box][rim]))
-        own_hu = float(np.median(ct_hu[box][component]))
         flagged[i] = (abs(own_hu - level) > max_shift_hu and abs(rim_hu - level) > max_shift_hu
                       and abs(rim_hu - own_hu) <= LESION_RIM_MATCH_HU)
     return flagged

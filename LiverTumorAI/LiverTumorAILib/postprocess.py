@@ -104,6 +104,7 @@ class TissueContext:
     ct_hu: np.ndarray
     level: float
     notes: dict | None = None  # receives "lesions_in_other_tissue_removed": count
+    outside: np.ndarray | None = None  # voxels outside the organ (after the organ checks)
 
 
 def _organ_checked_against_hu(organ, parenchyma, ct_hu, spacing_zyx, axis, config,
@@ -186,7 +187,7 @@ def clean_label_map(
         parenchyma = label[crop] == 1
         organ, level = _organ_checked_against_hu(organ, parenchyma, ct_hu[crop], spacing_zyx, head_foot_axis, config,
                                                  notes if notes is not None else {})
-        tissue = None if level is None else TissueContext(parenchyma, ct_hu[crop], level, notes)
+        tissue = None if level is None else TissueContext(parenchyma, ct_hu[crop], level, notes, ~organ)
     if organ.sum() * voxel_mm3 / 1000.0 < config.min_liver_ml:
         return out
     envelope = ndimage.binary_dilation(organ, structure=_ellipsoid(radius)) if dilate else organ
@@ -220,7 +221,7 @@ def filter_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], config: Postp
         keep[1:] &= component_thickness_mm(labels, spacing_zyx) >= config.min_lesion_thickness_mm
     if tissue is not None and config.max_lesion_rim_hu_shift > 0:
         other = lesions_in_other_tissue(labels, count, tissue.parenchyma, tissue.ct_hu, spacing_zyx, tissue.level,
-                                        config.max_lesion_rim_hu_shift)
+                                        config.max_lesion_rim_hu_shift, tissue.outside)
         if tissue.notes is not None:
             tissue.notes["lesions_in_other_tissue_removed"] = int(np.count_nonzero(other & keep[1:]))
         keep[1:] &= ~other
