@@ -22,6 +22,7 @@ from scipy import ndimage
 
 from LiverTumorAILib.geometry import (
     array_to_image,
+    ellipsoid_structure,
     nonzero_slices,
     paste_into_grid,
     region_reference,
@@ -32,7 +33,6 @@ from LiverTumorAILib.geometry import (
 from LiverTumorAILib.inference.engine import label_on_grid
 from LiverTumorAILib.postprocess import (
     PostprocessConfig,
-    _ellipsoid,
     clean_label_map,
     fill_holes,
     label_lesions,
@@ -58,7 +58,7 @@ def _clean_whole_grid(label, spacing_zyx, config):
     if organ.sum() * voxel_mm3 / 1000.0 < config.min_liver_ml:
         return np.zeros_like(label, dtype=np.uint8)
     radius = [config.tumour_margin_mm / s for s in spacing_zyx]
-    envelope = ndimage.binary_dilation(organ, structure=_ellipsoid(radius)) if max(radius) >= 0.5 else organ
+    envelope = ndimage.binary_dilation(organ, structure=ellipsoid_structure(radius)) if max(radius) >= 0.5 else organ
     tumour = (label == 2) & envelope
     labels, count = ndimage.label(tumour, structure=np.ones((3, 3, 3), bool))
     if count:

@@ -64,6 +64,15 @@ def head_foot_axis(image: sitk.Image) -> int:
     return 2 - int(np.argmax(np.abs(direction[2])))
 
 
+def ellipsoid_structure(radius_vox: Sequence[float]) -> np.ndarray:
+    """Boolean ellipsoid with the given semi-axes in voxels (z, y, x): a structuring element for
+    dilating by a distance in mm on an anisotropic grid."""
+    r = [max(int(np.ceil(v)), 0) for v in radius_vox]
+    grids = np.ogrid[tuple(slice(-k, k + 1) for k in r)]
+    dist = sum((g / max(rv, 1e-6)) ** 2 for g, rv in zip(grids, radius_vox))
+    return dist <= 1.0
+
+
 def image_bounding_box(image: sitk.Image) -> BoundingBox:
     """Physical bounding box of the voxel *edges* of an image of any direction."""
     size = np.asarray(image.GetSize(), dtype=float)

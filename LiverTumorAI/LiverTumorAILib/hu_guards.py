@@ -31,6 +31,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from LiverTumorAILib.geometry import ellipsoid_structure
+
 #: half-width of the band around the liver's HU level whose voxels count as liver-like
 LIVER_BAND_HU = 15.0
 #: smoothing of the HU before the region check: vessels and noise average out, organs do not
@@ -183,8 +185,7 @@ def lesions_in_other_tissue(
     flagged = np.zeros(count, dtype=bool)
     radius = [max(LESION_RIM_MM / float(s), 1.0) for s in spacing_zyx]
     pad = [int(np.ceil(r)) for r in radius]
-    grids = np.ogrid[tuple(slice(-k, k + 1) for k in pad)]
-    ball = sum((g / r) ** 2 for g, r in zip(grids, radius)) <= 1.0
+    ball = ellipsoid_structure(radius)
     for i, box in enumerate(ndimage.find_objects(labels)):
         if box is None:
             continue

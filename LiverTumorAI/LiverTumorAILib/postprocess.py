@@ -38,6 +38,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from LiverTumorAILib.geometry import ellipsoid_structure
 from LiverTumorAILib.hu_guards import (
     drop_regions_unlike_liver,
     lesions_in_other_tissue,
@@ -78,13 +79,6 @@ def _tuned_value(tuned: dict, key: str) -> float:
     except (TypeError, ValueError):
         return 0.0
     return max(value, 0.0) if np.isfinite(value) else 0.0
-
-
-def _ellipsoid(radius_vox: Sequence[float]) -> np.ndarray:
-    r = [max(int(np.ceil(v)), 0) for v in radius_vox]
-    grids = np.ogrid[tuple(slice(-k, k + 1) for k in r)]
-    dist = sum((g / max(rv, 1e-6)) ** 2 for g, rv in zip(grids, radius_vox))
-    return dist <= 1.0
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
@@ -190,7 +184,7 @@ def clean_label_map(
         tissue = None if level is None else TissueContext(parenchyma, ct_hu[crop], level, notes, ~organ)
     if organ.sum() * voxel_mm3 / 1000.0 < config.min_liver_ml:
         return out
-    envelope = ndimage.binary_dilation(organ, structure=_ellipsoid(radius)) if dilate else organ
+    envelope = ndimage.binary_dilation(organ, structure=ellipsoid_structure(radius)) if dilate else organ
     tumour = (label[crop] == 2) & envelope
     tumour = filter_lesions(tumour, spacing_zyx, config, None if tumour_probability is None else tumour_probability[crop],
                             tissue)
