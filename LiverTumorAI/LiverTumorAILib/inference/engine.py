@@ -12,7 +12,7 @@ resampling.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
@@ -85,13 +85,15 @@ def label_on_grid(
     return label
 
 
-def liver_for_growth(probabilities: np.ndarray, ct_hu: np.ndarray, spacing_xyz, config: PostprocessConfig) -> np.ndarray:
+def liver_for_growth(probabilities: np.ndarray, ct_hu: np.ndarray | None, spacing_xyz,
+                     config: PostprocessConfig) -> np.ndarray:
     """The model grid's liver (argmax >= 1) that decides whether the box grows: cut to its
     liver-looking slices first (`trim_slices_unlike_liver`; the model grid's axis 0 is head-foot),
-    so bowel labelled as liver below the liver does not pull the box down to the pelvis."""
+    so bowel labelled as liver below the liver does not pull the box down to the pelvis. Without
+    `ct_hu` (HU checks off), as `clean_label_map`, the liver is taken as drawn."""
     label = np.argmax(probabilities, axis=0)
     organ = label >= 1
-    if config.max_slice_hu_shift <= 0:
+    if ct_hu is None or config.max_slice_hu_shift <= 0:
         return organ
     return trim_slices_unlike_liver(organ, label == 1, ct_hu, tuple(reversed(spacing_xyz)), 0,
                                     config.max_slice_hu_shift, config.min_unlike_run_mm)
@@ -163,8 +165,6 @@ def segment_volume(
     (hu_guards.py) in the growth decision and the clean-up."""
     timing: dict[str, float] = {}
     clean = postprocess or PostprocessConfig.from_manifest(seg.manifest)
-    if not hu_checks:
-        clean = replace(clean, max_slice_hu_shift=0.0, max_region_hu_shift=0.0, max_lesion_rim_hu_shift=0.0)
     config = seg.manifest.get("config", {})
     prep = seg.manifest.get("preprocessing", {})
     spacing = prep.get("spacing_mm", DEFAULT_SPACING_MM)
@@ -207,7 +207,8 @@ def segment_volume(
             warn=warn,
         )
         timing["segment"] += time.perf_counter() - t0
-        grown = grow_box_where_cut(box, liver_for_growth(pred.probabilities, grid.ct_hu, spacing, clean), scan)
+        liver = liver_for_growth(pred.probabilities, grid.ct_hu if hu_checks else None, spacing, clean)
+        grown = grow_box_where_cut(box, liver, scan)
         if not localized or grown is None or attempt == MAX_GROW_STEPS:
             break
         box = grown  # the liver reaches a side of the box that is not the scan's edge: widen and redo
