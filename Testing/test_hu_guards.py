@@ -13,6 +13,7 @@ import pytest
 from LiverTumorAILib.hu_guards import (
     drop_regions_unlike_liver,
     lesions_in_other_tissue,
+    lesions_without_contrast,
     trim_slices_unlike_liver,
 )
 from LiverTumorAILib.postprocess import PostprocessConfig, clean_label_map
@@ -95,7 +96,8 @@ def test_clean_label_map_uses_the_guard_only_with_the_ct():
     with_ct = clean_label_map(label, SPACING, PostprocessConfig(), ct_hu=hu)
     without = clean_label_map(label, SPACING, PostprocessConfig())
     off = clean_label_map(label, SPACING, PostprocessConfig(max_slice_hu_shift=0.0, max_region_hu_shift=0.0,
-                                                           max_lesion_rim_hu_shift=0.0), ct_hu=hu)
+                                                           max_lesion_rim_hu_shift=0.0, min_lesion_contrast_hu=0.0),
+                          ct_hu=hu)
     assert (without[bowel] >= 1).all() and np.array_equal(without, off)
     assert (with_ct[bowel] >= 1).mean() < 0.15
     assert (with_ct[(label >= 1) & ~bowel] >= 1).mean() > 0.97
@@ -211,6 +213,96 @@ def test_clean_label_map_applies_every_check_with_the_ct():
     assert notes["lesions_in_other_tissue_removed"] == 1 and not (only_lesions[kidney_lesion] == 2).any()
 
 
+def _liver_with_four_lesions(seed: int = 5):
+    """(label, HU, MRI, masks) on a 2 x 1 x 1 mm grid: a noisy liver (100 HU, sd 15; MRI 100, sd 8)
+    with four 'lesions' labelled tumour, 10-12 mm across: `isodense` (the liver's own tissue, what
+    the network drew from nothing), `hypo` (-15 HU: the least contrast of a found held-out
+    lesion), `target` (a dark core in a bright ring whose median is the liver's level) and
+    `mri_only` (isodense on the CT, bright on the MRI)."""
+    rng = np.random.default_rng(seed)
+    shape = (30, 80, 80)
+    z, y, x = np.indices(shape)
+    liver = (z >= 2) & (z < 28) & (y >= 5) & (y < 75) & (x >= 5) & (x < 75)
+    hu = np.where(liver, rng.normal(100.0, 15.0, shape), -80.0).astype(np.float32)
+    mri = np.where(liver, rng.normal(100.0, 8.0, shape), 5.0).astype(np.float32)
+
+    def ball(cy, cx, r=6.0):
+        return (((z - 15) * 2.0) ** 2 + (y - cy) ** 2 + (x - cx) ** 2) <= r ** 2
+
+    masks = {"isodense": ball(22, 22), "hypo": ball(22, 58), "target": ball(58, 22), "mri_only": ball(58, 58)}
+    hu[masks["hypo"]] -= 15.0
+    core = ball(58, 22, 4.0)
+    hu[masks["target"] & core] -= 40.0
+    hu[masks["target"] & ~core] += 40.0
+    mri[masks["mri_only"]] *= 1.6
+    label = liver.astype(np.uint8)
+    for mask in masks.values():
+        label[mask] = 2
+    return label, hu, mri, masks
+
+
+def test_a_lesion_no_image_shows_is_flagged_and_shown_ones_are_not():
+    from scipy import ndimage
+
+    label, hu, mri, masks = _liver_with_four_lesions()
+    labels, count = ndimage.label(label == 2, structure=np.ones((3, 3, 3), bool))
+    assert count == 4
+
+    def verdict(flags):
+        return {name: bool(flags[labels[mask].max() - 1]) for name, mask in masks.items()}
+
+    ct_only = lesions_without_contrast(labels, count, label == 1, hu, (2.0, 1.0, 1.0))
+    assert verdict(ct_only) == {"isodense": True, "hypo": False, "target": False, "mri_only": True}
+    with_mri = lesions_without_contrast(labels, count, label == 1, hu, (2.0, 1.0, 1.0), mri=mri)
+    assert verdict(with_mri) == {"isodense": True, "hypo": False, "target": False, "mri_only": False}
+    outside_mri_view = np.full(mri.shape, np.nan, np.float32)  # no MRI there: the CT alone decides
+    assert verdict(lesions_without_contrast(labels, count, label == 1, hu, (2.0, 1.0, 1.0),
+                                            mri=outside_mri_view)) == verdict(ct_only)
+    next_organ = np.zeros(label.shape, bool)  # a bright neighbour drawn as liver beside the isodense one
+    next_organ[:, 10:34, 26:32] = True
+    next_organ &= (label == 1)
+    hu_beside = hu.copy()
+    hu_beside[next_organ] = 180.0
+    fooled = lesions_without_contrast(labels, count, label == 1, hu_beside, (2.0, 1.0, 1.0))
+    assert verdict(fooled)["isodense"] is False  # its "rim" is half the neighbour: it seems to differ
+    checked = lesions_without_contrast(labels, count, label == 1, hu_beside, (2.0, 1.0, 1.0), outside=next_organ)
+    assert verdict(checked)["isodense"] is True  # the neighbour the organ checks removed is no rim
+    centred = mri - np.float32(100.0)  # an MRI normalised around 0 cannot be scaled: it drops nothing
+    assert verdict(lesions_without_contrast(labels, count, label == 1, hu, (2.0, 1.0, 1.0),
+                                            mri=centred))["mri_only"] is False
+
+
+def test_clean_label_map_drops_unseen_lesions_and_says_so():
+    label, hu, mri, masks = _liver_with_four_lesions()
+    spacing = (2.0, 1.0, 1.0)
+    notes: dict = {}
+    cleaned = clean_label_map(label, spacing, PostprocessConfig(), ct_hu=hu, notes=notes, mri=mri)
+    assert not (cleaned[masks["isodense"]] == 2).any() and (cleaned[masks["isodense"]] == 1).all()
+    assert all((cleaned[masks[name]] == 2).all() for name in ("hypo", "target", "mri_only"))
+    ml = np.count_nonzero(masks["isodense"]) * 2.0 / 1000.0
+    assert notes["lesions_without_contrast_removed"] == 1
+    assert notes["lesions_without_contrast_ml"] == [pytest.approx(ml, abs=0.01)]
+    notes = {}
+    ct_alone = clean_label_map(label, spacing, PostprocessConfig(), ct_hu=hu, notes=notes)
+    assert notes["lesions_without_contrast_removed"] == 2 and not (ct_alone[masks["mri_only"]] == 2).any()
+    kept = clean_label_map(label, spacing, PostprocessConfig(min_lesion_contrast_hu=0.0), ct_hu=hu)
+    assert all((kept[mask] == 2).all() for mask in masks.values())
+
+
+def test_the_mri_on_the_ct_grid_is_nan_outside_its_field_of_view():
+    import SimpleITK as sitk
+
+    from LiverTumorAILib.inference.engine import mri_on_grid
+
+    ct = sitk.Image(40, 30, 20, sitk.sitkInt16)
+    ct.SetSpacing((1.0, 1.0, 2.0))
+    mri = sitk.Image(20, 30, 20, sitk.sitkUInt16) + 50  # covers x = 0..19 mm of the CT's 0..39
+    mri.SetSpacing((1.0, 1.0, 2.0))
+    on_ct = mri_on_grid(mri, ct)
+    assert on_ct.dtype == np.float32 and on_ct.shape == (20, 30, 40)
+    assert np.all(on_ct[:, :, :19] == 50.0) and np.isnan(on_ct[:, :, 21:]).all()
+
+
 def test_warnings_when_the_checks_removed_much():
     from LiverTumorAILib.pipeline import hu_check_warnings
 
@@ -218,6 +310,9 @@ def test_warnings_when_the_checks_removed_much():
     warned = hu_check_warnings({"slices_unlike_liver_removed_ml": 900.0, "regions_unlike_liver_removed_ml": 12.0,
                                 "lesions_in_other_tissue_removed": 2})
     assert len(warned) == 2 and "912 ml" in warned[0] and warned[1].startswith("2 lesion")
+    unseen = hu_check_warnings({"lesions_without_contrast_removed": 2, "lesions_without_contrast_ml": [2.4, 0.31]})
+    assert len(unseen) == 1 and unseen[0].startswith("2 lesion(s) (2.4 ml, 0.31 ml)") and "HU checks off" in unseen[0]
+    assert hu_check_warnings({"lesions_without_contrast_removed": 0, "lesions_without_contrast_ml": []}) == []
 
 
 def _head_foot_extent_mm(mask: np.ndarray, image) -> float:

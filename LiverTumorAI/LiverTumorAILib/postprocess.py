@@ -20,7 +20,9 @@
   level (hu_guards.py): head-foot stretches of slices unlike the liver are cut off
   (`max_slice_hu_shift` for `min_unlike_run_mm`), regions at the organ's surface unlike it are
   removed (`max_region_hu_shift`: kidney, stomach, heart drawn as liver), and lesions inside a
-  tissue that is not liver are dropped (`max_lesion_rim_hu_shift`). 0 turns a check off.
+  tissue that is not liver are dropped (`max_lesion_rim_hu_shift`), and so are lesions that
+  differ from the liver around them on neither the CT (`min_lesion_contrast_hu`) nor, when
+  given, the MRI (`min_lesion_contrast_mri`). 0 turns a check off.
   Values: chosen on the project's held-out phantoms (no change to any found lesion) and the
   real CTs in ../shared/data/real; a network trained on phantoms draws the colon, kidney and
   heart of a real scan into the liver, and the largest component alone keeps them.
@@ -40,8 +42,11 @@ from scipy import ndimage
 
 from LiverTumorAILib.geometry import ellipsoid_structure
 from LiverTumorAILib.hu_guards import (
+    MIN_LESION_CONTRAST_HU,
+    MIN_LESION_CONTRAST_MRI,
     drop_regions_unlike_liver,
     lesions_in_other_tissue,
+    lesions_without_contrast,
     liver_level_hu,
     trim_slices_unlike_liver,
 )
@@ -61,6 +66,8 @@ class PostprocessConfig:
     min_unlike_run_mm: float = 10.0
     max_region_hu_shift: float = 40.0
     max_lesion_rim_hu_shift: float = 40.0
+    min_lesion_contrast_hu: float = MIN_LESION_CONTRAST_HU
+    min_lesion_contrast_mri: float = MIN_LESION_CONTRAST_MRI
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> PostprocessConfig:
@@ -97,8 +104,9 @@ class TissueContext:
     parenchyma: np.ndarray
     ct_hu: np.ndarray
     level: float
-    notes: dict | None = None  # receives "lesions_in_other_tissue_removed": count
+    notes: dict | None = None  # receives "lesions_in_other_tissue_removed" and "lesions_without_contrast_removed"
     outside: np.ndarray | None = None  # voxels outside the organ (after the organ checks)
+    mri: np.ndarray | None = None  # the MRI on the same grid (NaN outside its field of view), when given
 
 
 def _organ_checked_against_hu(organ, parenchyma, ct_hu, spacing_zyx, axis, config,
@@ -140,13 +148,16 @@ def clean_label_map(
     ct_hu: np.ndarray | None = None,
     head_foot_axis: int = 0,
     notes: dict | None = None,
+    mri: np.ndarray | None = None,
 ) -> np.ndarray:
     """Return a cleaned uint8 label map (0 bg, 1 liver, 2 tumour) on the same grid.
 
     `tumour_probability` (same grid; float in [0, 1] or uint8 as 255 x p) enables the
     `min_tumour_peak` filter; without it that step is skipped. `ct_hu` (same grid, HU) enables
     the checks of hu_guards.py (the slice check along `head_foot_axis`, array axis in z y x
-    order); `notes`, if given, receives what they found and removed (for report.json).
+    order); `mri` (same grid, float, NaN outside its field of view) lets the lesion contrast check
+    keep a lesion the MRI shows; `notes`, if given, receives what they found and removed (for
+    report.json).
 
     Computed inside the organ's bounding box (+ the tumour margin): components, holes and
     the dilated envelope are the same there as on the whole grid, since nothing of the
@@ -181,7 +192,8 @@ def clean_label_map(
         parenchyma = label[crop] == 1
         organ, level = _organ_checked_against_hu(organ, parenchyma, ct_hu[crop], spacing_zyx, head_foot_axis, config,
                                                  notes if notes is not None else {})
-        tissue = None if level is None else TissueContext(parenchyma, ct_hu[crop], level, notes, ~organ)
+        tissue = None if level is None else TissueContext(parenchyma, ct_hu[crop], level, notes, ~organ,
+                                                               None if mri is None else mri[crop])
     if organ.sum() * voxel_mm3 / 1000.0 < config.min_liver_ml:
         return out
     envelope = ndimage.binary_dilation(organ, structure=ellipsoid_structure(radius)) if dilate else organ
@@ -199,8 +211,9 @@ def filter_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], config: Postp
     """`mask` without the 26-connected components that fail `config`'s lesion criteria: volume below
     `min_lesion_mm3`, peak `probability` below `min_tumour_peak` (when a probability is given;
     float in [0, 1] or uint8 holding round(255 p)), bounding box thinner than
-    `min_lesion_thickness_mm` on an axis, inside a tissue that is not liver (when `tissue` is
-    given; `lesions_in_other_tissue`). One labelling serves every criterion: dropping whole
+    `min_lesion_thickness_mm` on an axis, inside a tissue that is not liver or unlike the liver
+    around it on every image (when `tissue` is given; `lesions_in_other_tissue`,
+    `lesions_without_contrast`). One labelling serves every criterion: dropping whole
     components never changes the others, so the order of the criteria does not matter."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     if count == 0:
@@ -219,6 +232,16 @@ def filter_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], config: Postp
         if tissue.notes is not None:
             tissue.notes["lesions_in_other_tissue_removed"] = int(np.count_nonzero(other & keep[1:]))
         keep[1:] &= ~other
+    if tissue is not None and config.min_lesion_contrast_hu > 0:
+        unseen = lesions_without_contrast(labels, count, tissue.parenchyma, tissue.ct_hu, spacing_zyx,
+                                          config.min_lesion_contrast_hu, tissue.mri, config.min_lesion_contrast_mri,
+                                          tissue.outside)
+        unseen &= keep[1:]
+        if tissue.notes is not None:
+            tissue.notes["lesions_without_contrast_removed"] = int(np.count_nonzero(unseen))
+            volumes = ndimage.sum_labels(mask, labels, index=np.flatnonzero(unseen) + 1) * voxel_mm3 / 1000.0
+            tissue.notes["lesions_without_contrast_ml"] = [round(float(v), 2) for v in np.atleast_1d(volumes)]
+        keep[1:] &= ~unseen
     return keep[labels]
 
 

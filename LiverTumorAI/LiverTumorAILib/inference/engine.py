@@ -139,6 +139,12 @@ def load_model(name: str, weights_dir, device) -> LoadedModel:
     return LoadedModel(name=name, model=model, manifest=manifest)
 
 
+def mri_on_grid(mri: sitk.Image, reference: sitk.Image) -> np.ndarray:
+    """The MRI's signal on `reference`'s grid (float32, linear; NaN outside the MRI's field of
+    view, so a check never reads padding as tissue): what the lesion contrast check reads."""
+    return sitk.GetArrayFromImage(resample_like(mri, reference, default=float("nan"), output_type=sitk.sitkFloat32))
+
+
 def segment_volume(
     ct: sitk.Image,
     seg: LoadedModel,
@@ -162,7 +168,8 @@ def segment_volume(
     the box that is not the scan's edge (the coarse localiser cut a lobe), the box grows
     by `GROW_MM` on that side and the region is segmented again, at most
     `MAX_GROW_STEPS` times. `hu_checks=False` turns off the checks against the CT's HU
-    (hu_guards.py) in the growth decision and the clean-up."""
+    (hu_guards.py) in the growth decision and the clean-up. With an `mri`, whatever the model,
+    the lesion contrast check keeps a lesion the MRI shows though the CT does not."""
     timing: dict[str, float] = {}
     clean = postprocess or PostprocessConfig.from_manifest(seg.manifest)
     config = seg.manifest.get("config", {})
@@ -228,11 +235,12 @@ def segment_volume(
         tumour_u8 = np.empty(tuple(reversed(size)), np.uint8) if clean.min_tumour_peak > 0 else None
         label = label_on_grid(ct, start, size, probabilities, tumour_out=tumour_u8)
         spacing_zyx = tuple(reversed(ct.GetSpacing()))
+        mri_on_region = mri_on_grid(mri, ref) if hu_checks and mri is not None and (label == 2).any() else None
         label_full[sl] = clean_label_map(label, spacing_zyx, clean, tumour_probability=tumour_u8,
                                          ct_hu=sitk.GetArrayViewFromImage(ct)[sl] if hu_checks else None,
                                          head_foot_axis=head_foot_axis(ct),
-                                         notes=hu_found)
-        del label, tumour_u8
+                                         notes=hu_found, mri=mri_on_region)
+        del label, tumour_u8, mri_on_region
         maps = pred.attention
         if maps and not all_attention_sources:  # combine on the small model grid: one full-size array
             maps = {"segmentation": np.mean(np.stack(list(maps.values())), axis=0)}
