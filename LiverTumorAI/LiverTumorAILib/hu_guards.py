@@ -59,10 +59,11 @@ FAT_HU = -30.0
 FAT_OUTSIDE_FRACTION = 0.3
 #: a lesion whose HU distribution is closer than this (1-D Wasserstein, HU) to its rim's is not
 #: seen on the CT: about the least contrast a reader sees at 1 cm in portal-phase noise; on the
-#: held-out phantoms every found lesion had 12 HU or more, the isodense false positives 1-9 HU
+#: independent phantoms every found lesion had 12 HU or more, the isodense false positives 1-9
+#: HU; on the project's held-out phantoms one found FNH (isodense by design) had 4 HU
 MIN_LESION_CONTRAST_HU = 10.0
 #: ... and on the MRI closer than this fraction of the rim's median signal (MRI has no units);
-#: found lesions 0.17 and more, the isodense false positives 0.02-0.14
+#: on the independent phantoms found lesions 0.17 and more, the isodense false positives 0.02-0.14
 MIN_LESION_CONTRAST_MRI = 0.15
 #: fewest rim (and, on the MRI, in-field) voxels for a comparison; with fewer, a lesion is kept
 MIN_RIM_VOXELS = 10
