@@ -182,15 +182,17 @@ def drop_regions_unlike_liver(
     return organ & ~remove[labels]
 
 
-def lesion_rims(labels: np.ndarray, spacing_zyx: Sequence[float]) -> Iterator[tuple[int, tuple[slice, ...], np.ndarray, np.ndarray]]:
-    """Per component of `labels` (index 0..count-1): its box (the component's bounding box padded
-    by `LESION_RIM_MM`), the component and the shell within `LESION_RIM_MM` around it, both on
-    that box. The rim a check reads is `shell & parenchyma[box]`."""
+def lesion_rims(labels: np.ndarray, spacing_zyx: Sequence[float], candidates: np.ndarray | None = None
+                ) -> Iterator[tuple[int, tuple[slice, ...], np.ndarray, np.ndarray]]:
+    """Per component of `labels` (index 0..count-1; only those `candidates[index]` is True for,
+    when given): its box (the component's bounding box padded by `LESION_RIM_MM`), the component
+    and the shell within `LESION_RIM_MM` around it, both on that box. The rim a check reads is
+    `shell & parenchyma[box]`."""
     radius = [max(LESION_RIM_MM / float(s), 1.0) for s in spacing_zyx]
     pad = [int(np.ceil(r)) for r in radius]
     ball = ellipsoid_structure(radius)
     for i, box in enumerate(ndimage.find_objects(labels)):
-        if box is None:
+        if box is None or (candidates is not None and not candidates[i]):
             continue
         box = tuple(slice(max(b.start - p, 0), min(b.stop + p, n)) for b, p, n in zip(box, pad, labels.shape))
         component = labels[box] == i + 1
@@ -207,6 +209,7 @@ def lesions_in_other_tissue(
     level: float,
     max_shift_hu: float = 40.0,
     outside: np.ndarray | None = None,
+    candidates: np.ndarray | None = None,
 ) -> np.ndarray:
     """For each component 1..count of `labels`, whether it lies inside a tissue that is not liver:
     its own median HU and that of the `parenchyma` voxels within `LESION_RIM_MM` around it are
@@ -216,9 +219,10 @@ def lesions_in_other_tissue(
     hyperdense lesion drawn at 63 % had core 114, rim 138, level 97 HU, and is kept.)
     Components with fewer than 10 rim voxels are never flagged. With `outside` (the voxels
     outside the organ), a component of fat density with `FAT_OUTSIDE_FRACTION` of its rim outside
-    is flagged too."""
+    is flagged too. `candidates` (bool per component): only those are checked (the others were
+    dropped already), the rest are not flagged."""
     flagged = np.zeros(count, dtype=bool)
-    for i, box, component, shell in lesion_rims(labels, spacing_zyx):
+    for i, box, component, shell in lesion_rims(labels, spacing_zyx, candidates):
         own_hu = float(np.median(ct_hu[box][component]))
         if outside is not None and own_hu < FAT_HU and shell.any() and outside[box][shell].mean() >= FAT_OUTSIDE_FRACTION:
             flagged[i] = True
@@ -238,6 +242,7 @@ def lesion_contrast(values: np.ndarray, rim_values: np.ndarray) -> float:
     `MIN_RIM_VOXELS` finite values."""
     from scipy.stats import wasserstein_distance
 
+    values, rim_values = (np.asarray(v, dtype=np.float64) for v in (values, rim_values))
     values, rim_values = values[np.isfinite(values)], rim_values[np.isfinite(rim_values)]
     if len(values) < MIN_RIM_VOXELS or len(rim_values) < MIN_RIM_VOXELS:
         return float("nan")
@@ -254,6 +259,7 @@ def lesions_without_contrast(
     mri: np.ndarray | None = None,
     min_mri_fraction: float = MIN_LESION_CONTRAST_MRI,
     outside: np.ndarray | None = None,
+    candidates: np.ndarray | None = None,
 ) -> np.ndarray:
     """For each component 1..count of `labels`, whether no image shows it: its `lesion_contrast`
     against its `parenchyma` rim is under `min_ct_hu` on the CT and, with `mri` (the MRI on the same
@@ -262,18 +268,18 @@ def lesions_without_contrast(
     Without enough rim voxels on the CT a lesion is kept (too little to judge); without enough
     on the MRI (outside its field of view) the CT alone decides. `outside` (the voxels the organ
     checks removed, or outside the organ) is no rim: a neighbour drawn as liver is not the liver
-    a lesion must differ from."""
+    a lesion must differ from. `candidates`: as in `lesions_in_other_tissue`."""
     flagged = np.zeros(count, dtype=bool)
-    for i, box, component, shell in lesion_rims(labels, spacing_zyx):
+    for i, box, component, shell in lesion_rims(labels, spacing_zyx, candidates):
         rim = shell & parenchyma[box]
         if outside is not None:
             rim &= ~outside[box]
-        ct_contrast = lesion_contrast(ct_hu[box][component].astype(np.float64), ct_hu[box][rim].astype(np.float64))
+        ct_contrast = lesion_contrast(ct_hu[box][component], ct_hu[box][rim])
         if not (ct_contrast < min_ct_hu):  # NaN: not judged, kept
             continue
         if mri is not None:
-            rim_mri = mri[box][rim].astype(np.float64)
-            mri_contrast = lesion_contrast(mri[box][component].astype(np.float64), rim_mri)
+            rim_mri = mri[box][rim]
+            mri_contrast = lesion_contrast(mri[box][component], rim_mri)
             if np.isfinite(mri_contrast) and mri_contrast >= min_mri_fraction * abs(float(np.nanmedian(rim_mri))):
                 continue  # the MRI shows it (outside the MRI's field of view the CT alone decides)
         flagged[i] = True
