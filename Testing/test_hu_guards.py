@@ -278,7 +278,8 @@ def test_clean_label_map_drops_unseen_lesions_and_says_so():
     notes: dict = {}
     cleaned = clean_label_map(label, spacing, PostprocessConfig(), ct_hu=hu, notes=notes, mri=mri)
     assert not (cleaned[masks["isodense"]] == 2).any() and (cleaned[masks["isodense"]] == 1).all()
-    assert all((cleaned[masks[name]] == 2).all() for name in ("hypo", "target", "mri_only"))
+    # kept (their edges may move by a voxel: the edge refinement runs after the checks)
+    assert all((cleaned[masks[name]] == 2).mean() > 0.95 for name in ("hypo", "target", "mri_only"))
     ml = np.count_nonzero(masks["isodense"]) * 2.0 / 1000.0
     assert notes["lesions_without_contrast_removed"] == 1
     assert notes["lesions_without_contrast_ml"] == [pytest.approx(ml, abs=0.01)]

@@ -98,7 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-hu-checks", action="store_true",
                    help="keep the network's liver and lesions as drawn: no removal of tissue whose CT HU is "
                         "unlike the liver's, nor of lesions that differ from the liver around them on no "
-                        "image (for livers with very uneven HU; see README)")
+                        "image, and lesion edges where the network put them, not where the image changes "
+                        "(for livers with very uneven HU; see README)")
     heat = p.add_mutually_exclusive_group()
     heat.add_argument("--no-heatmap", action="store_true", help="do not write heatmap.nii.gz")
     heat.add_argument("--heatmaps", choices=("main", "all"), default="main",

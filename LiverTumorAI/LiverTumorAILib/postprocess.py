@@ -27,7 +27,10 @@
   any found lesion) and the real CTs in ../shared/data/real (a network trained on phantoms draws
   the colon, kidney and heart of a real scan into the liver, and the largest component alone
   keeps them); the contrast check's on the independent phantoms (see hu_guards.py; on the
-  project's held-out 16 it drops the one isodense FNH each model found, README).
+  project's held-out 16 it drops the one isodense FNH each model found, README);
+* with the CT's HU given, each kept lesion's edge is then moved to where the CT (or, where the
+  CT barely shows the lesion, the MRI) crosses half-way between lesion and liver, within
+  `lesion_edge_band_mm` of the network's edge (lesion_boundary.py; 0 = off).
 
 Every step works inside the bounding box of what it labels (the organ, the tumour), so a
 long scan costs what its liver costs: connected-component labels are int32, and a
@@ -52,6 +55,7 @@ from LiverTumorAILib.hu_guards import (
     liver_level_hu,
     trim_slices_unlike_liver,
 )
+from LiverTumorAILib.lesion_boundary import BAND_MM, refine_lesion_boundaries
 
 MIN_LESION_MM3 = 65.0
 TUMOUR_MARGIN_MM = 3.0
@@ -70,6 +74,7 @@ class PostprocessConfig:
     max_lesion_rim_hu_shift: float = 40.0
     min_lesion_contrast_hu: float = MIN_LESION_CONTRAST_HU
     min_lesion_contrast_mri: float = MIN_LESION_CONTRAST_MRI
+    lesion_edge_band_mm: float = BAND_MM
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> PostprocessConfig:
@@ -202,6 +207,13 @@ def clean_label_map(
     tumour = (label[crop] == 2) & envelope
     tumour = filter_lesions(tumour, spacing_zyx, config, None if tumour_probability is None else tumour_probability[crop],
                             tissue)
+    if tissue is not None and config.lesion_edge_band_mm > 0:
+        edges = refine_lesion_boundaries(tumour, organ, tissue.ct_hu, spacing_zyx, tissue.mri, config.lesion_edge_band_mm)
+        tumour = edges.tumour
+        if notes is not None:
+            notes["lesion_edges_refined"] = edges.refined
+            notes["lesion_edges_added_ml"] = round(edges.added_ml, 2)
+            notes["lesion_edges_removed_ml"] = round(edges.removed_ml, 2)
     cleaned = organ.astype(np.uint8)
     cleaned[tumour] = 2
     out[crop] = cleaned
