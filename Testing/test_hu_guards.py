@@ -314,6 +314,8 @@ def test_warnings_when_the_checks_removed_much():
     unseen = hu_check_warnings({"lesions_without_contrast_removed": 2, "lesions_without_contrast_ml": [2.4, 0.31]})
     assert len(unseen) == 1 and unseen[0].startswith("2 lesion(s) (2.4 ml, 0.31 ml)") and "HU checks off" in unseen[0]
     assert hu_check_warnings({"lesions_without_contrast_removed": 0, "lesions_without_contrast_ml": []}) == []
+    tubular = hu_check_warnings({"elongated_lesions_removed": 1, "elongated_lesions_ml": [10.5]})
+    assert len(tubular) == 1 and tubular[0].startswith("1 lesion(s) (10.5 ml) shaped like a vessel")
 
 
 def _head_foot_extent_mm(mask: np.ndarray, image) -> float:

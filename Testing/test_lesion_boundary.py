@@ -140,3 +140,53 @@ def test_no_speck_cut_off_at_the_edge_becomes_a_lesion_of_its_own():
     refined = refine_lesion_boundaries(drawn, organ, hu, SPACING).tumour
     assert ndimage.label(refined, structure=np.ones((3, 3, 3), bool))[1] == 1
     assert not refined[speck].any()
+
+
+def test_elongation_is_the_principal_axes_ratio_with_voxels_as_boxes():
+    from LiverTumorAILib.postprocess import MAX_LESION_ELONGATION, component_elongation
+
+    spacing = (2.0, 0.5, 0.5)
+    zz, yy, xx = np.indices((40, 160, 160), dtype=np.float32)
+    ellipsoid = ((zz - 20) * 2.0 / 20.0) ** 2 + ((yy - 80) * 0.5 / 10.0) ** 2 + ((xx - 80) * 0.5 / 30.0) ** 2 <= 1
+    ball = ((zz - 20) * 2.0) ** 2 + ((yy - 80) * 0.5) ** 2 + ((xx - 80) * 0.5) ** 2 <= 12.0**2
+    slab = np.zeros((5, 40, 40), bool)
+    slab[2, 10:30, 10:30] = True  # one 5 mm slice of a 10 mm lesion: 10 x 10 x 5 mm, ratio 2, kept
+    assert component_elongation(ellipsoid.astype(np.int32), spacing)[0] == pytest.approx(3.0, rel=0.03)
+    assert component_elongation(ball.astype(np.int32), spacing)[0] == pytest.approx(1.0, abs=0.03)
+    assert component_elongation(slab.astype(np.int32), (5.0, 0.5, 0.5))[0] == pytest.approx(2.0, abs=0.01)
+    assert MAX_LESION_ELONGATION > 2.0
+
+
+def test_clean_label_map_drops_a_vessel_shaped_lesion_and_keeps_a_round_one():
+    organ, truth, hu = _liver(lesion_hu=40.0)
+    vessel = np.zeros(SHAPE, bool)
+    vessel[10:14, 15:19, 10:80] = True  # 10 x 4 x 70 mm, bright: a portal branch drawn as lesion
+    hu[vessel] = 180.0
+    label = organ.astype(np.uint8)
+    label[truth | vessel] = 2
+    notes: dict = {}
+    cleaned = clean_label_map(label, SPACING, PostprocessConfig(), ct_hu=hu, notes=notes)
+    assert (cleaned[vessel] == 1).all() and (cleaned[truth] == 2).mean() > 0.95
+    assert notes["elongated_lesions_removed"] == 1 and notes["elongated_lesions_ml"][0] > 0.5
+    kept = clean_label_map(label, SPACING, PostprocessConfig(max_lesion_elongation=0.0), ct_hu=hu)
+    assert (kept[vessel] == 2).mean() > 0.9
+
+
+def test_a_split_lesion_keeps_its_main_piece_and_lobes_of_lesion_size_only():
+    from scipy import ndimage
+
+    organ, truth, hu = _liver(lesion_hu=40.0, noise=6.0)
+    knob = _ball(4.6, centre=(16, 45, 65))  # liver-like, drawn as lesion through a thin neck
+    neck = np.zeros(SHAPE, bool)
+    neck[16, 44:47, 50:62] = True
+    drawn = truth | knob | neck
+    assert ndimage.label(drawn, structure=np.ones((3, 3, 3), bool))[1] == 1
+
+    def pieces(min_piece_mm3):
+        refined = refine_lesion_boundaries(drawn, organ, hu, SPACING, min_piece_mm3=min_piece_mm3).tumour
+        return ndimage.label(refined, structure=np.ones((3, 3, 3), bool))[1], refined
+
+    split, _ = pieces(0.0)
+    assert split == 2  # the knob's core lies beyond the band: kept as its own piece
+    one, refined = pieces(65.0)
+    assert one == 1 and _dice(refined, truth) > 0.93

@@ -17,9 +17,10 @@ liver around it; this module does that, only near the network's edge:
   voxel off it either way stays (the bright rim of a dark-cored lesion), a new voxel joins only
   on the side of the lesion's core (a dark cyst does not take the bright vessel beside it).
   Voxels deeper inside keep the network's label, voxels beyond the band are never added. Of
-  the new lesion only the piece(s) holding its part beyond the band are kept (or, for a lesion
-  within the band all through, its largest piece: no speck cut off at the edge becomes a
-  lesion of its own), and holes are filled;
+  the new lesion the largest piece holding its part beyond the band is kept (for a lesion
+  within the band all through, holding part of it), with other such pieces of the smallest
+  lesion size or more: no speck cut off at the edge becomes a lesion of its own. Holes are
+  filled;
 * the CT decides when its contrast is at least `MIN_CT_CONTRAST_HU` and twice the threshold
   over noise; else the MRI (on the CT grid; NaN outside its field of view, which must cover
   90 % of the lesion and its ring) when its contrast is at least `MIN_MRI_CONTRAST` of the
@@ -91,10 +92,12 @@ def refine_lesion_boundaries(
     spacing_zyx: Sequence[float],
     mri: np.ndarray | None = None,
     band_mm: float = BAND_MM,
+    min_piece_mm3: float = 0.0,
 ) -> RefineResult:
     """`tumour` (bool) with each lesion's edge moved to the half-contrast level within `band_mm`
     of where the network drew it, on the CT or else the MRI (see module docstring). `organ` is
-    the cleaned liver (lesions included); new lesion voxels stay inside it."""
+    the cleaned liver (lesions included); new lesion voxels stay inside it. A lesion the edge
+    splits keeps its largest piece and any other of `min_piece_mm3` or more."""
     spacing = np.asarray(spacing_zyx, dtype=float)
     out = tumour.copy()
     if band_mm <= 0 or not tumour.any():
@@ -104,7 +107,8 @@ def refine_lesion_boundaries(
     sigma = [SMOOTH_MM / s if s <= 2.0 else 0.0 for s in spacing]
     band_spacing = np.minimum(spacing, band_mm)  # one voxel along a thick axis is within the band
     result = RefineResult(out)
-    voxel_ml = float(np.prod(spacing)) / 1000.0
+    voxel_mm3 = float(np.prod(spacing))
+    voxel_ml = voxel_mm3 / 1000.0
     for index, found in enumerate(ndimage.find_objects(labels), start=1):
         if found is None:
             continue
@@ -119,7 +123,7 @@ def refine_lesion_boundaries(
         inside_mm = ndimage.distance_transform_edt(lesion, sampling=band_spacing)
         band = ((outside_mm > 0) & (outside_mm <= band_mm) & inside) | (lesion & (inside_mm <= band_mm))
         drawn = (lesion & ~band) | (band & np.where(lesion, lesion_like.keep, lesion_like.add))
-        drawn = _one_piece(drawn, lesion & ~band, lesion)
+        drawn = _main_pieces(drawn, lesion & ~band, lesion, min_piece_mm3 / voxel_mm3)
         if drawn is None:
             continue  # the image sees none of it near the edge: the network's lesion stays
         drawn = ndimage.binary_fill_holes(drawn) & inside
@@ -134,21 +138,22 @@ def refine_lesion_boundaries(
     return result
 
 
-def _one_piece(drawn: np.ndarray, deep: np.ndarray, lesion: np.ndarray) -> np.ndarray | None:
-    """The pieces of `drawn` that hold the lesion's part beyond the band (`deep`), or, for a
-    lesion within the band all through, its largest piece that overlaps it: specks cut off at
-    the edge do not become lesions of their own. None when nothing of the lesion is left."""
+def _main_pieces(drawn: np.ndarray, deep: np.ndarray, lesion: np.ndarray, min_voxels: float) -> np.ndarray | None:
+    """The largest piece of `drawn` that holds part of the lesion beyond the band (`deep`; for a
+    lesion within the band all through, part of the lesion), with any other such piece of at
+    least `min_voxels`: specks cut off at the edge do not become lesions of their own, a lobe
+    does. None when nothing of the lesion is left."""
     pieces, _ = ndimage.label(drawn, structure=np.ones((3, 3, 3), bool))
     anchors = np.unique(pieces[deep])
     anchors = anchors[anchors > 0]
     if anchors.size == 0:
-        overlap = pieces[lesion & drawn]
-        if overlap.size == 0:
+        anchors = np.unique(pieces[lesion & drawn])
+        anchors = anchors[anchors > 0]
+        if anchors.size == 0:
             return None
-        anchors = np.unique(overlap)
-        sizes = ndimage.sum_labels(drawn, pieces, anchors)
-        anchors = anchors[[int(np.argmax(sizes))]]
-    return np.isin(pieces, anchors)
+    sizes = np.atleast_1d(ndimage.sum_labels(drawn, pieces, anchors))
+    keep = (sizes >= min_voxels) | (sizes == sizes.max())
+    return np.isin(pieces, anchors[keep])
 
 
 def _lesion_like(lesion: np.ndarray, liver: np.ndarray, ct_hu: np.ndarray, mri: np.ndarray | None,

@@ -85,6 +85,11 @@ def hu_check_warnings(hu_checks: dict) -> list[str]:
         volumes = ", ".join(f"{v:g} ml" for v in hu_checks.get("lesions_without_contrast_ml", []))
         warnings.append(f"{unseen} lesion(s) ({volumes}) that differed from the liver around them on no image were "
                         "dropped; turning the HU checks off keeps them")
+    tubular = hu_checks.get("elongated_lesions_removed", 0)
+    if tubular:
+        volumes = ", ".join(f"{v:g} ml" for v in hu_checks.get("elongated_lesions_ml", []))
+        warnings.append(f"{tubular} lesion(s) ({volumes}) shaped like a vessel (far longer than thick) were dropped; "
+                        "turning the HU checks off keeps them")
     return warnings
 
 

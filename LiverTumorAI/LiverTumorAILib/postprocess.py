@@ -30,7 +30,9 @@
   project's held-out 16 it drops the one isodense FNH each model found, README);
 * with the CT's HU given, each kept lesion's edge is then moved to where the CT (or, where the
   CT barely shows the lesion, the MRI) crosses half-way between lesion and liver, within
-  `lesion_edge_band_mm` of the network's edge (lesion_boundary.py; 0 = off).
+  `lesion_edge_band_mm` of the network's edge (lesion_boundary.py; 0 = off), and a lesion
+  more than `max_lesion_elongation` times longer than it is thin (principal axes) goes back to
+  liver: a vessel or a fissure, not a lesion (0 = off).
 
 Every step works inside the bounding box of what it labels (the organ, the tumour), so a
 long scan costs what its liver costs: connected-component labels are int32, and a
@@ -59,6 +61,10 @@ from LiverTumorAILib.lesion_boundary import BAND_MM, refine_lesion_boundaries
 
 MIN_LESION_MM3 = 65.0
 TUMOUR_MARGIN_MM = 3.0
+#: a "lesion" this many times longer than it is thin (principal axes) is a vessel or a fissure:
+#: the false positives left on unseen phantoms (straight portal branches, 2.7-3.8) and on the real
+#: CHAOS CT (2.8-8.5); the phantoms' lesions, found and edge-refined, were 1.6 at most
+MAX_LESION_ELONGATION = 2.5
 
 
 @dataclass
@@ -75,6 +81,7 @@ class PostprocessConfig:
     min_lesion_contrast_hu: float = MIN_LESION_CONTRAST_HU
     min_lesion_contrast_mri: float = MIN_LESION_CONTRAST_MRI
     lesion_edge_band_mm: float = BAND_MM
+    max_lesion_elongation: float = MAX_LESION_ELONGATION
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> PostprocessConfig:
@@ -208,12 +215,15 @@ def clean_label_map(
     tumour = filter_lesions(tumour, spacing_zyx, config, None if tumour_probability is None else tumour_probability[crop],
                             tissue)
     if tissue is not None and config.lesion_edge_band_mm > 0:
-        edges = refine_lesion_boundaries(tumour, organ, tissue.ct_hu, spacing_zyx, tissue.mri, config.lesion_edge_band_mm)
+        edges = refine_lesion_boundaries(tumour, organ, tissue.ct_hu, spacing_zyx, tissue.mri, config.lesion_edge_band_mm,
+                                         config.min_lesion_mm3)
         tumour = edges.tumour
         if notes is not None:
             notes["lesion_edges_refined"] = edges.refined
             notes["lesion_edges_added_ml"] = round(edges.added_ml, 2)
             notes["lesion_edges_removed_ml"] = round(edges.removed_ml, 2)
+    if tissue is not None and config.max_lesion_elongation > 0:
+        tumour = _drop_elongated_lesions(tumour, spacing_zyx, config.max_lesion_elongation, notes)
     cleaned = organ.astype(np.uint8)
     cleaned[tumour] = 2
     out[crop] = cleaned
@@ -276,6 +286,41 @@ def component_thickness_mm(labels: np.ndarray, spacing_zyx: Sequence[float]) -> 
     boxes = ndimage.find_objects(labels)
     return np.array([min((b.stop - b.start) * float(s) for b, s in zip(box, spacing_zyx)) if box else 0.0
                      for box in boxes], dtype=float)
+
+
+def component_elongation(labels: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+    """sqrt(largest / smallest principal variance) of each component 1..n of `labels`, in mm,
+    each voxel counted as the box it is (s^2 / 12 added along each axis), so that a blob one
+    thick slice deep is not read as a sheet: 1 for a ball, a / c for a solid ellipsoid."""
+    spacing = np.asarray(spacing_zyx, dtype=float)
+    out = []
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            out.append(0.0)
+            continue
+        points = np.argwhere(labels[box] == index) * spacing
+        covariance = np.diag(spacing**2 / 12.0)
+        if len(points) > 1:
+            covariance = covariance + np.cov(points, rowvar=False)
+        variances = np.linalg.eigvalsh(covariance)
+        out.append(float(np.sqrt(variances[-1] / variances[0])))
+    return np.array(out, dtype=float)
+
+
+def _drop_elongated_lesions(tumour: np.ndarray, spacing_zyx: Sequence[float], max_elongation: float,
+                            notes: dict | None) -> np.ndarray:
+    """`tumour` without the components more elongated than `max_elongation` (vessels, fissures);
+    `notes` receives how many and their volumes (ml)."""
+    labels, _ = ndimage.label(tumour, structure=np.ones((3, 3, 3), bool))
+    tubular = component_elongation(labels, spacing_zyx) > max_elongation
+    if notes is not None:
+        notes["elongated_lesions_removed"] = int(np.count_nonzero(tubular))
+        volumes = ndimage.sum_labels(tumour, labels, index=np.flatnonzero(tubular) + 1)
+        voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+        notes["elongated_lesions_ml"] = [round(float(v) * voxel_ml, 2) for v in np.atleast_1d(volumes)]
+    if not tubular.any():
+        return tumour
+    return np.concatenate([[False], ~tubular])[labels] & tumour
 
 
 def component_peaks(labels: np.ndarray, count: int, probability: np.ndarray) -> np.ndarray:
