@@ -190,3 +190,22 @@ def test_a_split_lesion_keeps_its_main_piece_and_lobes_of_lesion_size_only():
     assert split == 2  # the knob's core lies beyond the band: kept as its own piece
     one, refined = pieces(65.0)
     assert one == 1 and _dice(refined, truth) > 0.93
+
+
+def test_a_lesion_on_one_thick_slice_is_not_judged_by_its_shape():
+    spacing = (5.0, 0.8, 0.8)
+    shape = (12, 80, 80)
+    organ = np.zeros(shape, bool)
+    organ[1:-1, 4:-4, 4:-4] = True
+    hu = np.full(shape, 100.0, np.float32)
+    label = organ.astype(np.uint8)
+    blob = np.zeros(shape, bool)
+    blob[6] = _ball(9.0, (6, 40, 40), spacing, shape)[6]  # an 18 mm lesion seen on one 5 mm slice only
+    hu[blob] = 40.0
+    label[blob] = 2
+    notes: dict = {}
+    cleaned = clean_label_map(label, spacing, PostprocessConfig(lesion_edge_band_mm=0.0), ct_hu=hu, notes=notes)
+    assert (cleaned[blob] == 2).all() and notes["elongated_lesions_removed"] == 0
+    thicker = label.copy()
+    thicker[5:8][np.broadcast_to(blob[6], (3, *blob.shape[1:]))] = 2  # three slices: 15 x 18 x 18 mm, round
+    assert (clean_label_map(thicker, spacing, PostprocessConfig(lesion_edge_band_mm=0.0), ct_hu=hu) == 2).sum() > 0

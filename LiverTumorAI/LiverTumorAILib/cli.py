@@ -97,8 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-classify", action="store_true", help="skip benign/malignant lesion classification")
     p.add_argument("--no-hu-checks", action="store_true",
                    help="keep the network's liver and lesions as drawn: no removal of tissue whose CT HU is "
-                        "unlike the liver's, nor of lesions that differ from the liver around them on no "
-                        "image, and lesion edges where the network put them, not where the image changes "
+                        "unlike the liver's, of lesions that differ from the liver around them on no "
+                        "image, nor of lesions shaped like a vessel, and lesion edges where the network put "
+                        "them, not where the image changes "
                         "(for livers with very uneven HU; see README)")
     heat = p.add_mutually_exclusive_group()
     heat.add_argument("--no-heatmap", action="store_true", help="do not write heatmap.nii.gz")

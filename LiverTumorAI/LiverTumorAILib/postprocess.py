@@ -65,6 +65,8 @@ TUMOUR_MARGIN_MM = 3.0
 #: the false positives left on unseen phantoms (straight portal branches, 2.7-3.8) and on the real
 #: CHAOS CT (2.8-8.5); the phantoms' lesions, found and edge-refined, were 1.6 at most
 MAX_LESION_ELONGATION = 2.5
+#: ... measured only on lesions at least this many voxels across on every axis
+MIN_SHAPE_VOXELS = 3
 
 
 @dataclass
@@ -310,9 +312,12 @@ def component_elongation(labels: np.ndarray, spacing_zyx: Sequence[float]) -> np
 def _drop_elongated_lesions(tumour: np.ndarray, spacing_zyx: Sequence[float], max_elongation: float,
                             notes: dict | None) -> np.ndarray:
     """`tumour` without the components more elongated than `max_elongation` (vessels, fissures);
-    `notes` receives how many and their volumes (ml)."""
+    `notes` receives how many and their volumes (ml). A component fewer than `MIN_SHAPE_VOXELS`
+    voxels across on an axis is kept: its shape along that axis is not resolved (a round lesion
+    drawn on one 5 mm slice looks like a plate)."""
     labels, _ = ndimage.label(tumour, structure=np.ones((3, 3, 3), bool))
-    tubular = component_elongation(labels, spacing_zyx) > max_elongation
+    resolved = component_thickness_mm(labels, np.ones(3)) >= MIN_SHAPE_VOXELS
+    tubular = (component_elongation(labels, spacing_zyx) > max_elongation) & resolved
     if notes is not None:
         notes["elongated_lesions_removed"] = int(np.count_nonzero(tubular))
         volumes = ndimage.sum_labels(tumour, labels, index=np.flatnonzero(tubular) + 1)
