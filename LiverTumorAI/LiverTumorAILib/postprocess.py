@@ -294,8 +294,8 @@ def component_thickness_mm(labels: np.ndarray, spacing_zyx: Sequence[float]) -> 
 
 def component_elongation(labels: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
     """sqrt(largest / smallest principal variance) of each component 1..n of `labels`, in mm,
-    each voxel counted as the box it is (s^2 / 12 added along each axis), so that a blob one
-    thick slice deep is not read as a sheet: 1 for a ball, a / c for a solid ellipsoid."""
+    each voxel counted as the box it is (s^2 / 12 added along each axis: a blob one voxel deep
+    has that voxel's thickness, not none): 1 for a ball, a / c for a solid ellipsoid."""
     spacing = np.asarray(spacing_zyx, dtype=float)
     out = []
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
