@@ -209,3 +209,11 @@ def test_a_lesion_on_one_thick_slice_is_not_judged_by_its_shape():
     thicker = label.copy()
     thicker[5:8][np.broadcast_to(blob[6], (3, *blob.shape[1:]))] = 2  # three slices: 15 x 18 x 18 mm, round
     assert (clean_label_map(thicker, spacing, PostprocessConfig(lesion_edge_band_mm=0.0), ct_hu=hu) == 2).sum() > 0
+
+
+def test_non_finite_values_leave_the_network_edge_in_place():
+    organ, truth, hu = _liver(lesion_hu=40.0)
+    drawn = _ball(11.0)
+    hu[:, :, :] = np.nan  # a CT that holds no number here: nothing to go by, no crash
+    result = refine_lesion_boundaries(drawn, organ, hu, SPACING, mri=np.full(SHAPE, np.inf, np.float32))
+    assert result.refined == 0 and (result.tumour == drawn).all()

@@ -175,7 +175,7 @@ def _lesion_like(lesion: np.ndarray, liver: np.ndarray, ct_hu: np.ndarray, mri: 
         signal = np.asarray(mri, dtype=np.float32)
         finite = np.isfinite(signal)
         if finite[ring].mean() >= MIN_MRI_COVERAGE and finite[lesion].mean() >= MIN_MRI_COVERAGE:
-            like = _beyond_half_contrast(np.where(finite, signal, np.nan), core, ring,
+            like = _beyond_half_contrast(signal, core, ring,
                                          lambda contrast, level: contrast >= MIN_MRI_CONTRAST * abs(level))
     return like
 
@@ -184,11 +184,16 @@ def _beyond_half_contrast(image: np.ndarray, core: np.ndarray, ring: np.ndarray,
     """Voxels off the liver level by more than half the lesion's contrast and `NOISE_FACTOR`
     noise sigmas (either way to keep, the core's way to add); None when the contrast is not
     `enough(|contrast|, level)` or within twice that threshold of the noise."""
-    level = float(np.nanmedian(image[ring]))
-    noise = 1.4826 * float(np.nanmedian(np.abs(image[ring] - level)))
-    contrast = float(np.nanmedian(image[core])) - level
-    if not np.isfinite(contrast) or not enough(abs(contrast), level) or abs(contrast) < 2 * NOISE_FACTOR * noise:
+    liver, lesion = image[ring], image[core]
+    liver, lesion = liver[np.isfinite(liver)], lesion[np.isfinite(lesion)]
+    if liver.size < MIN_RING_VOXELS or lesion.size < MIN_LESION_VOXELS:
+        return None  # too little of either holds a number (NaN / inf in the image)
+    level = float(np.median(liver))
+    noise = 1.4826 * float(np.median(np.abs(liver - level)))
+    contrast = float(np.median(lesion)) - level
+    if not enough(abs(contrast), level) or abs(contrast) < 2 * NOISE_FACTOR * noise:
         return None
     threshold = max(abs(contrast) / 2.0, NOISE_FACTOR * noise)
-    shift = np.nan_to_num((image - level) * np.sign(contrast), nan=0.0)
+    with np.errstate(invalid="ignore", over="ignore"):
+        shift = np.nan_to_num((image - level) * np.sign(contrast), nan=0.0, posinf=0.0, neginf=0.0)
     return LesionLike(keep=np.abs(shift) > threshold, add=shift > threshold)
