@@ -65,7 +65,7 @@ TUMOUR_MARGIN_MM = 3.0
 #: the vessel-shaped false positives left on unseen phantoms (straight portal branches, 2.7-3.2)
 #: and on the real CHAOS CT (2.8-8.5); the phantoms' true lesions 1.7 at most, the independent
 #: phantoms' found ones 1.6. On the project's held-out 16 it also drops a cholangiocarcinoma drawn
-#: with a strip beside it (3.1) and a large cyst drawn as two crescents (README)
+#: with an 18 mm tail (3.1) and a large cyst drawn as two crescents (README)
 MAX_LESION_ELONGATION = 2.5
 #: ... measured only on lesions at least this many voxels across on every axis
 MIN_SHAPE_VOXELS = 3
