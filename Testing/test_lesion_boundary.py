@@ -217,3 +217,14 @@ def test_non_finite_values_leave_the_network_edge_in_place():
     hu[:, :, :] = np.nan  # a CT that holds no number here: nothing to go by, no crash
     result = refine_lesion_boundaries(drawn, organ, hu, SPACING, mri=np.full(SHAPE, np.inf, np.float32))
     assert result.refined == 0 and (result.tumour == drawn).all()
+
+
+def test_a_noisy_ct_is_smoothed_more_before_the_edge_is_left_alone(monkeypatch):
+    import LiverTumorAILib.lesion_boundary as boundary
+
+    organ, truth, hu = _liver(lesion_hu=78.0, noise=15.0, seed=7)  # 22 HU under noise of 15 HU
+    drawn = _ball(11.0)
+    refined = refine_lesion_boundaries(drawn, organ, hu, SPACING)
+    assert refined.refined == 1 and _dice(refined.tumour, truth) > 0.9 > _dice(drawn, truth) + 0.1
+    monkeypatch.setattr(boundary, "SMOOTH_NOISY_MM", boundary.SMOOTH_MM)  # no second try: the edge stays
+    assert (refine_lesion_boundaries(drawn, organ, hu, SPACING).tumour == drawn).all()

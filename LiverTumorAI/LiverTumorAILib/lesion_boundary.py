@@ -24,7 +24,8 @@ liver around it; this module does that, only near the network's edge:
 * the CT decides when its contrast is at least `MIN_CT_CONTRAST_HU` and twice the threshold
   over noise; else the MRI (on the CT grid; NaN outside its field of view, which must cover
   90 % of the lesion and its ring) when its contrast is at least `MIN_MRI_CONTRAST` of the
-  liver's signal; else the network's edge stays. CT first: its voxels are finer than the MRI's
+  liver's signal; else the CT smoothed more (`SMOOTH_NOISY_MM`), when noise, not contrast, was
+  what stopped it; else the network's edge stays. CT first: its voxels are finer than the MRI's
   and its edge is not blurred by the resampling; the MRI rescues lesions the CT barely shows.
 
 The CT is lightly smoothed in-plane (Gaussian sigma `SMOOTH_MM`, not across slices thicker than
@@ -60,6 +61,9 @@ MIN_MRI_CONTRAST = 0.3
 NOISE_FACTOR = 2.0
 #: in-plane smoothing of the CT before thresholding (mm); none across slices thicker than 2 mm
 SMOOTH_MM = 0.7
+#: ... and, when neither that CT nor the MRI decides, a last try on the CT smoothed this much: the
+#: half-way crossing of a smoothed edge stays where the edge is, while the noise falls
+SMOOTH_NOISY_MM = 1.5
 #: the fewest in-field MRI voxels (fraction) in the lesion and in its ring
 MIN_MRI_COVERAGE = 0.9
 
@@ -104,7 +108,7 @@ def refine_lesion_boundaries(
         return RefineResult(out)
     labels, _ = ndimage.label(tumour, structure=np.ones((3, 3, 3), bool))
     pad = [int(np.ceil((RING_MM[1] + band_mm) / s)) + 1 for s in spacing]
-    sigma = [SMOOTH_MM / s if s <= 2.0 else 0.0 for s in spacing]
+    sigmas = [[mm / s if s <= 2.0 else 0.0 for s in spacing] for mm in (SMOOTH_MM, SMOOTH_NOISY_MM)]
     band_spacing = np.minimum(spacing, band_mm)  # one voxel along a thick axis is within the band
     result = RefineResult(out)
     voxel_mm3 = float(np.prod(spacing))
@@ -116,7 +120,7 @@ def refine_lesion_boundaries(
         lesion = labels[box] == index
         inside = organ[box]
         liver = inside & ~tumour[box]
-        lesion_like = _lesion_like(lesion, liver, ct_hu[box], None if mri is None else mri[box], spacing, sigma)
+        lesion_like = _lesion_like(lesion, liver, ct_hu[box], None if mri is None else mri[box], spacing, sigmas)
         if lesion_like is None:
             continue
         outside_mm = ndimage.distance_transform_edt(~lesion, sampling=band_spacing)
@@ -157,9 +161,10 @@ def _main_pieces(drawn: np.ndarray, deep: np.ndarray, lesion: np.ndarray, min_vo
 
 
 def _lesion_like(lesion: np.ndarray, liver: np.ndarray, ct_hu: np.ndarray, mri: np.ndarray | None,
-                 spacing: np.ndarray, sigma: Sequence[float]) -> LesionLike | None:
-    """Voxels beyond half the lesion's contrast on the image that decides, or None when neither
-    shows the lesion well enough (or there is too little liver around it to tell)."""
+                 spacing: np.ndarray, sigmas: Sequence[Sequence[float]]) -> LesionLike | None:
+    """Voxels beyond half the lesion's contrast on the image that decides (the CT smoothed with
+    `sigmas[0]`, else the MRI, else the CT smoothed with `sigmas[1]`), or None when none shows
+    the lesion well enough (or there is too little liver around it to tell)."""
     if np.count_nonzero(lesion) < MIN_LESION_VOXELS:
         return None
     outside_mm = ndimage.distance_transform_edt(~lesion, sampling=spacing)
@@ -169,14 +174,21 @@ def _lesion_like(lesion: np.ndarray, liver: np.ndarray, ct_hu: np.ndarray, mri: 
     core = lesion & (ndimage.distance_transform_edt(lesion, sampling=spacing) > CORE_MM)
     if np.count_nonzero(core) < MIN_LESION_VOXELS:
         core = lesion
-    ct = ndimage.gaussian_filter(np.asarray(ct_hu, dtype=np.float32), sigma)
-    like = _beyond_half_contrast(ct, core, ring, lambda contrast, level: contrast >= MIN_CT_CONTRAST_HU)
+    ct = np.asarray(ct_hu, dtype=np.float32)
+
+    def on_ct(sigma: Sequence[float]) -> LesionLike | None:
+        return _beyond_half_contrast(ndimage.gaussian_filter(ct, sigma), core, ring,
+                                     lambda contrast, level: contrast >= MIN_CT_CONTRAST_HU)
+
+    like = on_ct(sigmas[0])
     if like is None and mri is not None:
         signal = np.asarray(mri, dtype=np.float32)
         finite = np.isfinite(signal)
         if finite[ring].mean() >= MIN_MRI_COVERAGE and finite[lesion].mean() >= MIN_MRI_COVERAGE:
             like = _beyond_half_contrast(signal, core, ring,
                                          lambda contrast, level: contrast >= MIN_MRI_CONTRAST * abs(level))
+    if like is None and list(sigmas[1]) != list(sigmas[0]):
+        like = on_ct(sigmas[1])
     return like
 
 
