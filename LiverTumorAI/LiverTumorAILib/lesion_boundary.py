@@ -21,8 +21,8 @@ liver around it; this module does that, only near the network's edge:
   within the band all through, holding part of it), with other such pieces of the smallest
   lesion size or more: no speck cut off at the edge becomes a lesion of its own. Holes are
   filled;
-* the CT decides when its contrast is at least `MIN_CT_CONTRAST_HU` and twice the threshold
-  over noise; else the MRI (on the CT grid; NaN outside its field of view, which must cover
+* the CT decides when its contrast is at least `MIN_CT_CONTRAST_HU` and 2 x `NOISE_FACTOR`
+  noise sigmas; else the MRI (on the CT grid; NaN outside its field of view, which must cover
   90 % of the lesion and its ring) when its contrast is at least `MIN_MRI_CONTRAST` of the
   liver's signal; else the CT smoothed more (`SMOOTH_NOISY_MM`), when noise, not contrast, was
   what stopped it; else the network's edge stays. CT first: its voxels are finer than the MRI's
@@ -32,7 +32,8 @@ The CT is lightly smoothed in-plane (Gaussian sigma `SMOOTH_MM`, not across slic
 2 mm) so that noise does not fray the edge. Limits: an isodense part of a lesion (a rim that
 matches the liver on the image that decides) is cut when the network drew it within the band,
 and is not added when it missed it; a lesion touching a vessel of the same brightness may gain
-the vessel's first `band_mm`. Measured effect: README.
+the vessel's first `band_mm`; on the more smoothed CT a heterogeneous lesion (nodular
+enhancement) loses its less enhanced edge. Measured effect: README.
 """
 
 from __future__ import annotations
