@@ -119,13 +119,19 @@ def refine_lesion_boundaries(
             continue
         box = tuple(slice(max(s.start - p, 0), min(s.stop + p, n)) for s, p, n in zip(found, pad, tumour.shape))
         lesion = labels[box] == index
+        if np.count_nonzero(lesion) < MIN_LESION_VOXELS:
+            continue
         inside = organ[box]
         liver = inside & ~tumour[box]
-        lesion_like = _lesion_like(lesion, liver, ct_hu[box], None if mri is None else mri[box], spacing, sigmas)
+        outside_mm = ndimage.distance_transform_edt(~lesion, sampling=spacing)
+        inside_mm = ndimage.distance_transform_edt(lesion, sampling=spacing)
+        lesion_like = _lesion_like(lesion, liver, outside_mm, inside_mm, ct_hu[box],
+                                   None if mri is None else mri[box], sigmas)
         if lesion_like is None:
             continue
-        outside_mm = ndimage.distance_transform_edt(~lesion, sampling=band_spacing)
-        inside_mm = ndimage.distance_transform_edt(lesion, sampling=band_spacing)
+        if not np.array_equal(band_spacing, spacing):  # a thick axis: distances with it capped at the band
+            outside_mm = ndimage.distance_transform_edt(~lesion, sampling=band_spacing)
+            inside_mm = ndimage.distance_transform_edt(lesion, sampling=band_spacing)
         band = ((outside_mm > 0) & (outside_mm <= band_mm) & inside) | (lesion & (inside_mm <= band_mm))
         drawn = (lesion & ~band) | (band & np.where(lesion, lesion_like.keep, lesion_like.add))
         drawn = _main_pieces(drawn, lesion & ~band, lesion, min_piece_mm3 / voxel_mm3)
@@ -161,18 +167,16 @@ def _main_pieces(drawn: np.ndarray, deep: np.ndarray, lesion: np.ndarray, min_vo
     return np.isin(pieces, anchors[keep])
 
 
-def _lesion_like(lesion: np.ndarray, liver: np.ndarray, ct_hu: np.ndarray, mri: np.ndarray | None,
-                 spacing: np.ndarray, sigmas: Sequence[Sequence[float]]) -> LesionLike | None:
+def _lesion_like(lesion: np.ndarray, liver: np.ndarray, outside_mm: np.ndarray, inside_mm: np.ndarray,
+                 ct_hu: np.ndarray, mri: np.ndarray | None, sigmas: Sequence[Sequence[float]]) -> LesionLike | None:
     """Voxels beyond half the lesion's contrast on the image that decides (the CT smoothed with
     `sigmas[0]`, else the MRI, else the CT smoothed with `sigmas[1]`), or None when none shows
-    the lesion well enough (or there is too little liver around it to tell)."""
-    if np.count_nonzero(lesion) < MIN_LESION_VOXELS:
-        return None
-    outside_mm = ndimage.distance_transform_edt(~lesion, sampling=spacing)
+    the lesion well enough (or there is too little liver around it to tell). `outside_mm` /
+    `inside_mm`: each voxel's distance (mm) to the lesion from outside / to its edge from inside."""
     ring = liver & (outside_mm > RING_MM[0]) & (outside_mm <= RING_MM[1])
     if np.count_nonzero(ring) < MIN_RING_VOXELS:
         return None
-    core = lesion & (ndimage.distance_transform_edt(lesion, sampling=spacing) > CORE_MM)
+    core = lesion & (inside_mm > CORE_MM)
     if np.count_nonzero(core) < MIN_LESION_VOXELS:
         core = lesion
     ct = np.asarray(ct_hu, dtype=np.float32)

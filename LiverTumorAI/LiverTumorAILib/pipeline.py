@@ -80,16 +80,12 @@ def hu_check_warnings(hu_checks: dict) -> list[str]:
     dropped = hu_checks.get("lesions_in_other_tissue_removed", 0)
     if dropped:
         warnings.append(f"{dropped} lesion(s) inside tissue that is not liver were dropped; check the liver's edges")
-    unseen = hu_checks.get("lesions_without_contrast_removed", 0)
-    if unseen:
-        volumes = ", ".join(f"{v:g} ml" for v in hu_checks.get("lesions_without_contrast_ml", []))
-        warnings.append(f"{unseen} lesion(s) ({volumes}) that differed from the liver around them on no image were "
-                        "dropped; turning the HU checks off keeps them")
-    tubular = hu_checks.get("elongated_lesions_removed", 0)
-    if tubular:
-        volumes = ", ".join(f"{v:g} ml" for v in hu_checks.get("elongated_lesions_ml", []))
-        warnings.append(f"{tubular} lesion(s) ({volumes}) shaped like a vessel (far longer than thick) were dropped; "
-                        "turning the HU checks off keeps them")
+    for check, what in (("lesions_without_contrast", "that differed from the liver around them on no image"),
+                        ("elongated_lesions", "shaped like a vessel (far longer than thick)")):
+        count = hu_checks.get(f"{check}_removed", 0)
+        if count:
+            volumes = ", ".join(f"{v:g} ml" for v in hu_checks.get(f"{check}_ml", []))
+            warnings.append(f"{count} lesion(s) ({volumes}) {what} were dropped; turning the HU checks off keeps them")
     return warnings
 
 

@@ -264,10 +264,7 @@ def filter_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], config: Postp
         unseen = lesions_without_contrast(labels, count, tissue.parenchyma, tissue.ct_hu, spacing_zyx,
                                           config.min_lesion_contrast_hu, tissue.mri, config.min_lesion_contrast_mri,
                                           tissue.outside, candidates=keep[1:])
-        if tissue.notes is not None:
-            tissue.notes["lesions_without_contrast_removed"] = int(np.count_nonzero(unseen))
-            volumes = ndimage.sum_labels(mask, labels, index=np.flatnonzero(unseen) + 1) * voxel_mm3 / 1000.0
-            tissue.notes["lesions_without_contrast_ml"] = [round(float(v), 2) for v in np.atleast_1d(volumes)]
+        _note_dropped(tissue.notes, "lesions_without_contrast", mask, labels, unseen, voxel_mm3)
         keep[1:] &= ~unseen
     return keep[labels]
 
@@ -318,16 +315,23 @@ def _drop_elongated_lesions(tumour: np.ndarray, spacing_zyx: Sequence[float], ma
     voxels across on an axis is kept: its shape along that axis is not resolved (a round lesion
     drawn on one 5 mm slice looks like a plate)."""
     labels, _ = ndimage.label(tumour, structure=np.ones((3, 3, 3), bool))
-    resolved = component_thickness_mm(labels, np.ones(3)) >= MIN_SHAPE_VOXELS
-    tubular = (component_elongation(labels, spacing_zyx) > max_elongation) & resolved
-    if notes is not None:
-        notes["elongated_lesions_removed"] = int(np.count_nonzero(tubular))
-        volumes = ndimage.sum_labels(tumour, labels, index=np.flatnonzero(tubular) + 1)
-        voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-        notes["elongated_lesions_ml"] = [round(float(v) * voxel_ml, 2) for v in np.atleast_1d(volumes)]
+    voxels_across = component_thickness_mm(labels, np.ones(3))  # bounding-box extent in voxels
+    tubular = (component_elongation(labels, spacing_zyx) > max_elongation) & (voxels_across >= MIN_SHAPE_VOXELS)
+    _note_dropped(notes, "elongated_lesions", tumour, labels, tubular, float(np.prod(spacing_zyx)))
     if not tubular.any():
         return tumour
-    return np.concatenate([[False], ~tubular])[labels] & tumour
+    return np.concatenate([[False], ~tubular])[labels]
+
+
+def _note_dropped(notes: dict | None, check: str, mask: np.ndarray, labels: np.ndarray, dropped: np.ndarray,
+                  voxel_mm3: float) -> None:
+    """`notes[check + "_removed"]` = how many components (1..n of `labels`) `dropped` flags, and
+    `notes[check + "_ml"]` their volumes (ml, 2 decimals), for report.json and its warnings."""
+    if notes is None:
+        return
+    notes[f"{check}_removed"] = int(np.count_nonzero(dropped))
+    volumes = ndimage.sum_labels(mask, labels, index=np.flatnonzero(dropped) + 1) * voxel_mm3 / 1000.0
+    notes[f"{check}_ml"] = [round(float(v), 2) for v in np.atleast_1d(volumes)]
 
 
 def component_peaks(labels: np.ndarray, count: int, probability: np.ndarray) -> np.ndarray:
