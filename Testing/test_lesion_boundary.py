@@ -23,12 +23,12 @@ def _ball(radius_mm: float, centre=CENTRE, spacing=SPACING, shape=SHAPE) -> np.n
     return d2 <= radius_mm**2
 
 
-def _liver(lesion_hu: float, radius_mm: float = 9.0, noise: float = 10.0, seed: int = 0):
+def _liver(lesion_hu: float, radius_mm: float = 9.0, noise: float = 10.0, seed: int = 0, spacing=SPACING):
     """(organ, truth lesion, CT HU): a liver at 100 HU filling most of the grid with one ball."""
     rng = np.random.default_rng(seed)
     organ = np.zeros(SHAPE, bool)
     organ[2:-2, 5:-5, 5:-5] = True
-    truth = _ball(radius_mm)
+    truth = _ball(radius_mm, spacing=spacing)
     hu = rng.normal(100.0, noise, SHAPE).astype(np.float32)
     hu[truth] = rng.normal(lesion_hu, noise, int(truth.sum()))
     hu[~organ] = -100.0
@@ -68,12 +68,65 @@ def test_a_partial_volume_slice_beyond_the_lesion_goes_on_thick_slices():
     assert not result.tumour[9].any() and _dice(result.tumour, truth) > 0.98 and _dice(drawn, truth) < 0.8
 
 
-def test_growth_stops_at_the_band():
+def test_growth_stops_at_the_band_on_thick_slices():
     organ, truth, hu = _liver(lesion_hu=0.0, radius_mm=12.0)  # its ring (8-16 mm) is mostly liver
     drawn = _ball(6.0)
     grown = refine_lesion_boundaries(drawn, organ, hu, SPACING).tumour
     assert grown.sum() > drawn.sum()
     assert not (grown & ~_ball(6.0 + BAND_MM + 1.0)).any()  # never beyond the band (+ a voxel of rounding)
+
+
+FINE = (2.0, 1.0, 1.0)  # no axis thicker than THICK_SLICE_MM: far darker lesions may grow
+
+
+def _far_from(mask: np.ndarray, mm: float, spacing=FINE) -> np.ndarray:
+    from scipy import ndimage
+
+    return ndimage.distance_transform_edt(~mask, sampling=spacing) > mm
+
+
+def _one_side(truth: np.ndarray, x_max: float) -> np.ndarray:
+    return truth & (np.indices(SHAPE)[2] < x_max)
+
+
+@pytest.mark.parametrize("radius_mm", [14.0, 20.0])
+def test_a_far_darker_lesion_drawn_in_part_grows_past_the_band_up_to_its_reach(radius_mm, monkeypatch):
+    import LiverTumorAILib.lesion_boundary as boundary
+
+    organ, truth, hu = _liver(lesion_hu=10.0, radius_mm=radius_mm, spacing=FINE)  # a cyst, 90 HU darker
+    drawn = _one_side(truth, 43 - (radius_mm - 14.0))  # the network drew one side of it
+    grown = refine_lesion_boundaries(drawn, organ, hu, FINE).tumour
+    on_thick_slices = refine_lesion_boundaries(drawn, organ, hu, (2.5, 1.0, 1.0)).tumour
+    monkeypatch.setattr(boundary, "GROW_MIN_DARK_HU", 1000.0)
+    band_only = refine_lesion_boundaries(drawn, organ, hu, FINE).tumour
+    assert _dice(grown, truth) > _dice(band_only, truth) + 0.1 > _dice(drawn, truth) + 0.1
+    assert not (grown & ~truth).any() and not (grown & _far_from(drawn, boundary.GROW_MM + 1.0)).any()
+    assert _dice(on_thick_slices, truth) < _dice(grown, truth) - 0.1
+    if radius_mm < 15.0:
+        assert _dice(grown, truth) > 0.9
+
+
+def test_a_fringe_the_band_leaves_is_not_grown_into(monkeypatch):
+    import LiverTumorAILib.lesion_boundary as boundary
+
+    organ, truth, hu = _liver(lesion_hu=10.0, radius_mm=12.0, spacing=FINE)
+    drawn = _ball(7.0, spacing=FINE)  # 5 mm short all round: the band mends 3, a 2 mm fringe is left
+    result = refine_lesion_boundaries(drawn, organ, hu, FINE).tumour
+    monkeypatch.setattr(boundary, "GROW_MIN_DARK_HU", 1000.0)
+    assert (result == refine_lesion_boundaries(drawn, organ, hu, FINE).tumour).all()
+    assert result.sum() > drawn.sum()
+
+
+def test_a_growing_lesion_stays_apart_from_another_across_the_liver():
+    from scipy import ndimage
+
+    organ, truth, hu = _liver(lesion_hu=10.0, spacing=FINE)
+    other = _ball(5.0, centre=(16, 45, 66), spacing=FINE)  # 7 mm of liver between the two
+    hu[other] = 10.0
+    drawn = _one_side(truth, 42) | other
+    refined = refine_lesion_boundaries(drawn, organ, hu, FINE).tumour
+    assert ndimage.label(refined, structure=np.ones((3, 3, 3), bool))[1] == 2
+    assert _dice(refined & ~other, truth) > 0.95 > _dice(drawn & ~other, truth) + 0.2
 
 
 def test_a_lesion_the_ct_barely_shows_is_left_as_drawn_unless_the_mri_shows_it():

@@ -21,6 +21,11 @@ liver around it; this module does that, only near the network's edge:
   within the band all through, holding part of it), with other such pieces of the smallest
   lesion size or more: no speck cut off at the edge becomes a lesion of its own. Holes are
   filled;
+* a lesion the CT shows at least `GROW_MIN_DARK_HU` darker than the liver (a cyst, a necrotic
+  metastasis) grows on past the band, through voxels beyond its half contrast, up to `GROW_MM`
+  from the network's edge (never into another lesion, never out of the organ): a fusion model
+  drew half of a 47 mm cyst on an unseen phantom, more than the band can mend. Bright lesions do
+  not grow: the vessels beside them are as bright;
 * the CT decides when its contrast is at least `MIN_CT_CONTRAST_HU` and 2 x `NOISE_FACTOR`
   noise sigmas; else the MRI (on the CT grid; NaN outside its field of view, which must cover
   90 % of the lesion and its ring) when its contrast is at least `MIN_MRI_CONTRAST` of the
@@ -60,13 +65,24 @@ MIN_MRI_CONTRAST = 0.3
 #: a voxel is lesion-like beyond half the contrast and beyond this many noise sigmas; the
 #: contrast must exceed twice that for the image to decide at all
 NOISE_FACTOR = 2.0
-#: in-plane smoothing of the CT before thresholding (mm); none across slices thicker than 2 mm
+#: slices thicker than this (mm) are not smoothed across; on such grids no lesion grows (`GROW_MM`)
+THICK_SLICE_MM = 2.0
+#: in-plane smoothing of the CT before thresholding (mm); none across thick slices
 SMOOTH_MM = 0.7
 #: ... and, when neither that CT nor the MRI decides, a last try on the CT smoothed this much: the
 #: half-way crossing of a smoothed edge stays where the edge is, while the noise falls
 SMOOTH_NOISY_MM = 1.5
 #: the fewest in-field MRI voxels (fraction) in the lesion and in its ring
 MIN_MRI_COVERAGE = 0.9
+#: a lesion darker than the liver by at least this on the CT (HU) may grow past the band, through
+#: voxels beyond its half contrast, up to `GROW_MM` from where the network drew it; not on grids
+#: with thick slices, whose partial volume shows a lesion wider than its truth mask on every slice
+#: (measured: a 18 mm cyst on 5 mm slices grown from Dice 0.91 to 0.75)
+GROW_MIN_DARK_HU = 40.0
+GROW_MM = 10.0
+#: ... and only when the image shows it going on further than this past the band's edge (mm):
+#: a thinner fringe is partial volume, a deeper one a part the network missed
+GROW_MIN_MISSED_MM = 2 * BAND_MM
 
 
 @dataclass
@@ -78,6 +94,8 @@ class LesionLike:
 
     keep: np.ndarray
     add: np.ndarray
+    contrast: float = 0.0  # the lesion's core minus the liver's level, on the deciding image
+    on_ct: bool = True  # the CT decided (else the MRI)
 
 
 @dataclass
@@ -109,8 +127,9 @@ def refine_lesion_boundaries(
         return RefineResult(out)
     labels, _ = ndimage.label(tumour, structure=np.ones((3, 3, 3), bool))
     pad = [int(np.ceil((RING_MM[1] + band_mm) / s)) + 1 for s in spacing]
-    sigmas = [[mm / s if s <= 2.0 else 0.0 for s in spacing] for mm in (SMOOTH_MM, SMOOTH_NOISY_MM)]
+    sigmas = [[mm / s if s <= THICK_SLICE_MM else 0.0 for s in spacing] for mm in (SMOOTH_MM, SMOOTH_NOISY_MM)]
     band_spacing = np.minimum(spacing, band_mm)  # one voxel along a thick axis is within the band
+    grows = bool(np.all(spacing <= THICK_SLICE_MM))  # see GROW_MM
     result = RefineResult(out)
     voxel_mm3 = float(np.prod(spacing))
     voxel_ml = voxel_mm3 / 1000.0
@@ -129,6 +148,10 @@ def refine_lesion_boundaries(
                                    None if mri is None else mri[box], sigmas)
         if lesion_like is None:
             continue
+        reach = None
+        if grows and lesion_like.on_ct and lesion_like.contrast <= -GROW_MIN_DARK_HU:  # never into another lesion
+            others = ndimage.binary_dilation(tumour[box] & ~lesion, structure=np.ones((3, 3, 3), bool))
+            reach = inside & ~others & lesion_like.add & (outside_mm <= GROW_MM)
         if not np.array_equal(band_spacing, spacing):  # a thick axis: distances with it capped at the band
             outside_mm = ndimage.distance_transform_edt(~lesion, sampling=band_spacing)
             inside_mm = ndimage.distance_transform_edt(lesion, sampling=band_spacing)
@@ -137,6 +160,8 @@ def refine_lesion_boundaries(
         drawn = _main_pieces(drawn, lesion & ~band, lesion, min_piece_mm3 / voxel_mm3)
         if drawn is None:
             continue  # the image sees none of it near the edge: the network's lesion stays
+        if reach is not None:
+            drawn = _grown(drawn, reach, spacing, GROW_MIN_MISSED_MM)
         drawn = ndimage.binary_fill_holes(drawn) & inside
         view = out[box]
         removed = lesion & ~drawn
@@ -147,6 +172,18 @@ def refine_lesion_boundaries(
         result.added_ml += float(np.count_nonzero(added)) * voxel_ml
         result.removed_ml += float(np.count_nonzero(removed)) * voxel_ml
     return result
+
+
+def _grown(drawn: np.ndarray, reach: np.ndarray, spacing: np.ndarray, min_missed_mm: float) -> np.ndarray:
+    """`drawn` grown through `reach` (6-connected) when what it gains reaches further than
+    `min_missed_mm` from it: the network missed a large part of the lesion. A thinner fringe is
+    left alone, since there the image and the network's edge differ by partial volume only."""
+    grown = ndimage.binary_propagation(drawn, mask=drawn | reach)
+    gained = grown & ~drawn
+    if not gained.any():
+        return drawn
+    missed_mm = ndimage.distance_transform_edt(~drawn, sampling=spacing)[gained].max()
+    return grown if missed_mm > min_missed_mm else drawn
 
 
 def _main_pieces(drawn: np.ndarray, deep: np.ndarray, lesion: np.ndarray, min_voxels: float) -> np.ndarray | None:
@@ -192,6 +229,8 @@ def _lesion_like(lesion: np.ndarray, liver: np.ndarray, outside_mm: np.ndarray, 
         if finite[ring].mean() >= MIN_MRI_COVERAGE and finite[lesion].mean() >= MIN_MRI_COVERAGE:
             like = _beyond_half_contrast(signal, core, ring,
                                          lambda contrast, level: contrast >= MIN_MRI_CONTRAST * abs(level))
+            if like is not None:
+                like.on_ct = False
     if like is None and list(sigmas[1]) != list(sigmas[0]):
         like = on_ct(sigmas[1])
     return like
@@ -213,4 +252,4 @@ def _beyond_half_contrast(image: np.ndarray, core: np.ndarray, ring: np.ndarray,
     threshold = max(abs(contrast) / 2.0, NOISE_FACTOR * noise)
     with np.errstate(invalid="ignore", over="ignore"):
         shift = np.nan_to_num((image - level) * np.sign(contrast), nan=0.0, posinf=0.0, neginf=0.0)
-    return LesionLike(keep=np.abs(shift) > threshold, add=shift > threshold)
+    return LesionLike(keep=np.abs(shift) > threshold, add=shift > threshold, contrast=contrast)
