@@ -57,6 +57,12 @@ MODEL_CONFIGS = {"hybrid3d": {"radial_prior": True, "shell_stats": True, "dropou
 #: Not adopted: the same on 400 train cases (4752 crops): phantom test better (AUC 0.87 / 0.88 on
 #: the segmenters' masks, 0.88 on truth; ECE 0.07-0.08) but held-out through ``segment`` AUC 0.83 /
 #: 0.88, ECE 0.21 / 0.11 (its val and test disagreed on the temperature: 1.05 vs pooled 1.49).
+#: Not adopted either: the same command on the crops of the demo-0.3 segmenters' masks after the
+#: lesion edge refinement (3608 crops; phantom test AUC 0.89, ECE 0.08, best epoch 30). Held-out,
+#: CT alone, through the same saved segmentations (dual-stream / tam-unet masks): independent 16
+#: cases AUC 0.99 / 0.96 -> 0.96 / 0.95, ECE 0.09 / 0.09 -> 0.08 / 0.09, truth masks ECE 0.09 ->
+#: 0.16; own 8 cases ECE 0.16 / 0.08 -> 0.19 / 0.17. A closer match of training and use did not
+#: make the calls better calibrated on data the temperature was not fitted on.
 VERSIONS = {"hybrid3d": "demo-0.4", "hybrid3d-ctmri": "demo-0.2"}
 #: Per-model CT augmentation (``train_classifier``'s defaults otherwise; see its docstring).
 MODEL_AUGMENT = {"hybrid3d": {"random_window_p": 0.0, "hu_shift": 5.0}, "hybrid3d-ctmri": {}}
