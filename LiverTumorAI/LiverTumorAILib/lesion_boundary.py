@@ -16,16 +16,18 @@ liver around it; this module does that, only near the network's edge:
   beyond half the contrast from the level (and beyond `NOISE_FACTOR` x the noise): a drawn
   voxel off it either way stays (the bright rim of a dark-cored lesion), a new voxel joins only
   on the side of the lesion's core (a dark cyst does not take the bright vessel beside it).
-  Voxels deeper inside keep the network's label, voxels beyond the band are never added. Of
-  the new lesion the largest piece holding its part beyond the band is kept (for a lesion
-  within the band all through, holding part of it), with other such pieces of the smallest
-  lesion size or more: no speck cut off at the edge becomes a lesion of its own. Holes are
-  filled;
+  Voxels deeper inside keep the network's label, voxels beyond the band are not added (but
+  see the growth below). Of the new lesion the largest piece holding its part beyond the band
+  is kept (for a lesion within the band all through, holding part of it), with other such
+  pieces of the smallest lesion size or more: no speck cut off at the edge becomes a lesion of
+  its own. Holes are filled;
 * a lesion the CT shows at least `GROW_MIN_DARK_HU` darker than the liver (a cyst, a necrotic
   metastasis) grows on past the band, through voxels beyond its half contrast, up to `GROW_MM`
-  from the network's edge (never into another lesion, never out of the organ): a fusion model
-  drew half of a 47 mm cyst on an unseen phantom, more than the band can mend. Bright lesions do
-  not grow: the vessels beside them are as bright;
+  from the network's edge (never into another lesion, never out of the organ), when the CT
+  shows it going on more than `GROW_MIN_MISSED_MM` past the band's edge, and only on grids with
+  no slice thicker than `THICK_SLICE_MM`: a fusion model drew half of a 47 mm cyst on an unseen
+  phantom, more than the band can mend. Bright lesions do not grow: the vessels beside them are
+  as bright;
 * the CT decides when its contrast is at least `MIN_CT_CONTRAST_HU` and 2 x `NOISE_FACTOR`
   noise sigmas; else the MRI (on the CT grid; NaN outside its field of view, which must cover
   90 % of the lesion and its ring) when its contrast is at least `MIN_MRI_CONTRAST` of the
