@@ -12,6 +12,7 @@ import pytest
 
 from LiverTumorAILib.hu_guards import (
     drop_regions_unlike_liver,
+    lesion_rims,
     lesions_in_other_tissue,
     lesions_without_contrast,
     trim_slices_unlike_liver,
@@ -153,6 +154,32 @@ def test_a_lesion_inside_another_tissue_is_flagged_and_real_lesions_are_not():
     by_lesion = {name: bool(flagged[labels[mask].max() - 1])
                  for name, mask in (("kidney", kidney_lesion), ("hypodense", lesion), ("bright", bright))}
     assert by_lesion == {"kidney": True, "hypodense": False, "bright": False}
+
+
+def test_rims_made_once_give_both_checks_the_verdicts_of_their_own_pass():
+    """`filter_lesions` dilates each lesion's rim once for both checks; a shared list restricted
+    to `candidates` must flag exactly what each check's own pass flags."""
+    from scipy import ndimage
+
+    label, hu, _, _, _, lesion, kidney_lesion = _liver_with_kidney()
+    faint = np.zeros(label.shape, bool)  # a lesion the CT does not show
+    faint[14:22, 30:38, 50:58] = True
+    label[faint] = 2
+    labels, count = ndimage.label(label == 2, structure=np.ones((3, 3, 3), bool))
+    spacing = (2.0, 1.0, 1.0)
+    shared = list(lesion_rims(labels, spacing))
+    assert len(shared) == count == 3
+    for candidates in (None, np.array([True, False, True]), np.array([False, True, True])):
+        own = lesions_in_other_tissue(labels, count, label == 1, hu, spacing, 100.0, candidates=candidates)
+        assert np.array_equal(own, lesions_in_other_tissue(labels, count, label == 1, hu, spacing, 100.0,
+                                                           candidates=candidates, rims=shared))
+        own = lesions_without_contrast(labels, count, label == 1, hu, spacing, candidates=candidates)
+        assert np.array_equal(own, lesions_without_contrast(labels, count, label == 1, hu, spacing,
+                                                            candidates=candidates, rims=shared))
+    everything = lesions_in_other_tissue(labels, count, label == 1, hu, spacing, 100.0, rims=shared)
+    unseen = lesions_without_contrast(labels, count, label == 1, hu, spacing, rims=shared)
+    assert everything[labels[kidney_lesion].max() - 1] and unseen[labels[faint].max() - 1]
+    assert not unseen[labels[lesion].max() - 1]
 
 
 def test_fat_at_the_liver_edge_is_dropped_and_a_fat_lesion_inside_kept():

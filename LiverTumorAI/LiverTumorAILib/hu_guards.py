@@ -35,7 +35,7 @@ made from".
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 from scipy import ndimage
@@ -67,6 +67,8 @@ MIN_LESION_CONTRAST_HU = 10.0
 MIN_LESION_CONTRAST_MRI = 0.15
 #: fewest rim (and, on the MRI, in-field) voxels for a comparison; with fewer, a lesion is kept
 MIN_RIM_VOXELS = 10
+#: One lesion's rim (`lesion_rims`): component index, box, the component and its rim shell on the box.
+LesionRim = tuple[int, tuple[slice, ...], np.ndarray, np.ndarray]
 
 
 def liver_level_hu(values: np.ndarray) -> float:
@@ -183,7 +185,7 @@ def drop_regions_unlike_liver(
 
 
 def lesion_rims(labels: np.ndarray, spacing_zyx: Sequence[float], candidates: np.ndarray | None = None
-                ) -> Iterator[tuple[int, tuple[slice, ...], np.ndarray, np.ndarray]]:
+                ) -> Iterator[LesionRim]:
     """Per component of `labels` (index 0..count-1; only those `candidates[index]` is True for,
     when given): its box (the component's bounding box padded by `LESION_RIM_MM`), the component
     and the shell within `LESION_RIM_MM` around it, both on that box. The rim a check reads is
@@ -200,6 +202,15 @@ def lesion_rims(labels: np.ndarray, spacing_zyx: Sequence[float], candidates: np
         yield i, box, component, shell
 
 
+def _rims_of(labels: np.ndarray, spacing_zyx: Sequence[float], candidates: np.ndarray | None,
+             rims: Sequence[LesionRim] | None) -> Iterable[LesionRim]:
+    """`rims` (from one `lesion_rims` pass shared by several checks) restricted to `candidates`,
+    or a fresh `lesion_rims` pass when none are given."""
+    if rims is None:
+        return lesion_rims(labels, spacing_zyx, candidates)
+    return (rim for rim in rims if candidates is None or candidates[rim[0]])
+
+
 def lesions_in_other_tissue(
     labels: np.ndarray,
     count: int,
@@ -210,6 +221,7 @@ def lesions_in_other_tissue(
     max_shift_hu: float = 40.0,
     outside: np.ndarray | None = None,
     candidates: np.ndarray | None = None,
+    rims: Sequence[LesionRim] | None = None,
 ) -> np.ndarray:
     """For each component 1..count of `labels`, whether it lies inside a tissue that is not liver:
     its own median HU and that of the `parenchyma` voxels within `LESION_RIM_MM` around it are
@@ -220,9 +232,10 @@ def lesions_in_other_tissue(
     Components with fewer than 10 rim voxels are never flagged. With `outside` (the voxels
     outside the organ), a component of fat density with `FAT_OUTSIDE_FRACTION` of its rim outside
     is flagged too. `candidates` (bool per component): only those are checked (the others were
-    dropped already), the rest are not flagged."""
+    dropped already), the rest are not flagged. `rims`: `lesion_rims(labels, spacing_zyx)` made
+    once for several checks, so each lesion's rim is dilated once."""
     flagged = np.zeros(count, dtype=bool)
-    for i, box, component, shell in lesion_rims(labels, spacing_zyx, candidates):
+    for i, box, component, shell in _rims_of(labels, spacing_zyx, candidates, rims):
         own_hu = float(np.median(ct_hu[box][component]))
         if outside is not None and own_hu < FAT_HU and shell.any() and outside[box][shell].mean() >= FAT_OUTSIDE_FRACTION:
             flagged[i] = True
@@ -260,6 +273,7 @@ def lesions_without_contrast(
     min_mri_fraction: float = MIN_LESION_CONTRAST_MRI,
     outside: np.ndarray | None = None,
     candidates: np.ndarray | None = None,
+    rims: Sequence[LesionRim] | None = None,
 ) -> np.ndarray:
     """For each component 1..count of `labels`, whether no image shows it: its `lesion_contrast`
     against its `parenchyma` rim is under `min_ct_hu` on the CT and, with `mri` (the MRI on the same
@@ -268,9 +282,9 @@ def lesions_without_contrast(
     Without enough rim voxels on the CT a lesion is kept (too little to judge); without enough
     on the MRI (outside its field of view) the CT alone decides. `outside` (the voxels the organ
     checks removed, or outside the organ) is no rim: a neighbour drawn as liver is not the liver
-    a lesion must differ from. `candidates`: as in `lesions_in_other_tissue`."""
+    a lesion must differ from. `candidates`, `rims`: as in `lesions_in_other_tissue`."""
     flagged = np.zeros(count, dtype=bool)
-    for i, box, component, shell in lesion_rims(labels, spacing_zyx, candidates):
+    for i, box, component, shell in _rims_of(labels, spacing_zyx, candidates, rims):
         rim = shell & parenchyma[box]
         if outside is not None:
             rim &= ~outside[box]

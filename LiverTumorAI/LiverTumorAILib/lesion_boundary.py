@@ -230,18 +230,19 @@ def _lesion_like(lesion: np.ndarray, liver: np.ndarray, outside_mm: np.ndarray, 
         finite = np.isfinite(signal)
         if finite[ring].mean() >= MIN_MRI_COVERAGE and finite[lesion].mean() >= MIN_MRI_COVERAGE:
             like = _beyond_half_contrast(signal, core, ring,
-                                         lambda contrast, level: contrast >= MIN_MRI_CONTRAST * abs(level))
-            if like is not None:
-                like.on_ct = False
+                                         lambda contrast, level: contrast >= MIN_MRI_CONTRAST * abs(level),
+                                         on_ct=False)
     if like is None and list(sigmas[1]) != list(sigmas[0]):
         like = on_ct(sigmas[1])
     return like
 
 
-def _beyond_half_contrast(image: np.ndarray, core: np.ndarray, ring: np.ndarray, enough) -> LesionLike | None:
+def _beyond_half_contrast(image: np.ndarray, core: np.ndarray, ring: np.ndarray, enough,
+                          on_ct: bool = True) -> LesionLike | None:
     """Voxels off the liver level by more than half the lesion's contrast and `NOISE_FACTOR`
     noise sigmas (either way to keep, the core's way to add); None when the contrast is not
-    `enough(|contrast|, level)` or within twice that threshold of the noise."""
+    `enough(|contrast|, level)` or within twice that threshold of the noise. `on_ct`: whether
+    `image` is the CT (recorded in the result: only a CT decision may grow the lesion)."""
     liver, lesion = image[ring], image[core]
     liver, lesion = liver[np.isfinite(liver)], lesion[np.isfinite(lesion)]
     if liver.size < MIN_RING_VOXELS or lesion.size < MIN_LESION_VOXELS:
@@ -254,4 +255,4 @@ def _beyond_half_contrast(image: np.ndarray, core: np.ndarray, ring: np.ndarray,
     threshold = max(abs(contrast) / 2.0, NOISE_FACTOR * noise)
     with np.errstate(invalid="ignore", over="ignore"):
         shift = np.nan_to_num((image - level) * np.sign(contrast), nan=0.0, posinf=0.0, neginf=0.0)
-    return LesionLike(keep=np.abs(shift) > threshold, add=shift > threshold, contrast=contrast)
+    return LesionLike(keep=np.abs(shift) > threshold, add=shift > threshold, contrast=contrast, on_ct=on_ct)

@@ -52,6 +52,7 @@ from LiverTumorAILib.hu_guards import (
     MIN_LESION_CONTRAST_HU,
     MIN_LESION_CONTRAST_MRI,
     drop_regions_unlike_liver,
+    lesion_rims,
     lesions_in_other_tissue,
     lesions_without_contrast,
     liver_level_hu,
@@ -254,16 +255,20 @@ def filter_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], config: Postp
         keep[1:] &= component_peaks(labels, count, probability) >= peak
     if config.min_lesion_thickness_mm > 0:
         keep[1:] &= component_thickness_mm(labels, spacing_zyx) >= config.min_lesion_thickness_mm
+    rims = None
+    if tissue is not None and config.max_lesion_rim_hu_shift > 0 and config.min_lesion_contrast_hu > 0:
+        rims = list(lesion_rims(labels, spacing_zyx, keep[1:].copy()))  # both checks read the same rims
     if tissue is not None and config.max_lesion_rim_hu_shift > 0:
         other = lesions_in_other_tissue(labels, count, tissue.parenchyma, tissue.ct_hu, spacing_zyx, tissue.level,
-                                        config.max_lesion_rim_hu_shift, tissue.outside, candidates=keep[1:])
+                                        config.max_lesion_rim_hu_shift, tissue.outside, candidates=keep[1:],
+                                        rims=rims)
         if tissue.notes is not None:
             tissue.notes["lesions_in_other_tissue_removed"] = int(np.count_nonzero(other))
         keep[1:] &= ~other
     if tissue is not None and config.min_lesion_contrast_hu > 0:
         unseen = lesions_without_contrast(labels, count, tissue.parenchyma, tissue.ct_hu, spacing_zyx,
                                           config.min_lesion_contrast_hu, tissue.mri, config.min_lesion_contrast_mri,
-                                          tissue.outside, candidates=keep[1:])
+                                          tissue.outside, candidates=keep[1:], rims=rims)
         _note_dropped(tissue.notes, "lesions_without_contrast", mask, labels, unseen, voxel_mm3)
         keep[1:] &= ~unseen
     return keep[labels]
