@@ -163,6 +163,7 @@ def segment_into(
     from LiverTumorAILib.errors import WeightsError
     from LiverTumorAILib.inference.device import configure_cpu_threads, describe_device, select_device
     from LiverTumorAILib.inference.engine import load_model, segment_volume
+    from LiverTumorAILib.inference.mri_coverage import CT_FALLBACK_MODEL
     from LiverTumorAILib.measure import lesion_measurements, organ_summary
 
     progress = progress or _NullProgress()
@@ -185,12 +186,21 @@ def segment_into(
     if seg_model.synthetic:
         progress.warn(f"{model}: {DEMO_WEIGHTS_NOTICE}")
 
+    def load_ct_fallback():
+        try:
+            return load_model(CT_FALLBACK_MODEL, weights_dir, torch_device)
+        except WeightsError as error:
+            progress.warn(f"no {CT_FALLBACK_MODEL} weights ({error}): {model} segments outside the MRI too")
+            return None
+
     out = segment_volume(
         ct, seg_model, localizer=localizer, mri=mri, device=torch_device,
         keep_attention=heatmaps != "none", all_attention_sources=heatmaps == "all",
         progress=lambda stage, f: progress.stage(stage, f), warn=progress.warn, hu_checks=hu_checks,
+        ct_fallback=load_ct_fallback,
     )
     timing.update(out.timing_s)
+    ct_fallback = out.ct_fallback
     # Whole-scan arrays are what a long scan cannot afford several of: from here on the CT,
     # the uint8 label map and one uint16 lesion image are the only ones, each held once,
     # and each is dropped as soon as its file is written. Everything else (attention,
@@ -212,9 +222,15 @@ def segment_into(
     models_used: dict[str, Any] = {"segmentation": _model_entry(seg_model)}
     if localizer is not None:
         models_used["localizer"] = _model_entry(localizer)
+    if ct_fallback is not None:
+        models_used["segmentation_outside_mri"] = _model_entry(ct_fallback)
     cls_results: list = []
     sub = _SubGrid(ct, region)
     label_region = sub.crop(label)
+    mri_coverage = _mri_coverage(mri, sub.image(label_region), ct_fallback)
+    for message in mri_coverage.pop("warnings", []):
+        progress.warn(message)
+        warnings.append(message)
     if classify and lesion_rows:
         progress.stage("classify", 0.0)
         t0 = time.perf_counter()
@@ -258,6 +274,7 @@ def segment_into(
         "weights_notice": DEMO_WEIGHTS_NOTICE if any(m.get("synthetic") for m in models_used.values()) else None,
         "device": describe_device(torch_device) | {"used": seg_device},
         "liver_localized": localized,
+        "mri_coverage": mri_coverage or None,
         "hu_checks": {"enabled": hu_checks, **hu_found},
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
     }
@@ -269,6 +286,29 @@ def segment_into(
     _write_scene(folder, ct, mri, sub.image(label_region), lesion_region, heatmap, report, ct_path, progress)
     progress.stage("write", 1.0)
     return report
+
+
+#: liver fraction inside the MRI's field of view under which the report warns
+MRI_COVERAGE_WARN = 0.98
+
+
+def _mri_coverage(mri: sitk.Image | None, label: sitk.Image, ct_fallback) -> dict:
+    """report.json's `mri_coverage` (how much of the segmented liver the MRI covers, and which
+    model segmented the rest), with plain-language `warnings` when the MRI misses part of it."""
+    from LiverTumorAILib.inference.mri_coverage import liver_fraction_covered
+
+    if mri is None:
+        return {}
+    fraction = liver_fraction_covered(mri, label)
+    entry: dict[str, Any] = {"liver_fraction": None if fraction is None else round(fraction, 3)}
+    if ct_fallback is not None:
+        entry["outside_segmented_by"] = ct_fallback.name
+    if fraction is not None and fraction < MRI_COVERAGE_WARN:
+        outside = (f"there liver and lesions come from {ct_fallback.name} on the CT alone, and "
+                   if ct_fallback is not None else "")
+        entry["warnings"] = [f"the MRI covers {100 * fraction:.0f} % of the liver: {outside}lesions outside it "
+                             "are classified on the CT alone"]
+    return entry
 
 
 def _classify(ct, lesion_image, mri, weights_dir, device, gradcam: bool, liver: sitk.Image | None = None):

@@ -87,6 +87,9 @@ class PostprocessConfig:
     min_lesion_contrast_mri: float = MIN_LESION_CONTRAST_MRI
     lesion_edge_band_mm: float = BAND_MM
     max_lesion_elongation: float = MAX_LESION_ELONGATION
+    #: the tuned peak / thickness rules for lesions mostly outside the MRI's field of view, where
+    #: the CT-only fallback drew them (inference/mri_coverage.py); None: `self`'s rules everywhere
+    outside_mri: PostprocessConfig | None = None
 
     @classmethod
     def from_manifest(cls, manifest: dict) -> PostprocessConfig:
@@ -240,7 +243,8 @@ def filter_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], config: Postp
     """`mask` without the 26-connected components that fail `config`'s lesion criteria: volume below
     `min_lesion_mm3`, peak `probability` below `min_tumour_peak` (when a probability is given;
     float in [0, 1] or uint8 holding round(255 p)), bounding box thinner than
-    `min_lesion_thickness_mm` on an axis, inside a tissue that is not liver or unlike the liver
+    `min_lesion_thickness_mm` on an axis (`config.outside_mri`'s values for a lesion mostly
+    outside the MRI, when `tissue` holds one), inside a tissue that is not liver or unlike the liver
     around it on every image (when `tissue` is given; `lesions_in_other_tissue`,
     `lesions_without_contrast`). One labelling serves every criterion: dropping whole
     components never changes the others, so the order of the criteria does not matter."""
@@ -250,11 +254,13 @@ def filter_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], config: Postp
     voxel_mm3 = float(np.prod(spacing_zyx))
     keep = np.zeros(count + 1, dtype=bool)
     keep[1:] = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1)) >= config.min_lesion_mm3 / voxel_mm3
-    if config.min_tumour_peak > 0 and probability is not None:
-        peak = round(config.min_tumour_peak * 255) if probability.dtype == np.uint8 else config.min_tumour_peak
-        keep[1:] &= component_peaks(labels, count, probability) >= peak
-    if config.min_lesion_thickness_mm > 0:
-        keep[1:] &= component_thickness_mm(labels, spacing_zyx) >= config.min_lesion_thickness_mm
+    tuned = _passes_tuned_rules(labels, count, spacing_zyx, config, probability)
+    if config.outside_mri is not None and tissue is not None and tissue.mri is not None:
+        outside = ndimage.mean(~np.isfinite(tissue.mri), labels, index=np.arange(1, count + 1)) > 0.5
+        if outside.any():
+            tuned = np.where(outside, _passes_tuned_rules(labels, count, spacing_zyx, config.outside_mri, probability),
+                             tuned)
+    keep[1:] &= tuned
     rims = None
     if tissue is not None and config.max_lesion_rim_hu_shift > 0 and config.min_lesion_contrast_hu > 0:
         rims = list(lesion_rims(labels, spacing_zyx, keep[1:].copy()))  # both checks read the same rims
@@ -272,6 +278,19 @@ def filter_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], config: Postp
         _note_dropped(tissue.notes, "lesions_without_contrast", mask, labels, unseen, voxel_mm3)
         keep[1:] &= ~unseen
     return keep[labels]
+
+
+def _passes_tuned_rules(labels: np.ndarray, count: int, spacing_zyx: Sequence[float], config: PostprocessConfig,
+                        probability: np.ndarray | None) -> np.ndarray:
+    """Per component 1..count: peak `probability` >= `min_tumour_peak` (when given) and bounding
+    box >= `min_lesion_thickness_mm` on every axis, the rules tuned per model."""
+    keep = np.ones(count, dtype=bool)
+    if config.min_tumour_peak > 0 and probability is not None:
+        peak = round(config.min_tumour_peak * 255) if probability.dtype == np.uint8 else config.min_tumour_peak
+        keep &= component_peaks(labels, count, probability) >= peak
+    if config.min_lesion_thickness_mm > 0:
+        keep &= component_thickness_mm(labels, spacing_zyx) >= config.min_lesion_thickness_mm
+    return keep
 
 
 def drop_uncertain_lesions(mask: np.ndarray, probability: np.ndarray, min_peak: float) -> np.ndarray:

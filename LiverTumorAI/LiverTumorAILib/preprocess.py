@@ -85,15 +85,15 @@ def mri_on_grid(mri: sitk.Image, reference: sitk.Image) -> np.ndarray:
     """MRI resampled onto `reference` in physical space and percentile-normalised."""
     mri_f = sitk.Cast(mri, sitk.sitkFloat32)
     resampled = sitk.GetArrayFromImage(resample_like(mri_f, reference, default=0.0, output_type=sitk.sitkFloat32))
-    inside = sitk.GetArrayFromImage(_fov_mask(mri, reference))
+    inside = sitk.GetArrayFromImage(field_of_view_mask(mri, reference))
     norm = normalize_mri(resampled, inside.astype(bool) if inside.any() else None)
     background = float(norm[inside == 0].min()) if np.any(inside == 0) else float(norm.min())
     norm[inside == 0] = min(background, float(norm.min()))
     return norm
 
 
-def _fov_mask(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
-    """1 where `reference` voxels fall inside `image`'s field of view."""
+def field_of_view_mask(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
+    """1 where `reference` voxels fall inside `image`'s field of view (uint8, on `reference`)."""
     ones = sitk.Image(image.GetSize(), sitk.sitkUInt8)
     ones.CopyInformation(image)
     ones = ones + 1
@@ -102,7 +102,7 @@ def _fov_mask(image: sitk.Image, reference: sitk.Image) -> sitk.Image:
 
 def mri_overlap_fraction(mri: sitk.Image, reference: sitk.Image) -> float:
     """Fraction of the reference grid covered by the MRI's field of view (0 = no overlap)."""
-    mask = sitk.GetArrayFromImage(_fov_mask(mri, reference))
+    mask = sitk.GetArrayFromImage(field_of_view_mask(mri, reference))
     return float(mask.mean()) if mask.size else 0.0
 
 

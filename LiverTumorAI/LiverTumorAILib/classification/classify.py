@@ -21,7 +21,9 @@ Decision rules (why):
 * ``reliable`` is False for lesions under 10 mm, lesions whose crop lies > 25 % outside the image,
   and when no probability could be computed; ``note`` says why.
 * With an MRI, the CT+MRI weights (``hybrid3d-ctmri``) are used when found, else the CT-only
-  weights with a note.
+  weights with a note. A lesion whose box, widened by ``MRI_MARGIN_MM`` of liver, is not all
+  inside the MRI's field of view (an MRI slab shorter than the CT) is classified by the CT-only
+  weights with a note: the CT+MRI model never saw an MRI crop that is partly fill.
 * ``liver``: the organ mask (any label map whose non-zero voxels are liver + lesions, on the CT
   grid or a sub-grid of it). Weights with ``liver_context`` read their shell statistics inside
   it; without one they read whole shells and the entry's note says so.
@@ -55,7 +57,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError, WeightsError
 from .calibration import softmax
-from .crops import LesionCrop, extract_lesion_crops, lesion_geometries
+from .crops import LesionCrop, LesionGeometry, extract_lesion_crops, lesion_geometries
 
 MIN_RELIABLE_DIAMETER_MM = 10.0
 MAX_OUTSIDE_FRACTION = 0.25
@@ -63,6 +65,9 @@ CLASSIFIER_ARCHITECTURES = ("hybrid3d", "resnet50-2d", "densenet121-2d")
 CT_WEIGHTS = "hybrid3d"
 CTMRI_WEIGHTS = "hybrid3d-ctmri"
 BATCH = 8
+#: liver (mm) around a lesion that the MRI must cover for the CT+MRI classifier to be used
+MRI_MARGIN_MM = 5.0
+OUTSIDE_MRI_NOTE = "lesion outside the MRI's field of view: CT-only classifier used"
 
 
 def _resolve_device(device: str):
@@ -169,8 +174,6 @@ def classify_lesions(
     ``require_weights=False``: when no classifier weights exist, return entries with probability None
     and a note instead of raising ``WeightsError``.
     """
-    import torch
-
     lesions = _check_inputs(ct, lesions)
     geos = lesion_geometries(lesions)
     if not geos:
@@ -196,18 +199,55 @@ def classify_lesions(
                 }
                 for lid, g in sorted(geos.items())
             ]
-    dev = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
     in_ch = int(manifest.get("config", {}).get("in_channels", 1))
     if in_ch == 2 and mri is None:
         raise InputError(f"classifier {manifest.get('name')!r} needs an MRI (CT+MRI model) but none was given")
-    use_mri = mri if in_ch == 2 else None
     if mri is not None and in_ch == 1 and not note_w:
         note_w = "CT-only classifier: MRI not used"
-    size = int(manifest.get("config", {}).get("crop_size", 64))
     if liver is not None and liver.GetDimension() != 3:
         raise InputError(f"liver mask must be 3D, got {liver.GetDimension()}D")
+    groups = [(model, manifest, mri if in_ch == 2 else None, note_w, geos)]
+    outside = {lid: g for lid, g in geos.items() if in_ch == 2 and not mri_covers_lesion(mri, g)}
+    if outside and loaded is None:
+        try:
+            ct_model, ct_manifest = _load(CT_WEIGHTS, weights_dir, _resolve_device(device))
+        except WeightsError:
+            pass  # no CT-only weights: the CT+MRI model reads the MRI's fill, and says so below
+        else:
+            inside = {lid: g for lid, g in geos.items() if lid not in outside}
+            groups = [(model, manifest, mri, note_w, inside), (ct_model, ct_manifest, None, OUTSIDE_MRI_NOTE, outside)]
+    results: list[dict] = []
+    for group_model, group_manifest, group_mri, note, group_geos in groups:
+        if group_geos:
+            results += _classify_group(group_model, group_manifest, ct, lesions, group_mri, group_geos, note,
+                                       liver, gradcam, partly_outside=set(outside) if group_mri is not None else set())
+    return sorted(results, key=lambda r: r["id"])
+
+
+def mri_covers_lesion(mri: sitk.Image, geometry: LesionGeometry, margin_mm: float = MRI_MARGIN_MM) -> bool:
+    """Whether the MRI's field of view holds the lesion's axis-aligned (LPS) box, widened by
+    `margin_mm` of the liver around it (what the CT+MRI classifier compares the lesion with)."""
+    half = 0.5 * geometry.extent_mm + margin_mm
+    axis = np.linspace(-half, half, 5)
+    offsets = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
+    size = np.asarray(mri.GetSize(), dtype=float)
+    for point in np.asarray(geometry.centroid_lps) + offsets:
+        index = np.asarray(mri.TransformPhysicalPointToContinuousIndex([float(v) for v in point]))
+        if np.any(index < -0.5) or np.any(index > size - 0.5):
+            return False
+    return True
+
+
+def _classify_group(model, manifest: dict, ct: sitk.Image, lesions: sitk.Image, mri: sitk.Image | None,
+                    geos: dict, note_w: str, liver: sitk.Image | None, gradcam: bool,
+                    partly_outside: set[int]) -> list[dict]:
+    """The lesion table entries of `geos` from one classifier (`mri`: its MRI input, or None)."""
+    import torch
+
+    dev = next(model.parameters()).device if any(True for _ in model.parameters()) else torch.device("cpu")
+    size = int(manifest.get("config", {}).get("crop_size", 64))
     wants_liver = bool(getattr(model, "liver_context", False))
-    crops = extract_lesion_crops(ct, lesions, use_mri, geometries=geos, size=size, liver=liver if wants_liver else None)
+    crops = extract_lesion_crops(ct, lesions, mri, geometries=geos, size=size, liver=liver if wants_liver else None)
     logits, cams = _predict(model, crops, dev, gradcam)
     cal = manifest.get("calibration") or {}
     temperature = float(cal.get("temperature", 1.0)) if isinstance(cal, dict) else 1.0
@@ -233,6 +273,9 @@ def classify_lesions(
             notes.append(f"lesion larger than the {crop.side_mm:.0f} mm crop limit: whole lesion scaled into the crop")
         if not cal:
             notes.append("uncalibrated probability (weights carry no calibration)")
+        if int(crop.lesion_id) in partly_outside:
+            reliable = False
+            notes.append("lesion not all inside the MRI's field of view: the CT+MRI classifier read the MRI's fill there")
         if wants_liver and liver is None:
             notes.append("no liver mask given: lesion compared with its whole surroundings, not the liver only")
         entry: dict[str, Any] = {
@@ -246,7 +289,7 @@ def classify_lesions(
             "model": manifest.get("name"),
             "architecture": manifest.get("architecture"),
             "weights_version": manifest.get("version"),
-            "modality": "CT+MRI" if use_mri is not None else "CT",
+            "modality": "CT+MRI" if mri is not None else "CT",
             "calibrated": bool(cal),
             "temperature": round(temperature, 4),
             "synthetic_weights": bool(is_synthetic(manifest)),

@@ -11,6 +11,7 @@ resampling.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -30,6 +31,7 @@ from LiverTumorAILib.geometry import (
     sub_grid_covering,
 )
 from LiverTumorAILib.hu_guards import trim_slices_unlike_liver
+from LiverTumorAILib.inference.localize import DEFAULT_MARGIN_MM as LOCALIZER_MARGIN_MM
 from LiverTumorAILib.inference.localize import localize_liver
 from LiverTumorAILib.inference.slab import predict_volume
 from LiverTumorAILib.postprocess import PostprocessConfig, clean_label_map
@@ -104,6 +106,7 @@ class LoadedModel:
     name: str
     model: object
     manifest: dict
+    used: bool = False  # set when a fallback model actually ran
 
     @property
     def version(self) -> str:
@@ -128,6 +131,7 @@ class SegmentationOutput:
     slice_class_logits: np.ndarray | None = None
     region: tuple | None = None
     hu_checks: dict = field(default_factory=dict)  # what the HU checks of postprocess found and removed
+    ct_fallback: LoadedModel | None = None  # the CT-only model that segmented outside the MRI (mri_coverage.py)
 
 
 def load_model(name: str, weights_dir, device) -> LoadedModel:
@@ -160,6 +164,7 @@ def segment_volume(
     warn: Callable[[str], None] | None = None,
     box: BoundingBox | None = None,
     hu_checks: bool = True,
+    ct_fallback: Callable[[], LoadedModel | None] | None = None,
 ) -> SegmentationOutput:
     """Segment liver and tumour on `ct`'s grid with one 2.5D model.
 
@@ -169,7 +174,9 @@ def segment_volume(
     by `GROW_MM` on that side and the region is segmented again, at most
     `MAX_GROW_STEPS` times. `hu_checks=False` turns off the checks against the CT's HU
     (hu_guards.py) in the growth decision and the clean-up. With an `mri`, whatever the model,
-    the lesion contrast check keeps a lesion the MRI shows though the CT does not."""
+    the lesion contrast check keeps a lesion the MRI shows though the CT does not. For a model
+    that reads the MRI, `ct_fallback` (called once, when first needed) gives the CT-only model
+    that segments where the MRI does not cover the liver (`mri_coverage.py`)."""
     timing: dict[str, float] = {}
     clean = postprocess or PostprocessConfig.from_manifest(seg.manifest)
     config = seg.manifest.get("config", {})
@@ -182,9 +189,11 @@ def segment_volume(
 
     t0 = time.perf_counter()
     localized = box is not None
+    box_margin_mm = 0.0  # how far the box reaches past the liver (the localiser's margin)
     if box is None and localizer is not None:
         box = localize_liver(ct, localizer.model, localizer.manifest, device)
         localized = box is not None
+        box_margin_mm = LOCALIZER_MARGIN_MM if localized else 0.0
     if box is None:
         if warn and localizer is not None:
             warn("liver localiser found no liver; segmenting the whole scan (slower)")
@@ -195,6 +204,7 @@ def segment_volume(
 
     timing["preprocess"] = timing["segment"] = 0.0
     scan = image_bounding_box(ct)
+    fallback: LoadedModel | None = None
     for attempt in range(MAX_GROW_STEPS + 1):
         t0 = time.perf_counter()
         grid = make_model_grid(ct, box, spacing, mri=mri if mri_offsets else None)
@@ -214,12 +224,20 @@ def segment_volume(
             warn=warn,
         )
         timing["segment"] += time.perf_counter() - t0
+        if mri_offsets and ct_fallback is not None:
+            t0 = time.perf_counter()
+            liver_box = box.expanded(-box_margin_mm)
+            fallback = _segment_outside_mri(pred, grid, ct_norm, mri, seg, fallback, ct_fallback, device,
+                                            batch_size, keep_attention, warn, liver_box)
+            timing["segment_outside_mri"] = timing.get("segment_outside_mri", 0.0) + time.perf_counter() - t0
         liver = liver_for_growth(pred.probabilities, grid.ct_hu if hu_checks else None, spacing, clean)
         grown = grow_box_where_cut(box, liver, scan)
         if not localized or grown is None or attempt == MAX_GROW_STEPS:
             break
         box = grown  # the liver reaches a side of the box that is not the scan's edge: widen and redo
     timing["grow_steps"] = float(attempt)
+    if fallback is not None and fallback.used:  # lesions it drew are kept or dropped by its own tuned rules
+        clean = dataclasses.replace(clean, outside_mri=PostprocessConfig.from_manifest(fallback.manifest))
     t0 = time.perf_counter()
     box = image_bounding_box(grid.reference).intersect(scan)  # the padded grid is segmented too
     region = sub_grid_covering(ct, box)
@@ -258,4 +276,45 @@ def segment_volume(
         slice_class_logits=pred.class_logits,
         region=region,
         hu_checks=hu_found,
+        ct_fallback=fallback if fallback is not None and fallback.used else None,
     )
+
+
+def _segment_outside_mri(pred, grid, ct_norm: np.ndarray, mri: sitk.Image, seg: LoadedModel,
+                         fallback: LoadedModel | None, load_fallback: Callable[[], LoadedModel | None], device,
+                         batch_size: int, keep_attention: bool, warn, liver_box: BoundingBox) -> LoadedModel | None:
+    """Blend the CT-only model's output into `pred` (in place) where the MRI does not cover the
+    liver box on the model grid; returns the CT-only model (loaded on first need, marked `used`
+    once it ran)."""
+    from LiverTumorAILib.inference.mri_coverage import blend, box_on_grid, fusion_weight, slices_needing_ct
+
+    weight = fusion_weight(mri, grid.reference)
+    where = box_on_grid(liver_box, grid.reference)
+    if fallback is None:
+        if slices_needing_ct(weight, [0], where) is None:
+            return None
+        fallback = load_fallback()
+        if fallback is None:
+            return None
+        if fallback.manifest.get("preprocessing", {}) != seg.manifest.get("preprocessing", {}):
+            if warn:
+                warn(f"{fallback.name} does not share {seg.name}'s model grid: no CT-only segmentation outside the MRI")
+            return None
+    span = slices_needing_ct(weight, fallback.manifest.get("config", {}).get("ct_offsets", [0]), where)
+    if span is None:
+        return fallback
+    ct_only = predict_volume(
+        fallback.model, ct_norm[span.context_start : span.context_stop],
+        ct_offsets=fallback.manifest.get("config", {}).get("ct_offsets", [0]), device=device,
+        batch_size=batch_size, keep_attention=keep_attention, warn=warn,
+    )
+    inner = slice(span.start - span.context_start, span.stop - span.context_start)
+    w = weight[span.start : span.stop]
+    blend(pred.probabilities[:, span.start : span.stop], ct_only.probabilities[:, inner], w)
+    if pred.attention:  # each fusion map fades into the CT-only model's mean map outside the MRI
+        other = (np.mean(np.stack([a[inner] for a in ct_only.attention.values()]), axis=0)
+                 if ct_only.attention else np.zeros_like(w))
+        for att in pred.attention.values():
+            blend(att[span.start : span.stop], other, w)
+    fallback.used = True
+    return fallback
