@@ -227,8 +227,8 @@ def segment_into(
     cls_results: list = []
     sub = _SubGrid(ct, region)
     label_region = sub.crop(label)
-    mri_coverage = _mri_coverage(mri, sub.image(label_region), ct_fallback)
-    for message in mri_coverage.pop("warnings", []):
+    mri_coverage, coverage_warnings = _mri_coverage(mri, sub.image(label_region), ct_fallback)
+    for message in coverage_warnings:
         progress.warn(message)
         warnings.append(message)
     if classify and lesion_rows:
@@ -292,23 +292,22 @@ def segment_into(
 MRI_COVERAGE_WARN = 0.98
 
 
-def _mri_coverage(mri: sitk.Image | None, label: sitk.Image, ct_fallback) -> dict:
+def _mri_coverage(mri: sitk.Image | None, label: sitk.Image, ct_fallback) -> tuple[dict, list[str]]:
     """report.json's `mri_coverage` (how much of the segmented liver the MRI covers, and which
-    model segmented the rest), with plain-language `warnings` when the MRI misses part of it."""
+    model segmented the rest), and plain-language warnings when the MRI misses part of it."""
     from LiverTumorAILib.inference.mri_coverage import liver_fraction_covered
 
     if mri is None:
-        return {}
+        return {}, []
     fraction = liver_fraction_covered(mri, label)
     entry: dict[str, Any] = {"liver_fraction": None if fraction is None else round(fraction, 3)}
     if ct_fallback is not None:
         entry["outside_segmented_by"] = ct_fallback.name
-    if fraction is not None and fraction < MRI_COVERAGE_WARN:
-        outside = (f"there liver and lesions come from {ct_fallback.name} on the CT alone, and "
-                   if ct_fallback is not None else "")
-        entry["warnings"] = [f"the MRI covers {100 * fraction:.0f} % of the liver: {outside}lesions outside it "
-                             "are classified on the CT alone"]
-    return entry
+    if fraction is None or fraction >= MRI_COVERAGE_WARN:
+        return entry, []
+    outside = f"there liver and lesions come from {ct_fallback.name} on the CT alone, and " if ct_fallback else ""
+    return entry, [f"the MRI covers {100 * fraction:.0f} % of the liver: {outside}lesions outside it are classified "
+                   "on the CT alone"]
 
 
 def _classify(ct, lesion_image, mri, weights_dir, device, gradcam: bool, liver: sitk.Image | None = None):

@@ -208,19 +208,21 @@ def classify_lesions(
         raise InputError(f"liver mask must be 3D, got {liver.GetDimension()}D")
     groups = [(model, manifest, mri if in_ch == 2 else None, note_w, geos)]
     outside = {lid: g for lid, g in geos.items() if in_ch == 2 and not mri_covers_lesion(mri, g)}
+    partly_outside = set(outside)  # classified by the CT+MRI model all the same (no CT-only weights)
     if outside and loaded is None:
         try:
             ct_model, ct_manifest = _load(CT_WEIGHTS, weights_dir, _resolve_device(device))
         except WeightsError:
-            pass  # no CT-only weights: the CT+MRI model reads the MRI's fill, and says so below
+            pass
         else:
             inside = {lid: g for lid, g in geos.items() if lid not in outside}
             groups = [(model, manifest, mri, note_w, inside), (ct_model, ct_manifest, None, OUTSIDE_MRI_NOTE, outside)]
+            partly_outside = set()
     results: list[dict] = []
     for group_model, group_manifest, group_mri, note, group_geos in groups:
         if group_geos:
             results += _classify_group(group_model, group_manifest, ct, lesions, group_mri, group_geos, note,
-                                       liver, gradcam, partly_outside=set(outside) if group_mri is not None else set())
+                                       liver, gradcam, partly_outside)
     return sorted(results, key=lambda r: r["id"])
 
 

@@ -12,6 +12,7 @@ resampling.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -106,7 +107,6 @@ class LoadedModel:
     name: str
     model: object
     manifest: dict
-    used: bool = False  # set when a fallback model actually ran
 
     @property
     def version(self) -> str:
@@ -204,7 +204,8 @@ def segment_volume(
 
     timing["preprocess"] = timing["segment"] = 0.0
     scan = image_bounding_box(ct)
-    fallback: LoadedModel | None = None
+    load_fallback = _fallback_loader(ct_fallback, seg, warn) if mri_offsets and ct_fallback is not None else None
+    fallback: LoadedModel | None = None  # the CT-only model, when it ran on the last pass
     for attempt in range(MAX_GROW_STEPS + 1):
         t0 = time.perf_counter()
         grid = make_model_grid(ct, box, spacing, mri=mri if mri_offsets else None)
@@ -224,11 +225,10 @@ def segment_volume(
             warn=warn,
         )
         timing["segment"] += time.perf_counter() - t0
-        if mri_offsets and ct_fallback is not None:
+        if load_fallback is not None:
             t0 = time.perf_counter()
-            liver_box = box.expanded(-box_margin_mm)
-            fallback = _segment_outside_mri(pred, grid, ct_norm, mri, seg, fallback, ct_fallback, device,
-                                            batch_size, keep_attention, warn, liver_box)
+            fallback = _segment_outside_mri(pred, grid, ct_norm, mri, load_fallback, device, batch_size,
+                                            keep_attention, warn, box.expanded(-box_margin_mm))
             timing["segment_outside_mri"] = timing.get("segment_outside_mri", 0.0) + time.perf_counter() - t0
         liver = liver_for_growth(pred.probabilities, grid.ct_hu if hu_checks else None, spacing, clean)
         grown = grow_box_where_cut(box, liver, scan)
@@ -236,7 +236,7 @@ def segment_volume(
             break
         box = grown  # the liver reaches a side of the box that is not the scan's edge: widen and redo
     timing["grow_steps"] = float(attempt)
-    if fallback is not None and fallback.used:  # lesions it drew are kept or dropped by its own tuned rules
+    if fallback is not None:  # lesions it drew are kept or dropped by its own tuned rules
         clean = dataclasses.replace(clean, outside_mri=PostprocessConfig.from_manifest(fallback.manifest))
     t0 = time.perf_counter()
     box = image_bounding_box(grid.reference).intersect(scan)  # the padded grid is segmented too
@@ -276,36 +276,43 @@ def segment_volume(
         slice_class_logits=pred.class_logits,
         region=region,
         hu_checks=hu_found,
-        ct_fallback=fallback if fallback is not None and fallback.used else None,
+        ct_fallback=fallback,
     )
 
 
-def _segment_outside_mri(pred, grid, ct_norm: np.ndarray, mri: sitk.Image, seg: LoadedModel,
-                         fallback: LoadedModel | None, load_fallback: Callable[[], LoadedModel | None], device,
-                         batch_size: int, keep_attention: bool, warn, liver_box: BoundingBox) -> LoadedModel | None:
+def _fallback_loader(load: Callable[[], LoadedModel | None], seg: LoadedModel, warn) -> Callable[[], LoadedModel | None]:
+    """`load`, called at most once (grow passes reuse its answer), refusing a CT-only model whose
+    model grid (preprocessing) differs from `seg`'s: their probabilities could not be blended."""
+
+    @functools.cache
+    def loader() -> LoadedModel | None:
+        fallback = load()
+        if fallback is not None and fallback.manifest.get("preprocessing", {}) != seg.manifest.get("preprocessing", {}):
+            if warn:
+                warn(f"{fallback.name} does not share {seg.name}'s model grid: no CT-only segmentation outside the MRI")
+            return None
+        return fallback
+
+    return loader
+
+
+def _segment_outside_mri(pred, grid, ct_norm: np.ndarray, mri: sitk.Image, load_fallback: Callable[[], LoadedModel | None],
+                         device, batch_size: int, keep_attention: bool, warn, liver_box: BoundingBox) -> LoadedModel | None:
     """Blend the CT-only model's output into `pred` (in place) where the MRI does not cover the
-    liver box on the model grid; returns the CT-only model (loaded on first need, marked `used`
-    once it ran)."""
+    liver box on the model grid; returns the CT-only model when it ran (loaded on first need)."""
     from LiverTumorAILib.inference.mri_coverage import blend, box_on_grid, fusion_weight, slices_needing_ct
 
     weight = fusion_weight(mri, grid.reference)
     where = box_on_grid(liver_box, grid.reference)
+    if slices_needing_ct(weight, [0], where) is None:
+        return None
+    fallback = load_fallback()
     if fallback is None:
-        if slices_needing_ct(weight, [0], where) is None:
-            return None
-        fallback = load_fallback()
-        if fallback is None:
-            return None
-        if fallback.manifest.get("preprocessing", {}) != seg.manifest.get("preprocessing", {}):
-            if warn:
-                warn(f"{fallback.name} does not share {seg.name}'s model grid: no CT-only segmentation outside the MRI")
-            return None
-    span = slices_needing_ct(weight, fallback.manifest.get("config", {}).get("ct_offsets", [0]), where)
-    if span is None:
-        return fallback
+        return None
+    offsets = fallback.manifest.get("config", {}).get("ct_offsets", [0])
+    span = slices_needing_ct(weight, offsets, where)
     ct_only = predict_volume(
-        fallback.model, ct_norm[span.context_start : span.context_stop],
-        ct_offsets=fallback.manifest.get("config", {}).get("ct_offsets", [0]), device=device,
+        fallback.model, ct_norm[span.context_start : span.context_stop], ct_offsets=offsets, device=device,
         batch_size=batch_size, keep_attention=keep_attention, warn=warn,
     )
     inner = slice(span.start - span.context_start, span.stop - span.context_start)
@@ -316,5 +323,4 @@ def _segment_outside_mri(pred, grid, ct_norm: np.ndarray, mri: sitk.Image, seg: 
                  if ct_only.attention else np.zeros_like(w))
         for att in pred.attention.values():
             blend(att[span.start : span.stop], other, w)
-    fallback.used = True
     return fallback
