@@ -129,6 +129,24 @@ def test_a_growing_lesion_stays_apart_from_another_across_the_liver():
     assert _dice(refined & ~other, truth) > 0.95 > _dice(drawn & ~other, truth) + 0.2
 
 
+def test_a_growing_lesion_stops_a_voxel_short_of_another_lesion_it_touches():
+    """A cyst drawn in part grows through its dark voxels; a lesion the CT does not show (one the
+    network found on the MRI's evidence, its edge left as drawn) touches the cyst's far edge. The
+    growth must stop a voxel short of it, so the two stay two lesions (without that guard they
+    merge: checked)."""
+    from scipy import ndimage
+
+    organ, truth, hu = _liver(lesion_hu=10.0, radius_mm=14.0, spacing=FINE)
+    isodense = _ball(5.0, centre=(16, 45, 64), spacing=FINE) & ~truth  # liver HU, touching the cyst
+    assert ndimage.binary_dilation(truth, structure=np.ones((3, 3, 3), bool))[isodense].any()
+    drawn = _one_side(truth, 50) | isodense  # the cyst's far edge (x = 59) within reach
+    refined = refine_lesion_boundaries(drawn, organ, hu, FINE).tumour
+    assert ndimage.label(refined, structure=np.ones((3, 3, 3), bool))[1] == 2
+    cyst = refined & ~isodense
+    assert _dice(cyst, truth) > _dice(drawn & ~isodense, truth) + 0.05 and not (cyst & ~truth).any()
+    assert (refined & isodense).sum() == isodense.sum()
+
+
 def test_a_lesion_the_ct_barely_shows_is_left_as_drawn_unless_the_mri_shows_it():
     organ, truth, hu = _liver(lesion_hu=92.0)  # 8 HU: under the CT's minimum contrast
     drawn = _ball(11.0)
