@@ -301,7 +301,7 @@ def _mri_coverage(mri: sitk.Image | None, label: sitk.Image, ct_fallback) -> tup
         return {}, []
     fraction = liver_fraction_covered(mri, label)
     entry: dict[str, Any] = {"liver_fraction": None if fraction is None else round(fraction, 3)}
-    if ct_fallback is not None:
+    if ct_fallback is not None:  # also at a fraction of 1.0: it shares the MRI's last 15 mm inside its edge
         entry["outside_segmented_by"] = ct_fallback.name
     if fraction is None or fraction >= MRI_COVERAGE_WARN:
         return entry, []
