@@ -19,6 +19,15 @@ import torch
 from torch import nn
 
 
+def residual_unet_3d(in_channels: int, out_channels: int, channels: Sequence[int], num_res_units: int) -> nn.Module:
+    """MONAI's 3D ``UNet``, stride 2 between levels, batch norm: the 3D baseline's and the liver
+    localiser's body (one place for both)."""
+    from monai.networks.nets import UNet
+
+    return UNet(spatial_dims=3, in_channels=in_channels, out_channels=out_channels, channels=tuple(channels),
+                strides=(2,) * (len(channels) - 1), num_res_units=num_res_units, norm="batch")
+
+
 class UNet2D(nn.Module):
     """forward(ct [B, len(ct_offsets), H, W], mri=None) -> logits [B, num_classes, H, W]."""
 
@@ -72,17 +81,12 @@ class UNet3D(nn.Module):
         num_res_units: int = 2,
     ) -> None:
         super().__init__()
-        from monai.networks.nets import UNet
-
         self.ct_offsets = [int(o) for o in ct_offsets]  # kept for interface symmetry (volumetric model)
         self.mri_offsets = [int(o) for o in mri_offsets]
         self.num_classes = num_classes
         self.keep_attention = False
         self.attention_maps: dict[str, torch.Tensor] = {}
-        self.net = UNet(
-            spatial_dims=3, in_channels=in_channels, out_channels=num_classes, channels=tuple(channels),
-            strides=(2,) * (len(channels) - 1), num_res_units=num_res_units, norm="batch",
-        )
+        self.net = residual_unet_3d(in_channels, num_classes, channels, num_res_units)
 
     @classmethod
     def default_config(cls) -> dict:

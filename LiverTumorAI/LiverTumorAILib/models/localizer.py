@@ -14,6 +14,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from LiverTumorAILib.models.baselines import residual_unet_3d
+
 
 class Localizer3D(nn.Module):
     """forward(x [B, 1, D, H, W]) -> logits [B, 2, D, H, W]."""
@@ -29,16 +31,11 @@ class Localizer3D(nn.Module):
         spacing_mm: Sequence[float] = (4.0, 4.0, 5.0),
     ) -> None:
         super().__init__()
-        from monai.networks.nets import UNet
-
         self.num_classes = num_classes
         self.spacing_mm = [float(s) for s in spacing_mm]  # recorded for the engine (x, y, z)
         self.keep_attention = False
         self.attention_maps: dict[str, torch.Tensor] = {}
-        self.net = UNet(
-            spatial_dims=3, in_channels=in_channels, out_channels=num_classes, channels=tuple(channels),
-            strides=(2,) * (len(channels) - 1), num_res_units=num_res_units, norm="batch",
-        )
+        self.net = residual_unet_3d(in_channels, num_classes, channels, num_res_units)
 
     @classmethod
     def default_config(cls) -> dict:
