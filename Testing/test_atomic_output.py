@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from LiverTumorAILib.errors import OutputError
-from LiverTumorAILib.io.atomic import atomic_output_dir, write_npz_atomic
+from LiverTumorAILib.io.atomic import MARKER, atomic_output_dir, write_npz_atomic
 
 
 def _names(folder: Path) -> list:
@@ -25,7 +25,7 @@ def test_success_renames_staging(tmp_path: Path) -> None:
         assert staging.parent == tmp_path and staging.name == f".result.partial-{os.getpid()}"
         assert not out.exists()
         (staging / "report.json").write_text("{}")
-    assert _names(out) == ["report.json"]
+    assert _names(out) == [MARKER, "report.json"]
     assert _names(tmp_path) == ["result"]
 
 
@@ -64,17 +64,57 @@ def test_existing_file_refused(tmp_path: Path) -> None:
 
 def test_overwrite_replaces_only_on_success(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    out.mkdir()
-    (out / "old.txt").write_text("old")
+    with atomic_output_dir(out) as staging:
+        (staging / "old.txt").write_text("old")
     with pytest.raises(RuntimeError):
         with atomic_output_dir(out, overwrite=True) as staging:
             (staging / "new.txt").write_text("new")
             assert (out / "old.txt").exists()  # old result still there while running
             raise RuntimeError("model failed")
-    assert _names(out) == ["old.txt"] and _names(tmp_path) == ["out"]
+    assert _names(out) == [MARKER, "old.txt"] and _names(tmp_path) == ["out"]
     with atomic_output_dir(out, overwrite=True) as staging:
         (staging / "new.txt").write_text("new")
-    assert _names(out) == ["new.txt"] and _names(tmp_path) == ["out"]
+    assert _names(out) == [MARKER, "new.txt"] and _names(tmp_path) == ["out"]
+
+
+@pytest.mark.parametrize("marked", [False, True])
+def test_overwrite_never_deletes_what_livertumorai_did_not_write(tmp_path: Path, marked: bool) -> None:
+    """`-o case --overwrite` where case/ holds the user's CT (or a result the user added notes to):
+    refused before any work, and nothing in the folder changes."""
+    out = tmp_path / "case"
+    if marked:
+        with atomic_output_dir(out) as staging:
+            (staging / "report.json").write_text("{}")
+    else:
+        out.mkdir()
+    (out / "ct.nii.gz").write_bytes(b"the patient's scan")
+    (out / "notes").mkdir()
+    before = sorted(str(p.relative_to(out)) for p in out.rglob("*"))
+    with pytest.raises(OutputError, match=r"holds what LiverTumorAI did not write there \(ct.nii.gz, notes\)"):
+        with atomic_output_dir(out, overwrite=True):
+            pytest.fail("must not start")
+    assert sorted(str(p.relative_to(out)) for p in out.rglob("*")) == before
+    assert (out / "ct.nii.gz").read_bytes() == b"the patient's scan" and _names(tmp_path) == ["case"]
+
+
+def test_a_file_added_while_running_stops_the_replacement(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with atomic_output_dir(out) as staging:
+        (staging / "report.json").write_text("old")
+    with pytest.raises(OutputError, match="did not write there \\(edited.seg.nrrd\\)"):
+        with atomic_output_dir(out, overwrite=True) as staging:
+            (staging / "report.json").write_text("new")
+            (out / "edited.seg.nrrd").write_text("manual edits")
+    assert _names(out) == [MARKER, "edited.seg.nrrd", "report.json"]
+    assert (out / "report.json").read_text() == "old" and _names(tmp_path) == ["out"]
+
+
+def test_an_empty_folder_may_be_overwritten(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    with atomic_output_dir(out, overwrite=True) as staging:
+        (staging / "report.json").write_text("{}")
+    assert _names(out) == [MARKER, "report.json"]
 
 
 def test_disk_full_is_output_error_and_leaves_nothing(tmp_path: Path, monkeypatch) -> None:

@@ -20,7 +20,7 @@ import SimpleITK as sitk
 
 import LiverTumorAILib
 from LiverTumorAILib import cli
-from LiverTumorAILib.errors import InputError, WeightsError
+from LiverTumorAILib.errors import InputError, OutputError, WeightsError
 from LiverTumorAILib.progress import Progress, parse_progress_line
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1", "LIVERTUMORAI_DEBUG": ""}
@@ -77,7 +77,7 @@ def test_version(capsys) -> None:
                  "--overwrite", "--progress", "--threads", "-o"]),
     ("classify", ["--seg", "--mri", "--weights", "--device", "--overwrite", "--progress", "-o"]),
     ("demo", ["-o", "--model", "--device", "--overwrite", "--progress"]),
-    ("phantom", ["-o", "--count", "--seed", "--size", "--slices"]),
+    ("phantom", ["-o", "--count", "--seed", "--size", "--slices", "--overwrite"]),
     ("evaluate", ["PRED_DIR", "GT_DIR", "-o"]),
     ("export", ["-o", "--formats", "--ct-dicom", "--coordinates", "--deidentify", "--overwrite"]),
 ])
@@ -132,6 +132,15 @@ def test_segment_dispatch(monkeypatch, tmp_path: Path) -> None:
     assert kw["device"] == "auto" and kw["mri_path"] is None and kw["threads"] is None and kw["hu_checks"] is True
 
 
+def test_overwrite_of_the_inputs_folder_is_refused_before_any_work(monkeypatch, tmp_path: Path, capsys) -> None:
+    """`segment case/ct.nii.gz -o case --overwrite` must not delete the CT it was given."""
+    ct = _ct_file(tmp_path / "ct.nii.gz")
+    fake = _fake_module(monkeypatch, "pipeline", run_segment=lambda *a, **k: {})
+    capsys.readouterr()
+    assert cli.main(["segment", str(ct), "--overwrite", "--progress", "none", "-o", str(tmp_path)]) == OutputError.exit_code
+    assert "did not write there (ct.nii.gz)" in capsys.readouterr().err and not fake.calls and ct.exists()
+
+
 def test_classify_demo_phantom_evaluate_export_dispatch(monkeypatch, tmp_path: Path, capsys) -> None:
     ct = _ct_file(tmp_path / "ct.nii.gz")
     seg = _ct_file(tmp_path / "seg.nii.gz")
@@ -145,7 +154,9 @@ def test_classify_demo_phantom_evaluate_export_dispatch(monkeypatch, tmp_path: P
     ph = _fake_module(monkeypatch, "phantom", generate_cohort=lambda *a, **k: None)
     assert cli.main(["phantom", "-o", str(tmp_path / "p"), "--count", "2", "--seed", "5", "--size", "64",
                      "--slices", "16"]) == 0
-    assert ph.calls[-1][1] == (str(tmp_path / "p"), 2, 5, 64, 16)
+    staging, *rest = ph.calls[-1][1]
+    assert Path(staging).parent == tmp_path and Path(staging).name.startswith(".p.partial-") and rest == [2, 5, 64, 16]
+    assert (tmp_path / "p").is_dir()
 
     (tmp_path / "pred").mkdir()
     (tmp_path / "gt").mkdir()
@@ -373,6 +384,16 @@ def test_phantom_subcommand(tmp_path: Path) -> None:
     assert len(cases) == 1
     for name in ("ct.nii.gz", "mri.nii.gz", "label.nii.gz", "lesions.nii.gz", "truth.json"):
         assert (cases[0] / name).exists(), name
+    (tmp_path / "ph" / "my_case").mkdir()  # a folder of the user's beside the phantoms
+    args = ["phantom", "-o", tmp_path / "ph", "--size", "64", "--slices", "16"]
+    r = _run(args, timeout=120)
+    assert r.returncode != 0 and "already exists" in r.stderr
+    r = _run(args + ["--overwrite"], timeout=120)
+    assert r.returncode != 0 and "did not write there (my_case)" in r.stderr and (tmp_path / "ph" / "my_case").is_dir()
+    (tmp_path / "ph" / "my_case").rmdir()
+    r = _run(args + ["--overwrite"], timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert [p.name for p in (tmp_path / "ph").glob("case_*")] == ["case_000"]
 
 
 # --------------------------------------------------------------------------- progress

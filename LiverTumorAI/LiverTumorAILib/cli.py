@@ -71,7 +71,8 @@ def _add_common(p: argparse.ArgumentParser, *, device: bool = True, overwrite: b
                        help="where to run the models (default: auto = GPU if available, else CPU)")
     if overwrite:
         p.add_argument("--overwrite", action="store_true",
-                       help="replace an existing output (only once the new one is complete)")
+                       help="replace an existing output folder LiverTumorAI wrote, once the new one is complete "
+                            "(a folder holding anything else is refused, never deleted)")
     if progress:
         p.add_argument("--progress", choices=MODES, default="bar",
                        help="progress display: bar (default), json (one JSON object per line on stderr, "
@@ -137,6 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="in-plane size in pixels (default 256)")
     p.add_argument("--slices", type=_bounded_int(8, 1000), default=64, metavar="N",
                    help="number of slices (default 64)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace DIR if it exists (only a folder LiverTumorAI wrote; written in full first)")
     p.set_defaults(handler=_cmd_phantom)
 
     p = sub.add_parser("evaluate", help="compare predictions with ground truth (per case and summary)",
@@ -172,9 +175,14 @@ def _precheck(*inputs: tuple, outdir: Optional[str] = None, overwrite: bool = Fa
     for path, what in inputs:
         if path is not None:
             probe_image(path, what)
-    if outdir is not None and not overwrite and Path(outdir).exists():
-        raise OutputError(f"{Path(outdir).name}: output folder already exists ({Path(outdir).absolute()}); "
-                          "use --overwrite to replace it")
+    if outdir is not None and Path(outdir).exists():
+        if not overwrite:
+            raise OutputError(f"{Path(outdir).name}: output folder already exists ({Path(outdir).absolute()}); "
+                              "use --overwrite to replace it")
+        if Path(outdir).is_dir():
+            from LiverTumorAILib.io.atomic import refuse_foreign_entries
+
+            refuse_foreign_entries(outdir)
 
 
 def _cmd_segment(args: argparse.Namespace, progress: Progress) -> Any:
@@ -226,9 +234,12 @@ def _print_demo_scores(scores: Any) -> None:
 
 
 def _cmd_phantom(args: argparse.Namespace, progress: Progress) -> Any:
+    _precheck(outdir=args.outdir, overwrite=args.overwrite)
+    from LiverTumorAILib.io.atomic import atomic_output_dir
     from LiverTumorAILib.phantom import generate_cohort
 
-    generate_cohort(args.outdir, args.count, args.seed, args.size, args.slices)
+    with atomic_output_dir(args.outdir, overwrite=args.overwrite) as staging:  # never mixed into an old folder
+        generate_cohort(staging, args.count, args.seed, args.size, args.slices)
     progress.done(args.outdir)
 
 

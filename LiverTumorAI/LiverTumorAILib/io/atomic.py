@@ -3,11 +3,17 @@
 A run writes into a staging folder `.OUTDIR.partial-<pid>` next to OUTDIR and renames it to
 OUTDIR only when everything succeeded, so a failure, Ctrl-C or SIGTERM never leaves a
 half-written result that a user (or Slicer) could mistake for a finished one.
+
+`--overwrite` replaces only what LiverTumorAI wrote: each output folder carries a list of its
+entries (`MARKER`), and a folder holding anything else (the CT the user pointed `-o` at, notes,
+a whole patient folder given as `-o .`) is refused, never deleted. An empty folder may be
+replaced.
 """
 
 from __future__ import annotations
 
 import errno
+import json
 import os
 import shutil
 from contextlib import contextmanager
@@ -24,6 +30,12 @@ _OUTPUT_ERRNOS = {
     errno.EPERM: "operation not permitted",
     errno.EROFS: "file system is read-only",
 }
+
+
+#: written into every output folder: the names of the entries LiverTumorAI put there
+MARKER = ".livertumorai-output.json"
+#: how many foreign names an error message lists
+_NAMES_SHOWN = 5
 
 
 def _reason(err: OSError) -> str:
@@ -60,7 +72,8 @@ def atomic_output_dir(outdir: Union[str, os.PathLike], overwrite: bool = False) 
     """Yield a staging folder; on success it becomes `outdir`, on any exception it is removed.
 
     An existing `outdir` is refused unless `overwrite`; with `overwrite` it is replaced only
-    after the new result is complete. Disk full / permission / read-only errors become
+    after the new result is complete, and only when it holds nothing but an earlier output
+    (`refuse_foreign_entries`). Disk full / permission / read-only errors become
     `OutputError`.
     """
     outdir = Path(outdir).absolute()
@@ -71,6 +84,7 @@ def atomic_output_dir(outdir: Union[str, os.PathLike], overwrite: bool = False) 
         if not overwrite:
             raise OutputError(f"{name}: output folder already exists ({outdir}); "
                               "use --overwrite to replace it")
+        refuse_foreign_entries(outdir)
     parent = outdir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -98,6 +112,7 @@ def atomic_output_dir(outdir: Union[str, os.PathLike], overwrite: bool = False) 
         raise
 
     try:
+        _write_marker(staging)
         _commit(staging, outdir, overwrite)
     except OSError as e:
         shutil.rmtree(staging, ignore_errors=True)
@@ -115,6 +130,7 @@ def _commit(staging: Path, outdir: Path, overwrite: bool) -> None:
     if not overwrite:  # appeared while we were working
         raise OutputError(f"{outdir.name}: output folder appeared while running ({outdir}); "
                           "use --overwrite to replace it")
+    refuse_foreign_entries(outdir)  # files may have been added while we were working
     old = outdir.parent / f".{outdir.name}.old-{os.getpid()}"
     if old.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -125,6 +141,41 @@ def _commit(staging: Path, outdir: Path, overwrite: bool) -> None:
         os.rename(old, outdir)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def foreign_entries(outdir: Path) -> list[str]:
+    """Names in `outdir` that LiverTumorAI did not write there: all of them when the folder has no
+    readable `MARKER` (not an output of ours), else those the marker does not list."""
+    try:
+        names = sorted(p.name for p in Path(outdir).iterdir())
+    except OSError as e:
+        raise OutputError(f"{Path(outdir).name}: cannot read the existing folder ({_reason(e)})") from None
+    ours: set[str] = set()
+    if MARKER in names:
+        try:
+            listed = json.loads((Path(outdir) / MARKER).read_text(encoding="utf-8")).get("entries", [])
+            ours = {n for n in listed if isinstance(n, str)} | {MARKER}
+        except (OSError, ValueError, AttributeError):
+            ours = set()
+    return [n for n in names if n not in ours]
+
+
+def refuse_foreign_entries(outdir: Union[str, os.PathLike]) -> None:
+    """OutputError when replacing `outdir` would delete anything LiverTumorAI did not write."""
+    outdir = Path(outdir).absolute()
+    foreign = foreign_entries(outdir)
+    if foreign:
+        shown = ", ".join(foreign[:_NAMES_SHOWN]) + (f" and {len(foreign) - _NAMES_SHOWN} more"
+                                                   if len(foreign) > _NAMES_SHOWN else "")
+        raise OutputError(f"{outdir.name}: --overwrite replaces only a LiverTumorAI output folder, and {outdir} "
+                          f"holds what LiverTumorAI did not write there ({shown}); nothing was changed: "
+                          "choose a new output folder")
+
+
+def _write_marker(staging: Path) -> None:
+    """List the staging folder's entries in `MARKER`, so a later --overwrite knows what is ours."""
+    names = sorted(p.name for p in staging.iterdir() if p.name != MARKER)
+    (staging / MARKER).write_text(json.dumps({"software": "LiverTumorAI", "entries": names}), encoding="utf-8")
 
 
 @contextmanager
