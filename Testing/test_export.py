@@ -27,13 +27,17 @@ REPORT = {
 }
 
 
-def _write_result(folder: Path, ct: sitk.Image, label: np.ndarray, lesions: np.ndarray, ct_input: str) -> Path:
+NO_LESIONS_REPORT = {**REPORT, "tumour_burden_percent": 0.0, "lesion_count": 0, "lesions": [], "warnings": []}
+
+
+def _write_result(folder: Path, ct: sitk.Image, label: np.ndarray, lesions: np.ndarray, ct_input: str,
+                  report: dict = REPORT) -> Path:
     folder.mkdir(parents=True)
     for name, arr in (("segmentation.nii.gz", label.astype(np.uint8)), ("lesions.nii.gz", lesions.astype(np.uint16))):
         img = sitk.GetImageFromArray(arr)
         img.CopyInformation(ct)
         sitk.WriteImage(img, str(folder / name))
-    (folder / "report.json").write_text(json.dumps({**REPORT, "inputs": {"ct": ct_input}}))
+    (folder / "report.json").write_text(json.dumps({**report, "inputs": {"ct": ct_input}}))
     return folder
 
 
@@ -54,6 +58,17 @@ def phantom_result(tmp_path_factory) -> tuple[Path, sitk.Image, np.ndarray, np.n
     sitk.WriteImage(ct, str(root / "ct.nii.gz"))
     folder = _write_result(root / "result", ct, label, lesion.astype(np.uint16), str(root / "ct.nii.gz"))
     return folder, ct, label, lesion.astype(np.uint16)
+
+
+@pytest.fixture(scope="module")
+def no_lesion_result(phantom_result, tmp_path_factory) -> tuple[Path, sitk.Image, np.ndarray]:
+    """The phantom's liver with no lesion: lesions.nii.gz all 0, as `segment` writes it for a clean liver."""
+    folder, ct, label, _ = phantom_result
+    liver = (label > 0).astype(np.uint8)
+    ct_input = json.loads((folder / "report.json").read_text())["inputs"]["ct"]
+    out = _write_result(tmp_path_factory.mktemp("no_lesions") / "result", ct, liver, np.zeros(liver.shape, np.uint16),
+                        ct_input, NO_LESIONS_REPORT)
+    return out, ct, liver
 
 
 @pytest.fixture(scope="module")
@@ -248,3 +263,216 @@ def test_bad_input_is_one_clear_error(phantom_result, tmp_path):
     (broken / "report.json").write_text("{not json")
     with pytest.raises(InputError, match="report.json"):
         run_export(broken, tmp_path / "o4", ["nifti"])
+
+
+def test_result_without_lesions_exports_every_format(no_lesion_result, tmp_path):
+    """A clean liver is a normal result: every format is written, with the liver as the only segment."""
+    from LiverTumorAILib.export.run import FORMATS
+
+    folder, ct, liver = no_lesion_result
+    formats = [f for f in FORMATS if f != "seg.nrrd" or scene_available()]
+    out = tmp_path / "out"
+    paths = run_export(folder, out, formats)
+    assert sorted(paths) == sorted(formats)
+
+    legend = json.loads((out / "labelmap.json").read_text(encoding="utf-8"))["segments"]
+    assert [s["name"] for s in legend] == ["Liver"]
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelmap.nii.gz"))),
+                                  liver * legend[0]["value"])
+
+    seg_path = paths["dicom-seg"][0]
+    if shutil.which("dciodvfy"):
+        assert _dciodvfy_errors(seg_path) == []
+    masks = _seg_masks(seg_path, sorted((out / "ct_dicom").glob("*.dcm")))
+    assert sorted(masks) == ["Liver"]
+    np.testing.assert_array_equal(masks["Liver"], liver == 1)
+
+    assert [p.name for p in paths["stl"]] == ["Liver.stl"] and [p.name for p in paths["obj"]] == ["Liver.obj"]
+    volume, _ = _mass_volume(out / "surfaces" / "Liver.stl")
+    assert volume == pytest.approx(liver.sum() * float(np.prod(ct.GetSpacing())), rel=0.08)
+
+    page = paths["html"][0].read_text(encoding="utf-8")
+    assert "lesions: 0." in page and "No lesions found." in page and "<p>No lesions.</p>" in page
+    assert "data:image/png;base64," not in page
+
+    if scene_available():
+        import slicerio
+
+        sio = slicerio.read_segmentation(str(out / "segmentation.seg.nrrd"))
+        assert [s["name"] for s in sio["segments"]] == ["Liver"]
+
+
+# ----------------------------------------------------------------------------- surface coordinate systems
+
+
+@pytest.fixture(scope="module")
+def asymmetric_result(tmp_path_factory) -> tuple[Path, np.ndarray]:
+    """An L-shaped liver, no lesion, far from the origin on a grid with flipped x and y axes.
+
+    Returns the folder and the mask's physical (LPS) centroid. A mirrored export moves the
+    centroid by hundreds of mm; flipped or swapped index axes move it by several mm.
+    """
+    root = tmp_path_factory.mktemp("asym")
+    label = np.zeros((16, 34, 40), np.uint8)
+    label[4:12, 6:12, 5:33] = 1   # long bar along x
+    label[4:12, 12:28, 5:13] = 1  # arm along y at the low-x end
+    ct = sitk.GetImageFromArray(np.where(label > 0, 60, -900).astype(np.int16))
+    ct.SetSpacing((1.5, 1.2, 2.0))
+    ct.SetOrigin((120.0, 80.0, -300.0))
+    ct.SetDirection((-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
+    sitk.WriteImage(ct, str(root / "ct.nii.gz"))
+    folder = _write_result(root / "result", ct, label, np.zeros(label.shape, np.uint16), str(root / "ct.nii.gz"),
+                           NO_LESIONS_REPORT)
+    centroid_lps = np.mean([ct.TransformIndexToPhysicalPoint([int(i), int(j), int(k)])
+                            for k, j, i in np.argwhere(label > 0)], axis=0)
+    return folder, centroid_lps
+
+
+def _read_mesh(path: Path):
+    """(points (n, 3), triangles (m, 3), header text) with VTK's readers, which Slicer uses too."""
+    import vtk
+    from vtk.util import numpy_support
+
+    reader = vtk.vtkSTLReader() if path.suffix == ".stl" else vtk.vtkOBJReader()
+    reader.SetFileName(str(path))
+    reader.Update()
+    poly = reader.GetOutput()
+    points = numpy_support.vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float64)
+    cells = numpy_support.vtk_to_numpy(poly.GetPolys().GetConnectivityArray()).reshape(-1, 3)
+    header = reader.GetHeader() if path.suffix == ".stl" else reader.GetComment()
+    return points, cells, header
+
+
+def _volume_centroid(points: np.ndarray, triangles: np.ndarray) -> np.ndarray:
+    """Centroid of the solid a closed, consistently oriented triangle mesh encloses."""
+    a, b, c = (points[triangles[:, i]] for i in range(3))
+    volumes = np.einsum("ij,ij->i", a, np.cross(b, c)) / 6.0  # signed tetrahedra with the origin
+    return ((a + b + c) / 4.0 * volumes[:, None]).sum(axis=0) / volumes.sum()
+
+
+@pytest.mark.parametrize("use_slicer", [True, False])
+def test_surfaces_carry_slicer_space_tag_and_sit_at_the_mask(asymmetric_result, tmp_path, monkeypatch, use_slicer):
+    """Each file says SPACE=LPS/RAS where Slicer reads it, and its coordinates are in that space."""
+    import LiverTumorAILib.export.surfaces as surfaces
+
+    if use_slicer and not scene_available():
+        pytest.skip("slicer-core not installed")
+    monkeypatch.setattr(surfaces, "scene_available", lambda: use_slicer)
+    folder, centroid_lps = asymmetric_result
+    centroid_ras = centroid_lps * [-1, -1, 1]
+    meshes = {}
+    for space, expected in (("LPS", centroid_lps), ("RAS", centroid_ras)):
+        run_export(folder, tmp_path / space, ["stl", "obj"], coordinates=space)
+        for fmt in ("stl", "obj"):
+            path = tmp_path / space / "surfaces" / f"Liver.{fmt}"
+            points, triangles, header = _read_mesh(path)
+            other = "RAS" if space == "LPS" else "LPS"
+            assert f"SPACE={space}" in header and f"SPACE={other}" not in header, (path, header)
+            np.testing.assert_allclose(_volume_centroid(points, triangles), expected, atol=0.5)
+            meshes[space, fmt] = points
+    raw = (tmp_path / "LPS" / "surfaces" / "Liver.stl").read_bytes()
+    assert b"SPACE=LPS" in raw[:80] and not raw.startswith(b"solid")  # binary STL: the tag is in its header
+    assert (tmp_path / "LPS" / "surfaces" / "Liver.obj").read_text().startswith("# ")
+    for fmt in ("stl", "obj"):  # LPS = RAS with x and y negated, vertex for vertex
+        def rows(a: np.ndarray) -> np.ndarray:
+            return a[np.lexsort(a.T[::-1])]
+
+        np.testing.assert_array_equal(rows(meshes["LPS", fmt]), rows(meshes["RAS", fmt] * [-1, -1, 1]))
+    assert sorted(p.name for p in (tmp_path / "LPS" / "surfaces").iterdir()) == ["Liver.obj", "Liver.stl"]
+
+
+def test_default_surface_space_is_lps_and_slicer_loads_it_unmirrored(asymmetric_result, tmp_path):
+    """With no --coordinates the files are LPS; Slicer's model reader puts them where the mask is (in RAS)."""
+    from LiverTumorAILib.cli import build_parser
+    from LiverTumorAILib.runner import export_command
+
+    assert build_parser().parse_args(["export", "res", "-o", "out"]).coordinates == "LPS"
+    cmd = export_command("res", "out", ["stl"])
+    assert cmd[cmd.index("--coordinates") + 1] == "LPS"
+    folder, centroid_lps = asymmetric_result
+    paths = run_export(folder, tmp_path / "default", ["stl", "obj"])
+    for path in paths["stl"] + paths["obj"]:
+        assert "SPACE=LPS" in _read_mesh(path)[2]
+    if not scene_available():
+        return
+    import slicer
+    from vtk.util import numpy_support
+
+    for space in ("LPS", "RAS"):
+        exported = run_export(folder, tmp_path / space, ["stl", "obj"], coordinates=space)
+        for path in exported["stl"] + exported["obj"]:
+            scene = slicer.vtkMRMLScene()
+            model = slicer.vtkMRMLModelNode()
+            scene.AddNode(model)
+            storage = slicer.vtkMRMLModelStorageNode()
+            scene.AddNode(storage)
+            storage.SetFileName(str(path))
+            # Slicer's guess for an untagged file is the opposite space: only the tag can make this pass
+            storage.SetCoordinateSystem(slicer.vtkMRMLStorageNode.CoordinateSystemRAS if space == "LPS"
+                                        else slicer.vtkMRMLStorageNode.CoordinateSystemLPS)
+            assert storage.ReadData(model) == 1
+            poly = model.GetPolyData()
+            points = numpy_support.vtk_to_numpy(poly.GetPoints().GetData()).astype(np.float64)
+            triangles = numpy_support.vtk_to_numpy(poly.GetPolys().GetConnectivityArray()).reshape(-1, 3)
+            np.testing.assert_allclose(_volume_centroid(points, triangles), centroid_lps * [-1, -1, 1], atol=0.5,
+                                       err_msg=str(path))
+
+
+# ----------------------------------------------------------------------------- DICOM CT with blank UIDs
+
+
+@pytest.fixture(scope="module")
+def blank_uid_dicom_result(real_data_dir, tmp_path_factory):
+    """A result on TotalSegmentator's example CT DICOM, whose files have empty SOP/Study/Series UIDs."""
+    from LiverTumorAILib.io.image_io import read_image
+
+    ct_dir = real_data_dir / "totalsegmentator" / "example_ct_dicom"
+    if not ct_dir.is_dir():
+        pytest.skip(f"{ct_dir} not present")
+    ct = read_image(ct_dir)
+    nz, ny, nx = ct.GetSize()[::-1]
+    label = np.zeros((nz, ny, nx), np.uint8)
+    label[2:nz - 2, ny // 2 - 60:ny // 2 + 40, nx // 2 - 120:nx // 2 - 20] = 1
+    z, y, x = np.ogrid[:nz, :ny, :nx]
+    lesion = ((z - nz // 2) * 2.0) ** 2 + ((y - ny // 2 + 10) * 0.98) ** 2 + ((x - nx // 2 + 70) * 0.98) ** 2 < 12 ** 2
+    label[lesion] = 2
+    folder = _write_result(tmp_path_factory.mktemp("blank_uids") / "result", ct, label, lesion.astype(np.uint16),
+                           str(ct_dir))
+    return folder, ct_dir, label
+
+
+@pytest.mark.parametrize("deidentify", [False, True])
+def test_dicom_seg_from_dicom_with_blank_uids_uses_derived_ct(blank_uid_dicom_result, tmp_path, capsys, deidentify):
+    """Blank UIDs in the source: one warning, the SEG references a derived CT, other formats still written."""
+    import pydicom
+
+    from LiverTumorAILib import cli
+
+    folder, ct_dir, label = blank_uid_dicom_result
+    src = pydicom.dcmread(next(p for p in sorted(ct_dir.iterdir()) if p.is_file()))
+    assert not str(src.SOPInstanceUID) and not str(src.StudyInstanceUID)  # the data this test is about
+    out = tmp_path / "out"
+    argv = ["export", str(folder), "-o", str(out), "--formats", "dicom-seg,nifti,stl,html"]
+    rc = cli.main(argv + (["--deidentify"] if deidentify else []))
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    warnings_ = [line for line in err.splitlines() if "warning:" in line]
+    assert len(warnings_) == 1 and "SOPInstanceUID" in warnings_[0] and "ct_dicom/" in warnings_[0]
+    assert "internal error" not in err
+    derived = sorted((out / "ct_dicom").glob("*.dcm"))
+    assert len(derived) == len(list(ct_dir.iterdir()))
+    seg_path = out / "segmentation.dcm"
+    if shutil.which("dciodvfy"):
+        assert _dciodvfy_errors(seg_path) == []
+    masks = _seg_masks(seg_path, derived)
+    np.testing.assert_array_equal(masks["Liver"], label == 1)
+    np.testing.assert_array_equal(masks["Lesion 1"], label == 2)
+    ds = pydicom.dcmread(seg_path)
+    assert ds.StudyInstanceUID == pydicom.dcmread(derived[0]).StudyInstanceUID
+    if deidentify:
+        assert str(ds.PatientName) == "ANONYMOUS^PATIENT"
+        assert ds.FrameOfReferenceUID != src.FrameOfReferenceUID
+    else:  # same frame of reference as the original CT: viewers register the SEG with it
+        assert ds.FrameOfReferenceUID == src.FrameOfReferenceUID
+    for name in ("labelmap.nii.gz", "report.html", "surfaces/Liver.stl", "surfaces/Lesion_1.stl"):
+        assert (out / name).is_file(), name

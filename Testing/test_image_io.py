@@ -351,8 +351,9 @@ def test_non_finite(tmp_path: Path, ext: str, bad: float) -> None:
 def test_constant(tmp_path: Path) -> None:
     sitk.WriteImage(sitk.GetImageFromArray(np.full((4, 5, 6), -1000, np.int16)), str(tmp_path / "c.nii.gz"))
     _raises_one_line(tmp_path / "c.nii.gz", "same value")
-    # an empty segmentation is legitimate
-    assert read_image(tmp_path / "c.nii.gz", "segmentation").GetSize() == (6, 5, 4)
+    # an empty segmentation, or the lesion map of a result with no lesions, is legitimate
+    for label_kind in ("segmentation", "lesion map"):
+        assert read_image(tmp_path / "c.nii.gz", label_kind).GetSize() == (6, 5, 4)
 
 
 def test_mri_as_ct(tmp_path: Path) -> None:
@@ -511,3 +512,41 @@ def test_regression_fuzz_ascii_nrrd_claiming_16gb(tmp_path: Path, monkeypatch) -
     p.write_bytes(b"NRRD0004\ntype: short\ndimension: 3\nencoding: bzip2\nendian: little\nsizes: 1024 1024 500\n\nBZh9")
     monkeypatch.setenv("LIVERTUMORAI_MAX_IMAGE_GB", "0.5")
     _raises_one_line(p, "needs 1.0 GB of memory")
+
+
+# --------------------------------------------------------------------------- CT given as the MRI
+
+
+def test_real_ct_given_as_mri_is_refused(real_data_dir: Path) -> None:
+    from LiverTumorAILib.io import check_mri_intensities
+
+    for path in (real_data_dir / "chaos" / "ct" / "ct.nii.gz", real_data_dir / "totalsegmentator" / "example_ct.nii.gz"):
+        with pytest.raises(InputError) as err:
+            check_mri_intensities(read_image(path, "MRI"), path)
+        message = str(err.value)
+        assert message.startswith(f"{path.name}: the MRI looks like a CT: ") and "\n" not in message
+        assert message.endswith("; give the MRI (or leave --mri out)")
+
+
+def test_real_and_phantom_mris_are_accepted(real_data_dir: Path) -> None:
+    """Every real MR here (the CHAOS T2 copies are intensity-normalised, 0..~1300) and phantom MRIs."""
+    from LiverTumorAILib.io import check_mri_intensities
+    from LiverTumorAILib.phantom import generate_case
+
+    files = sorted((real_data_dir / "chaos" / "mr_t2").glob("image_*.nii.gz"))
+    assert len(files) == 20
+    for path in [real_data_dir / "totalsegmentator" / "example_mr_sm.nii.gz", *files]:
+        check_mri_intensities(read_image(path, "MRI"), path)
+    for seed in (0, 1, 2):
+        check_mri_intensities(generate_case(seed, size=64, slices=16).mri, f"phantom{seed}.nii.gz")
+
+
+def test_mri_padded_with_minus_1024_is_accepted(real_data_dir: Path) -> None:
+    """An MRI resampled onto a larger grid with -1024 padding has "air" but no fat: still an MRI."""
+    from LiverTumorAILib.io import check_mri_intensities
+
+    path = real_data_dir / "totalsegmentator" / "example_mr_sm.nii.gz"
+    mri = read_image(path, "MRI")
+    padded = sitk.ConstantPad(mri, [20, 20, 5], [20, 20, 5], -1024)
+    assert np.mean(sitk.GetArrayViewFromImage(padded) <= -900) > 0.3
+    check_mri_intensities(padded, path)

@@ -20,7 +20,7 @@ from LiverTumorAILib.inference.mri_coverage import (
 )
 from LiverTumorAILib.postprocess import PostprocessConfig, TissueContext, filter_lesions
 from LiverTumorAILib.preprocess import field_of_view_mask
-from LiverTumorAILib.weights import bundled_models_dirs
+from LiverTumorAILib.weights import bundled_model_dir
 
 SPACING_XYZ = (1.0, 1.0, 2.5)
 
@@ -30,10 +30,6 @@ def _image(shape_zyx, spacing=SPACING_XYZ, origin=(0.0, 0.0, 0.0), value=0) -> s
     image.SetSpacing(spacing)
     image.SetOrigin(origin)
     return image
-
-
-def _bundled(name: str) -> bool:
-    return any((base / name / "manifest.json").is_file() for base in bundled_models_dirs())
 
 
 def test_the_fusion_weight_is_one_deep_inside_the_mri_zero_outside_and_ramps_between():
@@ -90,7 +86,7 @@ def test_a_thin_lesion_outside_the_mri_is_judged_by_the_ct_only_models_rules():
     assert kept[14:16, 10:20, 10:20].all() and not kept[:10].any()
 
 
-@pytest.mark.skipif(not (_bundled("hybrid3d") and _bundled("hybrid3d-ctmri")), reason="bundled classifier weights absent")
+@pytest.mark.skipif(not (bundled_model_dir("hybrid3d") and bundled_model_dir("hybrid3d-ctmri")), reason="bundled classifier weights absent")
 def test_a_lesion_outside_the_mri_is_classified_on_the_ct_alone():
     from LiverTumorAILib.classification.classify import OUTSIDE_MRI_NOTE, classify_lesions
 
@@ -115,7 +111,7 @@ def test_a_lesion_outside_the_mri_is_classified_on_the_ct_alone():
     assert OUTSIDE_MRI_NOTE in results[2]["note"] and OUTSIDE_MRI_NOTE not in results[1]["note"]
 
 
-@pytest.mark.skipif(not all(_bundled(n) for n in ("localizer", "fusion", "tam-unet")), reason="bundled weights absent")
+@pytest.mark.skipif(not all(bundled_model_dir(n) for n in ("localizer", "fusion", "tam-unet")), reason="bundled weights absent")
 def test_segment_with_an_mri_over_half_the_liver_finds_the_lesions_outside_it(tmp_path):
     """Stated accuracy (demo weights, CPU): with the MRI cut to the half of the liver its first
     slices cover, the fusion model alone reached liver / tumour Dice 0.983 / 0.527 (2 of 3

@@ -20,20 +20,13 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorAILib.weights import bundled_models_dirs
+from LiverTumorAILib.weights import bundled_model_dir
 
 HELD_OUT_SEED = 777001  # far from the training (1000+) and validation (9000+) seeds
 
 
-def _bundled(name: str) -> Path | None:
-    for base in bundled_models_dirs():
-        if (base / name / "manifest.json").is_file():
-            return base / name
-    return None
-
-
 needs_weights = pytest.mark.skipif(
-    not all(_bundled(n) for n in ("localizer", "dual-stream")), reason="bundled demo weights absent"
+    not all(bundled_model_dir(n) for n in ("localizer", "dual-stream")), reason="bundled demo weights absent"
 )
 
 
@@ -106,7 +99,7 @@ def test_segment_is_deterministic_on_cpu(phantom_case, segmented, tmp_path):
 @needs_weights
 def test_tampered_weights_are_refused_with_one_line(phantom_case, tmp_path):
     weights = tmp_path / "weights"
-    shutil.copytree(_bundled("dual-stream"), weights / "dual-stream")
+    shutil.copytree(bundled_model_dir("dual-stream"), weights / "dual-stream")
     blob = next((weights / "dual-stream").glob("*.safetensors"))
     data = bytearray(blob.read_bytes())
     data[len(data) // 2] ^= 0xFF

@@ -230,3 +230,30 @@ def test_find_weights_precedence(tmp_path, monkeypatch):
     _save(many / "y", name="fusion")
     with pytest.raises(WeightsError, match="several"):
         weights.find_weights("fusion", many)
+
+
+def test_fallback_warning_names_folder_and_model(tmp_path, monkeypatch):
+    """A model the chosen folder lacks comes from the bundled weights: say which, and from where."""
+    bundled = tmp_path / "bundled"
+    _save(bundled / "tam-unet")
+    _save(bundled / "fusion", name="fusion")
+    monkeypatch.setattr(weights, "bundled_models_dirs", lambda: [bundled])
+    monkeypatch.delenv(weights.ENV_MODELS, raising=False)
+    mine = tmp_path / "mine"
+    _save(mine / "t", name="tam-unet")
+
+    assert weights.fallback_warning("fusion") is None  # nothing chosen: the bundled weights are expected
+    assert weights.fallback_warning("tam-unet", mine) is None
+    said = weights.fallback_warning("fusion", mine)
+    assert said == (f"the --weights folder {mine} has no 'fusion' weights: the bundled demo weights "
+                    f"({bundled / 'fusion'}) were used for fusion instead")
+
+    monkeypatch.setenv(weights.ENV_MODELS, str(mine))
+    assert weights.fallback_warning("tam-unet") is None
+    assert f"${weights.ENV_MODELS} {mine} has no 'fusion' weights" in weights.fallback_warning("fusion")
+    other = _save(tmp_path / "other", name="tam-unet")
+    env_used = weights.fallback_warning("fusion", other)  # --weights lacks it, $LIVERTUMORAI_MODELS lacks it too
+    assert f"folder {other} has no 'fusion' weights" in env_used and "bundled demo" in env_used
+    _save(mine / "f", name="fusion")
+    env_used = weights.fallback_warning("fusion", other)
+    assert f"the weights from ${weights.ENV_MODELS} ({mine / 'f'})" in env_used

@@ -116,7 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Classify each lesion of SEG (on the CT's grid) as benign or malignant.")
     p.add_argument("ct", metavar="CT", help="CT image file or DICOM folder")
     p.add_argument("--seg", required=True, metavar="SEG",
-                   help="segmentation/lesion label map on the CT's grid (e.g. a corrected segmentation.nii.gz)")
+                   help="label map on the CT's grid: 0 background, 1 liver, 2 tumour (e.g. a corrected "
+                        "segmentation.nii.gz; lesions are its 3D connected tumour components)")
     p.add_argument("--mri", metavar="MRI", help="MRI of the same patient, optional")
     p.add_argument("--weights", metavar="DIR", help="weights folder overriding the bundled ones")
     p.add_argument("-o", "--output", dest="outdir", metavar="OUT", required=True, help="output folder (created)")
@@ -157,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", type=_formats, default=list(EXPORT_FORMATS), metavar="LIST",
                    help=f"comma-separated, from {','.join(EXPORT_FORMATS)} (default: all)")
     p.add_argument("--ct-dicom", metavar="DIR", help="the CT's DICOM series (needed to reference it from DICOM SEG)")
-    p.add_argument("--coordinates", choices=("RAS", "LPS"), default="RAS", help="surface coordinates (default RAS)")
+    p.add_argument("--coordinates", choices=("LPS", "RAS"), default="LPS",
+                   help="STL/OBJ coordinates, tagged SPACE=... in the file header as 3D Slicer does (default LPS)")
     p.add_argument("--deidentify", action="store_true", help="remove patient identity from exported files")
     _add_common(p, device=False, progress=False)
     p.set_defaults(handler=_cmd_export)
@@ -278,8 +280,13 @@ def print_summary(report: Optional[dict]) -> None:
     for les in report.get("lesions", []):
         p = les.get("malignancy_probability")
         prob = f"p(malignant) {p:.2f}" if isinstance(p, (int, float)) else "not classified"
-        out.write(f"  lesion {les['id']}: {les['volume_ml']:.1f} ml, {les['longest_diameter_mm']:.0f} mm, "
-                  f"{les['mean_hu']:.0f} HU, {les.get('predicted_class', '?')} ({prob})\n")
+        call = les.get("predicted_class", "?")
+        call = call if call == prob else f"{call} ({prob})"  # --no-classify: "not classified" once
+        size = f"longest {les['longest_diameter_mm']:.0f} mm 3D"
+        axial = les.get("longest_axial_diameter_mm")  # the RECIST diameter; absent in old reports
+        if isinstance(axial, (int, float)):
+            size += f", {axial:.0f} mm axial"
+        out.write(f"  lesion {les['id']}: {les['volume_ml']:.1f} ml, {size}, {les['mean_hu']:.0f} HU, {call}\n")
     if report.get("weights_notice"):
         out.write(f"NOTE: {report['weights_notice']}\n")
 

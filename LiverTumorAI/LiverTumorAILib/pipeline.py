@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 import SimpleITK as sitk
@@ -32,7 +32,7 @@ class _NullProgress:
 
 
 def _read_inputs(ct_path, mri_path, progress):
-    from LiverTumorAILib.io.image_io import check_ct_intensities, read_image
+    from LiverTumorAILib.io.image_io import check_ct_intensities, check_mri_intensities, read_image
 
     progress.stage("read", 0.0, f"reading {Path(ct_path).name}")
     ct = read_image(ct_path, what="CT")
@@ -40,6 +40,7 @@ def _read_inputs(ct_path, mri_path, progress):
     mri = None
     if mri_path is not None:
         mri = read_image(mri_path, what="MRI")
+        check_mri_intensities(mri, mri_path)
         _check_mri_overlap(ct, mri, mri_path)
     progress.stage("read", 1.0)
     return ct, mri
@@ -86,6 +87,23 @@ def hu_check_warnings(hu_checks: dict) -> list[str]:
         if count:
             volumes = ", ".join(f"{v:g} ml" for v in hu_checks.get(f"{check}_ml", []))
             warnings.append(f"{count} lesion(s) ({volumes}) {what} were dropped; turning the HU checks off keeps them")
+    return warnings
+
+
+def _weights_fallback_warnings(names: Iterable[str | None], weights_dir: Any, seen: set[str], progress: Any) -> list[str]:
+    """Warn (once per model, via `progress` and returned for report.json) for each model that the
+    chosen weights folder lacks, so it came from the bundled (demo) weights instead."""
+    from LiverTumorAILib.weights import fallback_warning
+
+    warnings = []
+    for name in names:
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        message = fallback_warning(name, weights_dir)
+        if message:
+            progress.warn(message)
+            warnings.append(message)
     return warnings
 
 
@@ -185,6 +203,9 @@ def segment_into(
     timing["load_models"] = time.perf_counter() - t0
     if seg_model.synthetic:
         progress.warn(f"{model}: {DEMO_WEIGHTS_NOTICE}")
+    weights_seen: set[str] = set()
+    weights_warnings = _weights_fallback_warnings([seg_model.name, localizer.name if localizer else None],
+                                                  weights_dir, weights_seen, progress)
 
     def load_ct_fallback():
         try:
@@ -209,9 +230,10 @@ def segment_into(
     label, attention, region = out.label, out.attention, out.region
     seg_device, localized, hu_found = out.device, out.localized, out.hu_checks
     del out
-    warnings = hu_check_warnings(hu_found)
-    for message in warnings:
+    found_warnings = hu_check_warnings(hu_found)
+    for message in found_warnings:
         progress.warn(message)
+    warnings = weights_warnings + found_warnings
     lesion_image = lesion_instance_image(label, ct)
     lesions = sitk.GetArrayViewFromImage(lesion_image)
     ct_array = sitk.GetArrayViewFromImage(ct)
@@ -246,12 +268,19 @@ def segment_into(
         for row in lesion_rows:
             row.setdefault("malignancy_probability", None)
             row.setdefault("predicted_class", "not classified")
+    warnings += _weights_fallback_warnings([m.get("name") for m in models_used.values()], weights_dir, weights_seen,
+                                           progress)
 
     t0 = time.perf_counter()
     progress.stage("write", 0.0)
     _write_image(label, ct, folder / "segmentation.nii.gz")
     _write_sitk(lesion_image, folder / "lesions.nii.gz")
     organ = organ_summary(ct, label)
+    from LiverTumorAILib.plausibility import plausibility_warnings
+
+    for message in plausibility_warnings(organ, lesion_rows):
+        progress.warn(message)
+        warnings.append(message)
     # The scene needs only the segmented sub-grid: keep that, drop the whole-scan maps.
     lesion_region = sub.crop_image(lesion_image)
     del lesions, lesion_image, label
@@ -280,8 +309,7 @@ def segment_into(
     }
     if not localized and localizer is not None:
         warnings.insert(0, "liver localiser found no liver; whole scan segmented")
-    if warnings:
-        report["warnings"] = warnings
+    report["warnings"] = warnings  # always there, empty when all went well
     _write_json(folder / "report.json", report)
     _write_scene(folder, ct, mri, sub.image(label_region), lesion_region, heatmap, report, ct_path, progress)
     progress.stage("write", 1.0)
@@ -464,6 +492,7 @@ def run_classify(
         for row in rows:
             row.update({k: v for k, v in by_id.get(row["id"], {}).items() if k != "id"})
         progress.stage("classify", 1.0)
+    warnings = _weights_fallback_warnings([m.get("name") for m in models_used.values()], weights_dir, set(), progress)
     report = {
         "software": "LiverTumorAI",
         "software_version": __version__,
@@ -475,6 +504,7 @@ def run_classify(
         "models": models_used,
         "weights_notice": DEMO_WEIGHTS_NOTICE if any(m.get("synthetic") for m in models_used.values()) else None,
         "device": describe_device(torch_device),
+        "warnings": warnings,
     }
     with atomic_output_dir(Path(outdir), overwrite=overwrite) as staging:
         _write_image(label, ct, staging / "segmentation.nii.gz")

@@ -170,7 +170,7 @@ def export_command(
     formats: Sequence[str],
     *,
     ct_dicom: Optional[os.PathLike | str] = None,
-    coordinates: str = "RAS",
+    coordinates: str = "LPS",
     overwrite: bool = False,
     python: Optional[str] = None,
 ) -> List[str]:

@@ -432,6 +432,14 @@ def bundled_models_dirs() -> list[Path]:
     return [here.parents[2] / "Resources" / "Models", here.parents[1] / "Resources" / "Models"]
 
 
+def bundled_model_dir(name: str) -> Optional[Path]:
+    """The bundled weights folder of model `name` (holding its manifest), or None when not bundled."""
+    for base in bundled_models_dirs():
+        if (base / name / MANIFEST_NAME).is_file():
+            return base / name
+    return None
+
+
 def find_weights(name: str, weights_dir: Optional[PathLike] = None) -> Path:
     """Return the weights folder for ``name``.
 
@@ -463,3 +471,32 @@ def find_weights(name: str, weights_dir: Optional[PathLike] = None) -> Path:
         f"no weights for model {name!r}: no {MANIFEST_NAME} with that name in {'; '.join(looked)} "
         f"(pass --weights DIR or set {ENV_MODELS})"
     )
+
+
+def fallback_warning(name: str, weights_dir: Optional[PathLike] = None) -> Optional[str]:
+    """A warning when the folder the user chose (``weights_dir``, i.e. ``--weights``, else
+    ``$LIVERTUMORAI_MODELS``) holds no weights ``name``, so that `find_weights` fell back to the
+    next place (usually the bundled demo weights): results must never silently come from other
+    weights than the ones asked for. None when the chosen folder has them, or none was chosen."""
+    env = os.environ.get(ENV_MODELS)
+    if weights_dir is not None:
+        base, where = Path(weights_dir), "the --weights folder"
+    elif env:
+        base, where = Path(env), f"${ENV_MODELS}"
+    else:
+        return None
+    try:
+        if _search_dir(name, base, where) is not None:
+            return None
+        used = find_weights(name, weights_dir)
+    except WeightsError:
+        return None  # nothing usable anywhere: loading the model itself says so
+    if used.parent in bundled_models_dirs():
+        try:
+            demo = is_synthetic(_read_manifest_json(used))
+        except WeightsError:
+            demo = False
+        what = "the bundled demo weights" if demo else "the bundled weights"
+    else:
+        what = f"the weights from ${ENV_MODELS}"
+    return f"{where} {base} has no {name!r} weights: {what} ({used}) were used for {name} instead"

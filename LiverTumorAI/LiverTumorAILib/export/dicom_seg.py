@@ -2,15 +2,18 @@
 
 A SEG must reference DICOM source images. A DICOM CT is used as is (in memory: an empty
 SpecificCharacterSet is set to ISO_IR 100, which highdicom requires); a non-DICOM CT gets
-a derived CT series written next to the SEG. The mask is resampled (nearest neighbour)
-onto the DICOM frames, so the result grid and the DICOM slice order need not agree.
+a derived CT series written next to the SEG, and so does a DICOM CT whose files lack the
+UIDs a reference needs (anonymisers that blank SOP/Study/Series UIDs), with a warning.
+The mask is resampled (nearest neighbour) onto the DICOM frames, so the result grid and
+the DICOM slice order need not agree.
 """
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Any, Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -33,6 +36,10 @@ _IDENTIFYING = [
     "RequestAttributesSequence", "ReferencedStudySequence", "ReferencedPatientSequence",
 ]
 _UID_KEYWORDS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"]
+#: UIDs shared by every frame of one source series (the SEG references them once).
+_SERIES_UIDS = ["StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"]
+
+log = logging.getLogger(__name__)
 
 
 def _dicom_files(folder: Path) -> list[Path]:
@@ -82,6 +89,36 @@ def frames_reference(series: Sequence) -> sitk.Image:
     ref.SetSpacing((dx, dy, abs(dz) or 1.0))
     ref.SetDirection(tuple(np.column_stack([row, col, normal]).ravel()))
     return ref
+
+
+def _uid(ds: Any, keyword: str) -> str:
+    """A UID attribute as text, '' when absent or blank."""
+    return str(ds.get(keyword, "") or "").strip()
+
+
+def source_series_problem(series: Sequence) -> Optional[str]:
+    """Why `series` cannot be a DICOM SEG's source (None if it can).
+
+    highdicom copies and references the source's SOP class, SOP instance, study, series and
+    frame-of-reference UIDs; blank or malformed ones (some anonymisers write empty UIDs)
+    make it fail deep inside with a bare KeyError, and would make the SEG unreadable anyway.
+    """
+    from pydicom.uid import UID
+
+    bad: list[str] = []
+    for keyword in ["SOPClassUID", "SOPInstanceUID", *_SERIES_UIDS]:
+        values = [_uid(ds, keyword) for ds in series]
+        if not all(v and UID(v).is_valid for v in values):
+            bad.append(f"{'empty' if not all(values) else 'invalid'} {keyword}")
+        elif keyword == "SOPClassUID" and any(UID(v).type != "SOP Class" for v in values):
+            bad.append("unknown SOPClassUID")
+        elif keyword == "SOPInstanceUID" and len(set(values)) != len(values):
+            bad.append("repeated SOPInstanceUID")
+        elif keyword in _SERIES_UIDS and len(set(values)) > 1:
+            bad.append(f"more than one {keyword}")
+    if any("PixelSpacing" not in ds or "Rows" not in ds or "Columns" not in ds for ds in series):
+        bad.append("no PixelSpacing/Rows/Columns")
+    return ", ".join(bad) or None
 
 
 def deidentify_series(series: Sequence, out_folder: Path) -> list:
@@ -165,26 +202,27 @@ def write_dicom_seg(
     """Write `segmentation.dcm` (+ `ct_dicom/` when a derived or de-identified CT is needed)."""
     import highdicom as hd
 
-    written: list[Path] = []
-    source = ct_dicom or (data.ct_path if data.ct_path and _is_dicom(data.ct_path) else None)
-    if source is not None:
-        series = read_ct_series(Path(source))
-        if deidentify:
-            series = deidentify_series(series, out_dir / "ct_dicom")
-            written.append(out_dir / "ct_dicom")
-    else:
-        ct = data.ct
-        if ct is None:
-            raise InputError("DICOM SEG needs the CT: the CT recorded in report.json is missing; "
-                             "pass the CT DICOM series with --ct-dicom")
-        from ..io.dicom_series import write_dicom_series
-
-        kwargs = {"patient": DUMMY_PATIENT_NAME, "patient_id": DUMMY_PATIENT_ID} if deidentify else {}
-        write_dicom_series(ct, out_dir / "ct_dicom", series_description="LiverTumorAI derived CT", **kwargs)
-        written.append(out_dir / "ct_dicom")
-        series = read_ct_series(out_dir / "ct_dicom")
     if not data.specs:
         raise InputError("segmentation is empty: no segment to write as DICOM SEG")
+    written: list[Path] = []
+    source = ct_dicom or (data.ct_path if data.ct_path and _is_dicom(data.ct_path) else None)
+    series: Optional[list] = None
+    original: Optional[list] = None
+    if source is not None:
+        original = read_ct_series(Path(source))
+        problem = source_series_problem(original)
+        if problem is None:
+            series = deidentify_series(original, out_dir / "ct_dicom") if deidentify else original
+            if deidentify:
+                written.append(out_dir / "ct_dicom")
+        else:
+            log.warning("%s: the CT DICOM files cannot be referenced by a DICOM SEG (%s); "
+                        "the SEG references a derived CT series written to ct_dicom/ instead",
+                        Path(source).name or str(source), problem)
+    if series is None:
+        _write_derived_ct(data, out_dir / "ct_dicom", deidentify, original)
+        written.append(out_dir / "ct_dicom")
+        series = read_ct_series(out_dir / "ct_dicom")
     mask = frames_mask(data, series)
     if not mask.any():
         raise InputError("segmentation does not overlap the CT DICOM series (different patient or grid?)")
@@ -194,6 +232,34 @@ def write_dicom_seg(
     path = out_dir / "segmentation.dcm"
     seg.save_as(path)
     return [path, *written]
+
+
+def _write_derived_ct(data: ResultData, folder: Path, deidentify: bool, original: Optional[Sequence]) -> None:
+    """The result's CT as a fresh DICOM series (new SOP UIDs) that a SEG can reference.
+
+    From an unusable DICOM source (`original`), patient name/ID and the study and frame-of-
+    reference UIDs that are valid are kept unless de-identifying, so the SEG stays with the
+    patient and registers with the original CT.
+    """
+    from pydicom.uid import UID
+
+    from ..io.dicom_series import write_dicom_series
+
+    ct = data.ct
+    if ct is None:
+        raise InputError("DICOM SEG needs the CT: the CT recorded in report.json is missing; "
+                         "pass the CT DICOM series with --ct-dicom")
+    kwargs: dict = {}
+    if deidentify:
+        kwargs = {"patient": DUMMY_PATIENT_NAME, "patient_id": DUMMY_PATIENT_ID}
+    elif original:
+        first = original[0]
+        kwargs = {"patient": str(first.get("PatientName", "") or ""), "patient_id": str(first.get("PatientID", "") or "")}
+        for keyword, arg in (("StudyInstanceUID", "study_uid"), ("FrameOfReferenceUID", "frame_of_reference_uid")):
+            values = {_uid(ds, keyword) for ds in original}
+            if len(values) == 1 and UID(next(iter(values))).is_valid:
+                kwargs[arg] = next(iter(values))
+    write_dicom_series(ct, folder, series_description="LiverTumorAI derived CT", **kwargs)
 
 
 def _segmentation(hd, data: ResultData, series: Sequence, mask: np.ndarray):

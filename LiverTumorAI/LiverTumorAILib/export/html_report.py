@@ -90,7 +90,7 @@ def render(data: ResultData) -> str:
     rows = "".join(
         "<tr>" + "".join(f"<td>{_fmt(lesion.get(key))}</td>" for key, _ in TABLE_COLUMNS) + "</tr>"
         for lesion in lesions
-    )
+    ) or f'<tr><td colspan="{len(TABLE_COLUMNS)}">No lesions found.</td></tr>'  # an empty table reads as a glitch
     head = "".join(f"<th>{html.escape(title)}</th>" for _, title in TABLE_COLUMNS)
     models = "".join(
         f"<li>{html.escape(str(name))}: version {html.escape(str((info or {}).get('version', '?')))}"

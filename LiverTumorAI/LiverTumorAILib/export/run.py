@@ -35,17 +35,20 @@ def run_export(
     formats: Union[str, Iterable[str]] = FORMATS,
     *,
     ct_dicom: Optional[PathLike] = None,
-    coordinates: str = "RAS",
+    coordinates: str = "LPS",
     deidentify: bool = False,
     overwrite: bool = False,
 ) -> dict[str, list[Path]]:
-    """Export a `livertumorai segment` result; returns the written paths by format (final locations)."""
+    """Export a `livertumorai segment` result; returns the written paths by format (final locations).
+
+    Surfaces default to LPS: 3D Slicer and most planning software read an untagged mesh as LPS.
+    """
     from ..io.atomic import atomic_output_dir
     from .result import load_result
 
     wanted = normalise_formats(formats)
-    if coordinates.upper() not in ("RAS", "LPS"):
-        raise InputError(f"unknown coordinate system {coordinates!r}; use RAS or LPS")
+    if str(coordinates).upper() not in ("LPS", "RAS"):
+        raise InputError(f"unknown coordinate system {coordinates!r}; use LPS or RAS")
     data = load_result(result_dir, ct_dicom)
     written: dict[str, list[Path]] = {}
     with atomic_output_dir(out_dir, overwrite=overwrite) as staging:

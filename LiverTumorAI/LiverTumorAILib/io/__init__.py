@@ -8,6 +8,7 @@ from LiverTumorAILib.io.dicom_series import write_dicom_series
 from LiverTumorAILib.io.image_io import (
     LoadedImage,
     check_ct_intensities,
+    check_mri_intensities,
     image_summary,
     load_image,
     probe_image,
@@ -20,6 +21,7 @@ __all__ = [
     "LoadedImage",
     "atomic_output_dir",
     "check_ct_intensities",
+    "check_mri_intensities",
     "image_summary",
     "load_image",
     "probe_image",

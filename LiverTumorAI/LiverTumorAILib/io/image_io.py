@@ -39,8 +39,18 @@ MAX_SPACING_MM = 100.0
 #: image is not a CT in HU (an MRI, or a CT stored without its rescale).
 AIR_THRESHOLD_HU = -500.0
 MIN_AIR_FRACTION = 1e-4
+#: MRI check (`check_mri_intensities`): a CT in HU has both air (<= -900 HU) and fat
+#: (-200..-30 HU); MR intensities are >= 0 or barely below (normalised, or noise).
+CT_AIR_HU = -900.0
+CT_FAT_HU = (-200.0, -30.0)
+#: fractions of voxels from which an image "given as the MRI" is taken for a CT in HU
+CT_MIN_AIR_FRACTION = 0.01
+CT_MIN_FAT_FRACTION = 0.02
 
-_LABEL_KINDS = ("segmentation", "label", "labelmap", "seg", "mask")
+#: `what=` names of label images (segmentation, lesion instance map): these may legitimately be
+#: constant (a result with no lesions is all 0), so the blank-image check skips them.
+LABEL_KINDS = frozenset({"segmentation", "label", "labelmap", "label map", "seg", "mask", "lesion map",
+                         "lesions"})
 
 
 @dataclass
@@ -172,7 +182,7 @@ def _check_pixels(name: str, image: sitk.Image, what: str) -> None:
                 bad = int(chunk.size - np.count_nonzero(np.isfinite(chunk)))
                 raise InputError(f"{name}: image contains invalid voxel values (NaN or infinity, "
                                  f"{bad}+ voxels); the file is damaged or was exported incorrectly")
-    if what.lower() not in _LABEL_KINDS:
+    if what.strip().lower() not in LABEL_KINDS:
         lo, hi = arr.min(), arr.max()
         if lo == hi:
             raise InputError(f"{name}: every voxel has the same value ({lo:g}); the image is blank")
@@ -608,14 +618,42 @@ def check_ct_intensities(image: sitk.Image, path: PathLike) -> None:
     intensities, or normalised values) or a CT stored without its rescale slope/intercept.
     """
     name = _name(Path(path))
-    arr = sitk.GetArrayViewFromImage(image)
-    step = max(1, int(round((arr.size / 2_000_000) ** (1 / 3))))  # subsample big volumes
-    sample = np.asarray(arr[::step, ::step, ::step], dtype=np.float32)
+    sample = _intensity_sample(image)
     air = float(np.count_nonzero(sample < AIR_THRESHOLD_HU)) / max(sample.size, 1)
     if air < MIN_AIR_FRACTION:
         lo, hi = float(sample.min()), float(sample.max())
         raise InputError(f"{name}: does not look like a CT in Hounsfield units (values {lo:g} to {hi:g}, "
                          f"no air below {AIR_THRESHOLD_HU:g} HU); is this an MRI? Give an MRI with --mri")
+
+
+def _intensity_sample(image: sitk.Image) -> np.ndarray:
+    """About 2 million voxels (every n-th along each axis) as float32: enough for the
+    intensity checks' fractions, without a float copy of a long scan."""
+    arr = sitk.GetArrayViewFromImage(image)
+    step = max(1, int(round((arr.size / 2_000_000) ** (1 / 3))))
+    return np.asarray(arr[::step, ::step, ::step], dtype=np.float32)
+
+
+def check_mri_intensities(image: sitk.Image, path: PathLike) -> None:
+    """Refuse an image given as the MRI whose values are Hounsfield units (a CT given as --mri).
+
+    Rule: at least 1% of voxels at air (<= -900 HU) *and* at least 2% in the fat range
+    (-200..-30 HU). Measured: real CTs 32-47% air and 7-29% fat (CHAOS ct.nii.gz 47% / 7.3%,
+    TotalSegmentator example_ct 32% / 29%; cropped to the liver's box 3.0% / 11%), phantom CTs
+    47-66% / 11-28%; every real MR (TotalSegmentator example_mr_sm, min -47; the 20
+    intensity-normalised CHAOS T2 volumes, 0..1316) and phantom MRIs have none of either. Both
+    are needed so that an MRI padded with -1024 (resampled onto a CT grid) is not refused: it has
+    "air" but no fat, and a real MR must never be refused.
+    """
+    name = _name(Path(path))
+    sample = _intensity_sample(image)
+    n = max(sample.size, 1)
+    air = float(np.count_nonzero(sample <= CT_AIR_HU)) / n
+    fat = float(np.count_nonzero((sample >= CT_FAT_HU[0]) & (sample <= CT_FAT_HU[1]))) / n
+    if air >= CT_MIN_AIR_FRACTION and fat >= CT_MIN_FAT_FRACTION:
+        raise InputError(f"{name}: the MRI looks like a CT: its values are Hounsfield units ({100 * air:.0f}% of "
+                         f"voxels at air, <= {CT_AIR_HU:g} HU; {100 * fat:.0f}% at fat, {CT_FAT_HU[0]:g} to "
+                         f"{CT_FAT_HU[1]:g} HU); give the MRI (or leave --mri out)")
 
 
 def read_segmentation(path: PathLike, reference: sitk.Image, *, tolerance_mm: float = 1e-3) -> sitk.Image:
@@ -701,4 +739,5 @@ def image_summary(image: sitk.Image) -> dict:
 
 
 __all__ = ["LoadedImage", "load_image", "probe_image", "read_image", "read_segmentation", "check_ct_intensities",
+           "check_mri_intensities",
            "write_image", "image_summary", "MAX_INPLANE", "MAX_SLICES", "MAX_VOXELS"]
