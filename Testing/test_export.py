@@ -163,6 +163,7 @@ def test_dicom_seg_deidentified(dcmqi_result, tmp_path):
     for f in derived:
         d = pydicom.dcmread(f)
         assert d.PatientID == ds.PatientID and str(src.PatientName).encode() not in f.read_bytes()
+        assert d.LongitudinalTemporalInformationModified == "UNMODIFIED" and d.StudyDate == src.StudyDate
     if shutil.which("dciodvfy"):
         assert _dciodvfy_errors(seg_path) == []
     masks = _seg_masks(seg_path, derived)

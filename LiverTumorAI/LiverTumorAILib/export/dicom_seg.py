@@ -122,7 +122,8 @@ def source_series_problem(series: Sequence) -> Optional[str]:
 
 
 def deidentify_series(series: Sequence, out_folder: Path) -> list:
-    """Copies of `series` with blank/dummy patient fields, no private tags, new UIDs; written out."""
+    """Copies of `series` with blank/dummy patient fields, no private tags, new UIDs; written out.
+    Study / series dates and times are kept (and declared so): README "Limits"."""
     from pydicom.uid import generate_uid
 
     out_folder.mkdir(parents=True, exist_ok=True)
@@ -142,7 +143,8 @@ def deidentify_series(series: Sequence, out_folder: Path) -> list:
         ds.ReferringPhysicianName = ""
         ds.StudyID = ""
         ds.PatientIdentityRemoved = "YES"
-        ds.DeidentificationMethod = "LiverTumorAI: blank patient, no private tags, new UIDs"
+        ds.DeidentificationMethod = "LiverTumorAI: blank patient, no private tags, new UIDs"  # LO: 64 max
+        ds.LongitudinalTemporalInformationModified = "UNMODIFIED"  # dates kept: a follow-up stays comparable
         for keyword in _UID_KEYWORDS:
             if keyword in ds:
                 old = str(getattr(ds, keyword))
