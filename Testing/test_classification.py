@@ -110,6 +110,22 @@ def train_toy(out, config: dict, n_test: int = 8, calibrate_on: str = "validatio
     )
 
 
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_training_refuses_a_split_with_one_class_and_saves_nothing(tmp_path, split):
+    """A data set whose lesions are all benign (a CSV without malignant classes) must stop with a
+    clear one-line message (InputError: livertumorai-train prints it, no traceback), not save
+    weights that report "AUC None"."""
+    from LiverTumorAILib.errors import InputError
+    from training.cls_trainer import train_classifier
+
+    items = {"train": toy_items(8, 1), "val": toy_items(4, 2)}
+    items[split] = [it for it in items[split] if it.label == 0]
+    with pytest.raises(InputError, match=f"the {'training' if split == 'train' else 'validation'} lesions are all "
+                                         "benign .0 malignant of .*needs both classes"):
+        train_classifier(items["train"], items["val"], out_dir=tmp_path / "w", epochs=1, log=lambda s: None)
+    assert not (tmp_path / "w").exists()
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny hybrid3d trained for a few epochs on toy crops, saved as a weights folder."""

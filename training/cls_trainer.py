@@ -70,6 +70,7 @@ from LiverTumorAILib.classification.crops import (
     preprocessing_record,
     radial_prior_map,
 )
+from LiverTumorAILib.errors import InputError
 
 AUX_LOSS_WEIGHT = 0.4
 RANDOM_WINDOW_LEVEL = (12.0, 130.0)
@@ -350,6 +351,12 @@ def train_classifier(
     for it in train + val + (test or []):
         if it.image.shape[0] != channels:
             raise ValueError(f"item with {it.image.shape[0]} channels, expected {channels}")
+    for split, items in (("training", train), ("validation", val)):
+        malignant = sum(it.label for it in items)
+        if malignant in (0, len(items)):  # no AUC, no calibration, a classifier of one class
+            raise InputError(f"the {split} lesions are all {CLASS_NAMES[int(malignant > 0)]} ({malignant} malignant of "
+                             f"{len(items)}): benign/malignant training needs both classes in each split; check the "
+                             "lesion classes of your data (truth.json / the CSV's lesion_classes)")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     cfg = dict(config or {})
