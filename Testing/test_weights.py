@@ -200,12 +200,18 @@ def test_is_synthetic():
     assert not weights.is_synthetic({})
 
 
-def test_find_weights_precedence(tmp_path, monkeypatch):
-    bundled = tmp_path / "bundled"
-    _save(bundled / "tam-unet")
-    _save(bundled / "fusion", name="fusion")
-    monkeypatch.setattr(weights, "bundled_models_dirs", lambda: [bundled])
+@pytest.fixture
+def bundled(tmp_path, monkeypatch) -> Path:
+    """A bundled weights root holding tam-unet and fusion, and no $LIVERTUMORAI_MODELS."""
+    root = tmp_path / "bundled"
+    _save(root / "tam-unet")
+    _save(root / "fusion", name="fusion")
+    monkeypatch.setattr(weights, "bundled_models_dirs", lambda: [root])
     monkeypatch.delenv(weights.ENV_MODELS, raising=False)
+    return root
+
+
+def test_find_weights_precedence(tmp_path, monkeypatch, bundled):
     assert weights.find_weights("tam-unet") == bundled / "tam-unet"
 
     env = tmp_path / "env"
@@ -232,13 +238,8 @@ def test_find_weights_precedence(tmp_path, monkeypatch):
         weights.find_weights("fusion", many)
 
 
-def test_fallback_warning_names_folder_and_model(tmp_path, monkeypatch):
+def test_fallback_warning_names_folder_and_model(tmp_path, monkeypatch, bundled):
     """A model the chosen folder lacks comes from the bundled weights: say which, and from where."""
-    bundled = tmp_path / "bundled"
-    _save(bundled / "tam-unet")
-    _save(bundled / "fusion", name="fusion")
-    monkeypatch.setattr(weights, "bundled_models_dirs", lambda: [bundled])
-    monkeypatch.delenv(weights.ENV_MODELS, raising=False)
     mine = tmp_path / "mine"
     _save(mine / "t", name="tam-unet")
 

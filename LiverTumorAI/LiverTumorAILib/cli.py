@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, List, Optional, Sequence
 
 from LiverTumorAILib import __version__
-from LiverTumorAILib.errors import LiverTumorAIError, OutputError, RunCancelled
+from LiverTumorAILib.errors import LiverTumorAIError, RunCancelled
 from LiverTumorAILib.progress import MODES, Progress
 
 PROG = "livertumorai"
@@ -177,14 +177,10 @@ def _precheck(*inputs: tuple, outdir: Optional[str] = None, overwrite: bool = Fa
     for path, what in inputs:
         if path is not None:
             probe_image(path, what)
-    if outdir is not None and Path(outdir).exists():
-        if not overwrite:
-            raise OutputError(f"{Path(outdir).name}: output folder already exists ({Path(outdir).absolute()}); "
-                              "use --overwrite to replace it")
-        if Path(outdir).is_dir():
-            from LiverTumorAILib.io.atomic import refuse_foreign_entries
+    if outdir is not None:
+        from LiverTumorAILib.io.atomic import check_output_location
 
-            refuse_foreign_entries(outdir)
+        check_output_location(outdir, overwrite)
 
 
 def _cmd_segment(args: argparse.Namespace, progress: Progress) -> Any:

@@ -78,13 +78,7 @@ def atomic_output_dir(outdir: Union[str, os.PathLike], overwrite: bool = False) 
     """
     outdir = Path(outdir).absolute()
     name = outdir.name
-    if outdir.exists() or outdir.is_symlink():
-        if not outdir.is_dir():
-            raise OutputError(f"{name}: exists and is not a folder ({outdir})")
-        if not overwrite:
-            raise OutputError(f"{name}: output folder already exists ({outdir}); "
-                              "use --overwrite to replace it")
-        refuse_foreign_entries(outdir)
+    check_output_location(outdir, overwrite)
     parent = outdir.parent
     try:
         parent.mkdir(parents=True, exist_ok=True)
@@ -141,6 +135,19 @@ def _commit(staging: Path, outdir: Path, overwrite: bool) -> None:
         os.rename(old, outdir)
         raise
     shutil.rmtree(old, ignore_errors=True)
+
+
+def check_output_location(outdir: Union[str, os.PathLike], overwrite: bool) -> None:
+    """OutputError unless `outdir` may become the output: absent, or (with `overwrite`) a folder
+    holding only an earlier output. Cheap, so the CLI calls it before loading any model."""
+    outdir = Path(outdir).absolute()
+    if outdir.exists() or outdir.is_symlink():
+        if not outdir.is_dir():
+            raise OutputError(f"{outdir.name}: exists and is not a folder ({outdir})")
+        if not overwrite:
+            raise OutputError(f"{outdir.name}: output folder already exists ({outdir}); "
+                              "use --overwrite to replace it")
+        refuse_foreign_entries(outdir)
 
 
 def foreign_entries(outdir: Path) -> list[str]:
