@@ -75,11 +75,11 @@ def test_version(capsys) -> None:
 @pytest.mark.parametrize("command,options", [
     ("segment", ["--mri", "--model", "--device", "--no-classify", "--no-hu-checks", "--no-heatmap", "--heatmaps", "--weights",
                  "--overwrite", "--progress", "--threads", "-o"]),
-    ("classify", ["--seg", "--mri", "--weights", "--device", "--overwrite", "--progress", "-o"]),
-    ("demo", ["-o", "--model", "--device", "--overwrite", "--progress"]),
+    ("classify", ["--seg", "--mri", "--weights", "--device", "--threads", "--overwrite", "--progress", "-o"]),
+    ("demo", ["-o", "--model", "--device", "--threads", "--overwrite", "--progress"]),
     ("phantom", ["-o", "--count", "--seed", "--size", "--slices", "--overwrite"]),
     ("evaluate", ["PRED_DIR", "GT_DIR", "-o"]),
-    ("export", ["-o", "--formats", "--ct-dicom", "--coordinates", "--deidentify", "--overwrite"]),
+    ("export", ["-o", "--formats", "--ct-dicom", "--coordinates", "--deidentify", "--overwrite", "--progress"]),
 ])
 def test_help_lists_options(capsys, command: str, options: list) -> None:
     with pytest.raises(SystemExit) as e:
@@ -97,6 +97,9 @@ def test_help_lists_options(capsys, command: str, options: list) -> None:
     ["segment", "ct.nii.gz", "-o", "x", "--device", "tpu"],
     ["segment", "ct.nii.gz", "-o", "x", "--no-heatmap", "--heatmaps", "all"],
     ["segment", "ct.nii.gz", "-o", "x", "--threads", "0"],
+    ["classify", "ct.nii.gz", "--seg", "s.nii.gz", "-o", "x", "--threads", "0"],
+    ["demo", "-o", "x", "--threads", "-2"],
+    ["export", "r", "-o", "x", "--progress", "xml"],
     ["phantom", "-o", "x", "--count", "-1"],
     ["export", "r", "-o", "x", "--formats", "stl,pdf"],
 ])
@@ -148,8 +151,15 @@ def test_classify_demo_phantom_evaluate_export_dispatch(monkeypatch, tmp_path: P
     assert cli.main(["classify", str(ct), "--seg", str(seg), "--device", "cpu", "--progress", "none",
                      "-o", str(tmp_path / "c")]) == 0
     assert pipe.calls[-1][1] == (str(ct), str(seg), str(tmp_path / "c")) and pipe.calls[-1][2]["device"] == "cpu"
+    assert pipe.calls[-1][2]["threads"] is None
+    assert cli.main(["classify", str(ct), "--seg", str(seg), "--threads", "3", "--progress", "none",
+                     "-o", str(tmp_path / "c")]) == 0
+    assert pipe.calls[-1][2]["threads"] == 3
     assert cli.main(["demo", "-o", str(tmp_path / "d"), "--model", "fusion", "--progress", "none"]) == 0
     assert pipe.calls[-1][0] == "run_demo" and pipe.calls[-1][2]["model"] == "fusion"
+    assert pipe.calls[-1][2]["threads"] is None
+    assert cli.main(["demo", "-o", str(tmp_path / "d"), "--threads", "2", "--progress", "none"]) == 0
+    assert pipe.calls[-1][2]["threads"] == 2
 
     ph = _fake_module(monkeypatch, "phantom", generate_cohort=lambda *a, **k: None)
     assert cli.main(["phantom", "-o", str(tmp_path / "p"), "--count", "2", "--seed", "5", "--size", "64",
@@ -173,9 +183,11 @@ def test_classify_demo_phantom_evaluate_export_dispatch(monkeypatch, tmp_path: P
                      "--coordinates", "LPS", "--deidentify", "--ct-dicom", "dcm"]) == 0
     name, args, kw = ex.calls[-1]
     assert args == (str(tmp_path / "r"), str(tmp_path / "e"), ["stl", "html"])
+    progress = kw.pop("progress")
+    assert isinstance(progress, Progress) and progress.mode == "bar"
     assert kw == {"ct_dicom": "dcm", "coordinates": "LPS", "deidentify": True, "overwrite": False}
-    cli.main(["export", str(tmp_path / "r"), "-o", str(tmp_path / "e2")])
-    assert ex.calls[-1][1][2] == list(cli.EXPORT_FORMATS)
+    cli.main(["export", str(tmp_path / "r"), "-o", str(tmp_path / "e2"), "--progress", "json"])
+    assert ex.calls[-1][1][2] == list(cli.EXPORT_FORMATS) and ex.calls[-1][2]["progress"].mode == "json"
 
 
 # --------------------------------------------------------------------------- errors, in process

@@ -228,7 +228,7 @@ def test_command_builders(tmp_path):
     assert phantom_command(tmp_path, size=64, slices=16)[-4:] == ["--size", "64", "--slices", "16"]
     cmd = export_command("res", "out", ["dicom-seg", "html"], ct_dicom="dcm", coordinates="LPS", overwrite=True)
     assert cmd[3:] == ["export", "res", "-o", "out", "--formats", "dicom-seg,html", "--coordinates", "LPS",
-                       "--ct-dicom", "dcm", "--overwrite"]
+                       "--progress", "json", "--ct-dicom", "dcm", "--overwrite"]
 
 
 def test_child_can_import_engine_from_any_cwd(tmp_path):
@@ -302,4 +302,4 @@ def test_commands_parse_with_the_real_cli(tmp_path):
     assert (ph.count, ph.seed, ph.size, ph.slices) == (2, 4, 64, 16)
     ex = parser.parse_args(export_command("res", "out", ["dicom-seg", "html"], ct_dicom="d", coordinates="LPS",
                                           overwrite=True)[3:])
-    assert ex.formats == ["dicom-seg", "html"] and ex.ct_dicom == "d" and ex.overwrite
+    assert ex.formats == ["dicom-seg", "html"] and ex.ct_dicom == "d" and ex.overwrite and ex.progress == "json"

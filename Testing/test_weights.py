@@ -258,3 +258,33 @@ def test_fallback_warning_names_folder_and_model(tmp_path, monkeypatch, bundled)
     _save(mine / "f", name="fusion")
     env_used = weights.fallback_warning("fusion", other)
     assert f"the weights from ${weights.ENV_MODELS} ({mine / 'f'})" in env_used
+
+
+def test_fallback_warning_searches_each_folder_once(tmp_path, monkeypatch, bundled):
+    """The chosen folder is read once: its miss is not searched again on the way to the fallback."""
+    mine, env = tmp_path / "mine", tmp_path / "env"
+    _save(mine / "t", name="tam-unet")
+    _save(env / "t", name="tam-unet")
+    searched: list[Path] = []
+    real = weights._search_dir
+
+    def search(name, base, label):
+        searched.append(Path(base))
+        return real(name, base, label)
+
+    monkeypatch.setattr(weights, "_search_dir", search)
+    used = f"the bundled demo weights ({bundled / 'fusion'}) were used for fusion instead"
+    said = weights.fallback_warning("fusion", mine)
+    assert said == f"the --weights folder {mine} has no 'fusion' weights: {used}"
+    assert searched == [mine]
+    searched.clear()
+    monkeypatch.setenv(weights.ENV_MODELS, str(env))
+    said = weights.fallback_warning("fusion")
+    assert said == f"${weights.ENV_MODELS} {env} has no 'fusion' weights: {used}"
+    assert searched == [env]
+    searched.clear()
+    said = weights.fallback_warning("fusion", mine)  # --weights lacks it, then $LIVERTUMORAI_MODELS lacks it
+    assert said == f"the --weights folder {mine} has no 'fusion' weights: {used}"
+    assert searched == [mine, env]
+    searched.clear()
+    assert weights.fallback_warning("tam-unet", mine) is None and searched == [mine]

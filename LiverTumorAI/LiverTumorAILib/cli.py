@@ -69,6 +69,8 @@ def _add_common(p: argparse.ArgumentParser, *, device: bool = True, overwrite: b
     if device:
         p.add_argument("--device", choices=DEVICES, default="auto",
                        help="where to run the models (default: auto = GPU if available, else CPU)")
+        p.add_argument("--threads", type=_positive_int, metavar="N",
+                       help="CPU threads the models use on the CPU (default: all cores this process may use)")
     if overwrite:
         p.add_argument("--overwrite", action="store_true",
                        help="replace an existing output folder LiverTumorAI wrote, once the new one is complete "
@@ -107,7 +109,6 @@ def build_parser() -> argparse.ArgumentParser:
     heat.add_argument("--heatmaps", choices=("main", "all"), default="main",
                       help="main: heatmap.nii.gz only (default); all: also one map per attention gate")
     p.add_argument("--weights", metavar="DIR", help="weights folder (or folder of them) overriding the bundled ones")
-    p.add_argument("--threads", type=_positive_int, metavar="N", help="CPU threads to use")
     p.add_argument("-o", "--output", dest="outdir", metavar="OUTDIR", required=True, help="output folder (created)")
     _add_common(p)
     p.set_defaults(handler=_cmd_segment)
@@ -161,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--coordinates", choices=("LPS", "RAS"), default="LPS",
                    help="STL/OBJ coordinates, tagged SPACE=... in the file header as 3D Slicer does (default LPS)")
     p.add_argument("--deidentify", action="store_true", help="remove patient identity from exported files")
-    _add_common(p, device=False, progress=False)
+    _add_common(p, device=False)
     p.set_defaults(handler=_cmd_export)
     return parser
 
@@ -202,7 +203,8 @@ def _cmd_classify(args: argparse.Namespace, progress: Progress) -> Any:
     from LiverTumorAILib import pipeline
 
     report = pipeline.run_classify(args.ct, args.seg, args.outdir, mri_path=args.mri, device=args.device,
-                                   weights_dir=args.weights, overwrite=args.overwrite, progress=progress)
+                                   weights_dir=args.weights, overwrite=args.overwrite, threads=args.threads,
+                                   progress=progress)
     progress.done(args.outdir)
     print_summary(report)
 
@@ -212,7 +214,7 @@ def _cmd_demo(args: argparse.Namespace, progress: Progress) -> Any:
     from LiverTumorAILib import pipeline
 
     summary = pipeline.run_demo(args.outdir, model=args.model, device=args.device, overwrite=args.overwrite,
-                                progress=progress)
+                                threads=args.threads, progress=progress)
     progress.done(args.outdir)
     if isinstance(summary, dict):
         print_summary(summary.get("report"))
@@ -262,7 +264,8 @@ def _cmd_export(args: argparse.Namespace, progress: Progress) -> Any:
     from LiverTumorAILib.export import run_export
 
     run_export(args.result_dir, args.outdir, args.formats, ct_dicom=args.ct_dicom,
-               coordinates=args.coordinates, deidentify=args.deidentify, overwrite=args.overwrite)
+               coordinates=args.coordinates, deidentify=args.deidentify, overwrite=args.overwrite,
+               progress=progress)
     progress.done(args.outdir)
 
 

@@ -107,6 +107,17 @@ def _weights_fallback_warnings(names: Iterable[str | None], weights_dir: Any, se
     return warnings
 
 
+def _torch_device(device: str, threads: int | None):
+    """The torch device for `device` (auto | cpu | cuda | mps); on the CPU also torch's thread count:
+    `threads` (`--threads N`), or all cores the process may use when None."""
+    from LiverTumorAILib.inference.device import configure_cpu_threads, select_device
+
+    torch_device = select_device(device)
+    if torch_device.type == "cpu":
+        configure_cpu_threads(threads)
+    return torch_device
+
+
 def _write_image(array: np.ndarray, reference: sitk.Image, path: Path) -> None:
     _write_sitk(array_to_image(array, reference), path)
 
@@ -179,7 +190,7 @@ def segment_into(
 ) -> dict:
     """Run the pipeline on loaded images and write every output into `folder` (already staged)."""
     from LiverTumorAILib.errors import WeightsError
-    from LiverTumorAILib.inference.device import configure_cpu_threads, describe_device, select_device
+    from LiverTumorAILib.inference.device import describe_device
     from LiverTumorAILib.inference.engine import load_model, segment_volume
     from LiverTumorAILib.inference.mri_coverage import CT_FALLBACK_MODEL
     from LiverTumorAILib.measure import lesion_measurements, organ_summary
@@ -190,9 +201,7 @@ def segment_into(
     if model == "fusion" and mri is None:
         raise InputError("--model fusion needs an MRI of the same patient (--mri); use dual-stream or tam-unet")
     timing: dict[str, float] = {}
-    torch_device = select_device(device)
-    if torch_device.type == "cpu":
-        configure_cpu_threads(threads)
+    torch_device = _torch_device(device, threads)
     t0 = time.perf_counter()
     seg_model = load_model(model, weights_dir, torch_device)
     try:
@@ -459,7 +468,7 @@ def run_segment(
 
 def run_classify(
     ct_path, seg_path, outdir, *, mri_path=None, device: str = "auto", weights_dir=None,
-    overwrite: bool = False, progress=None,
+    overwrite: bool = False, threads: int | None = None, progress=None,
 ) -> dict:
     """`livertumorai classify`: re-measure and re-classify lesions of an existing (corrected) segmentation.
 
@@ -467,7 +476,7 @@ def run_classify(
     writes and what the Slicer module exports after manual correction). Lesions are its
     tumour components, numbered by decreasing volume.
     """
-    from LiverTumorAILib.inference.device import describe_device, select_device
+    from LiverTumorAILib.inference.device import describe_device
     from LiverTumorAILib.io.atomic import atomic_output_dir
     from LiverTumorAILib.io.image_io import read_segmentation
     from LiverTumorAILib.measure import lesion_measurements, organ_summary
@@ -481,7 +490,7 @@ def run_classify(
         raise InputError(f"{Path(seg_path).name}: expected labels 0 (background), 1 (liver), 2 (tumour); found up to {int(label.max())}")
     label = label.astype(np.uint8)
     lesions = label_lesions(label)
-    torch_device = select_device(device)
+    torch_device = _torch_device(device, threads)
     rows = lesion_measurements(ct, sitk.GetArrayViewFromImage(ct), lesions)
     models_used: dict[str, Any] = {}
     if rows:
@@ -517,7 +526,8 @@ def run_classify(
 DEMO_SEED = 20261123
 
 
-def run_demo(outdir, *, model: str = "fusion", device: str = "auto", overwrite: bool = False, progress=None) -> dict:
+def run_demo(outdir, *, model: str = "fusion", device: str = "auto", overwrite: bool = False,
+             threads: int | None = None, progress=None) -> dict:
     """`livertumorai demo`: make a synthetic CT+MRI case, run the pipeline, score it against its truth."""
     from LiverTumorAILib.evaluation import _nan_to_none, evaluate_case
     from LiverTumorAILib.io.atomic import atomic_output_dir
@@ -534,7 +544,7 @@ def run_demo(outdir, *, model: str = "fusion", device: str = "auto", overwrite: 
         result_dir.mkdir()
         report = segment_into(
             result_dir, case.ct, case.mri, ct_path=str(case_dir / "ct.nii.gz"), mri_path=str(case_dir / "mri.nii.gz"),
-            model=model, device=device, progress=progress,
+            model=model, device=device, threads=threads, progress=progress,
         )
         scores = _nan_to_none(evaluate_case(result_dir, case_dir, "demo"))  # NaN (e.g. no tumour) -> null
         summary = {"model": model, "scores": scores, "weights_notice": report.get("weights_notice")}

@@ -174,9 +174,9 @@ def export_command(
     overwrite: bool = False,
     python: Optional[str] = None,
 ) -> List[str]:
-    """`livertumorai export RESULT_DIR -o OUT --formats a,b [--ct-dicom DIR] --coordinates C` (no JSON progress)."""
+    """`livertumorai export RESULT_DIR -o OUT --formats a,b --coordinates C --progress json [--ct-dicom DIR]`."""
     cmd = _engine(python) + ["export", str(result_dir), "-o", str(outdir), "--formats", ",".join(formats),
-                             "--coordinates", coordinates]
+                             "--coordinates", coordinates, "--progress", "json"]
     if ct_dicom:
         cmd += ["--ct-dicom", str(ct_dicom)]
     if overwrite:

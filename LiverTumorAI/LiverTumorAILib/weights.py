@@ -440,6 +440,18 @@ def bundled_model_dir(name: str) -> Optional[Path]:
     return None
 
 
+def _chosen_dirs(weights_dir: Optional[PathLike]) -> list[tuple[Path, str]]:
+    """The folders searched before the bundled weights, in order, each with its name for
+    messages: ``weights_dir`` (``--weights``), then ``$LIVERTUMORAI_MODELS``."""
+    places: list[tuple[Path, str]] = []
+    if weights_dir is not None:
+        places.append((Path(weights_dir), "--weights folder"))
+    env = os.environ.get(ENV_MODELS)
+    if env:
+        places.append((Path(env), f"${ENV_MODELS}"))
+    return places
+
+
 def find_weights(name: str, weights_dir: Optional[PathLike] = None) -> Path:
     """Return the weights folder for ``name``.
 
@@ -448,17 +460,13 @@ def find_weights(name: str, weights_dir: Optional[PathLike] = None) -> Path:
     bundled ``Resources/Models/<name>/``. The folder is not verified here; ``load_weights``
     / ``verify_manifest`` do that.
     """
-    looked: list[str] = []
-    if weights_dir is not None:
-        base = Path(weights_dir)
-        hit = _search_dir(name, base, "--weights folder")
-        if hit is not None:
-            return hit
-        looked.append(str(base))
-    env = os.environ.get(ENV_MODELS)
-    if env:
-        base = Path(env)
-        hit = _search_dir(name, base, f"${ENV_MODELS}")
+    return _find_in(name, _chosen_dirs(weights_dir), [])
+
+
+def _find_in(name: str, places: list[tuple[Path, str]], looked: list[str]) -> Path:
+    """`find_weights` from ``places`` (see `_chosen_dirs`) on; ``looked``: folders already searched in vain."""
+    for base, label in places:
+        hit = _search_dir(name, base, label)
         if hit is not None:
             return hit
         looked.append(str(base))
@@ -478,17 +486,15 @@ def fallback_warning(name: str, weights_dir: Optional[PathLike] = None) -> Optio
     ``$LIVERTUMORAI_MODELS``) holds no weights ``name``, so that `find_weights` fell back to the
     next place (usually the bundled demo weights): results must never silently come from other
     weights than the ones asked for. None when the chosen folder has them, or none was chosen."""
-    env = os.environ.get(ENV_MODELS)
-    if weights_dir is not None:
-        base, where = Path(weights_dir), "the --weights folder"
-    elif env:
-        base, where = Path(env), f"${ENV_MODELS}"
-    else:
+    places = _chosen_dirs(weights_dir)
+    if not places:
         return None
+    (base, label), rest = places[0], places[1:]
+    where = f"the {label}" if weights_dir is not None else label
     try:
         if _search_dir(name, base, where) is not None:
             return None
-        used = find_weights(name, weights_dir)
+        used = _find_in(name, rest, [str(base)])  # the chosen folder lacks it: where find_weights goes next
     except WeightsError:
         return None  # nothing usable anywhere: loading the model itself says so
     if used.parent in bundled_models_dirs():

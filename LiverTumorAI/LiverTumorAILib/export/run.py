@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Union
 
 from ..errors import InputError
+from ..progress import Progress, as_progress
 
 FORMATS = ("seg.nrrd", "nifti", "dicom-seg", "stl", "obj", "html")
 _ALIASES = {"segnrrd": "seg.nrrd", "nrrd": "seg.nrrd", "nii": "nifti", "nii.gz": "nifti", "dicom": "dicom-seg",
@@ -38,22 +39,28 @@ def run_export(
     coordinates: str = "LPS",
     deidentify: bool = False,
     overwrite: bool = False,
+    progress: Union[Progress, str, None] = None,
 ) -> dict[str, list[Path]]:
     """Export a `livertumorai segment` result; returns the written paths by format (final locations).
 
     Surfaces default to LPS: 3D Slicer and most planning software read an untagged mesh as LPS.
+    `progress` (a `Progress`, a mode name, or None for silence) gets a "read" stage, then one
+    stage per format, named after it, as that format is written.
     """
     from ..io.atomic import atomic_output_dir
     from .result import load_result
 
+    progress = as_progress(progress)
     wanted = normalise_formats(formats)
     if str(coordinates).upper() not in ("LPS", "RAS"):
         raise InputError(f"unknown coordinate system {coordinates!r}; use LPS or RAS")
+    progress.stage("read", 0.0, f"reading {Path(result_dir).absolute().name}")
     data = load_result(result_dir, ct_dicom)
     written: dict[str, list[Path]] = {}
     with atomic_output_dir(out_dir, overwrite=overwrite) as staging:
         staging = Path(staging)
-        for fmt in wanted:
+        for i, fmt in enumerate(wanted):
+            progress.stage(fmt, i / len(wanted), f"writing {fmt}")
             written[fmt] = _export_one(fmt, data, staging, ct_dicom, coordinates, deidentify)
     final = Path(out_dir).absolute()
     return {k: [final / p.relative_to(staging) for p in v] for k, v in written.items()}
