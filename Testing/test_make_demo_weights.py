@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.make_demo_weights import FATTY_TRAIN_SEED, PLAIN_TRAIN_SEED, TRAIN_SEED, _training_data, prepare
+from training.make_demo_weights import (
+    FATTY_TRAIN_SEED,
+    PLAIN_TRAIN_SEED,
+    SUBTLE_TRAIN_SEED,
+    TRAIN_SEED,
+    _training_data,
+    prepare,
+)
 from training.seg_trainer import load_prepared
 
 
@@ -13,10 +20,12 @@ def _liver_hu(case) -> float:
     return float(np.median(case.ct_hu[case.label == 1]))
 
 
-def test_fatty_and_plain_cases_are_cached_with_their_own_seeds(tmp_path):
-    prepare(tmp_path, count=1, val=0, size=64, slices=12, fatty_count=2, plain_count=1)
+def test_fatty_plain_and_subtle_cases_are_cached_with_their_own_seeds(tmp_path):
+    prepare(tmp_path, count=1, val=0, size=64, slices=12, fatty_count=2, plain_count=1, subtle_count=1)
     names = sorted(p.stem for p in (tmp_path / "seg" / "train").glob("*.npz"))
-    assert names == ["train_000", "train_fatty_t1_001", "train_fatty_t2_000", "train_plain_t2_000"]
+    assert names == [
+        "train_000", "train_fatty_t1_001", "train_fatty_t2_000", "train_plain_t2_000", "train_subtle_t2_000",
+    ]
     assert sorted(p.stem for p in (tmp_path / "loc" / "train").glob("*.npz")) == names
 
     cases = {c.case_id: c for c in load_prepared(tmp_path / "seg" / "train")}
@@ -25,8 +34,9 @@ def test_fatty_and_plain_cases_are_cached_with_their_own_seeds(tmp_path):
         assert _liver_hu(cases[name]) < 75
     assert cases["train_fatty_t1_001"].mri is not None
 
-    record = _training_data(4, 0, tmp_path)
+    record = _training_data(5, 0, tmp_path)
     assert record["fatty_liver_train_seeds"] == [FATTY_TRAIN_SEED, FATTY_TRAIN_SEED + 1]
     assert record["plain_lesion_train_seeds"] == [PLAIN_TRAIN_SEED, PLAIN_TRAIN_SEED]
+    assert record["subtle_lesion_train_seeds"] == [SUBTLE_TRAIN_SEED, SUBTLE_TRAIN_SEED]
     assert record["train_seeds"] == [TRAIN_SEED, TRAIN_SEED]  # the one ordinary case
-    assert record["cases"] == 4
+    assert record["cases"] == 5

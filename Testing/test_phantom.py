@@ -220,6 +220,36 @@ def test_plain_lesions_flat_on_ct_and_off_by_default():
     assert max(spread(plain)) < 25 < max(spread(base)), (spread(plain), spread(base))
 
 
+def test_subtle_lesions_near_isodense_or_bright_and_off_by_default():
+    """`subtle_lesions` gives each lesion either a faint look (mean within 15 HU of the liver,
+    a bright rim around a darker core) or a flat bright one (20-50 HU above the liver); at 0
+    every seed keeps its case."""
+    kw = dict(size=128, slices=32, n_lesions=4, lesion_types=["metastasis"], lesion_diameters=(20, 35),
+              artefacts=False, noise=2.0)
+    base, zero = generate_case(23, **kw), generate_case(23, subtle_lesions=0.0, **kw)
+    assert np.array_equal(arr(base.ct), arr(zero.ct)) and base.truth == zero.truth
+    subtle = generate_case(23, subtle_lesions=1.0, **kw)
+    ct, les, label = arr(subtle.ct).astype(float), arr(subtle.lesions), arr(subtle.label)
+    liver = np.median(ct[ndimage.binary_erosion(label == 1, iterations=3)])
+    looks = {"faint": 0, "bright": 0}
+    for lesion in subtle.truth["lesions"]:
+        look = lesion["appearance"]
+        assert look.get("subtle") == 1.0 and lesion["type"] == "metastasis"
+        inside = les == lesion["id"]
+        if inside.sum() < 100:
+            continue
+        offset = ct[inside].mean() - liver
+        if look["subtle_rim_t"] > 0:
+            looks["faint"] += 1
+            core = ndimage.binary_erosion(inside, iterations=3)
+            assert abs(offset) < 15 and ct[core].mean() < liver - 5, (offset, ct[core].mean() - liver)
+        else:
+            looks["bright"] += 1
+            assert 15 < offset < 55, offset
+    assert looks["faint"] and looks["bright"], looks
+    assert not any("subtle" in lesion["appearance"] for lesion in base.truth["lesions"])
+
+
 def test_write_case_and_cohort(tmp_path):
     paths = generate_cohort(tmp_path / "cohort", 2, seed=3, size=48, slices=12)
     assert [p.name for p in paths] == ["case_000", "case_001"]

@@ -39,6 +39,9 @@ FATTY_TRAIN_SEED = 4000
 #: Extra training cases where half the lesions have the plain CT look (phantom `plain_lesions`):
 #: one flat level, no rim, capsule or nodules; T2 and T1 MRI alternating.
 PLAIN_TRAIN_SEED, PLAIN_FRACTION = 5000, 0.5
+#: Extra training cases where half the lesions have the subtle CT look (phantom `subtle_lesions`:
+#: near-isodense rim + faint core, or a flat bright ball); T2 and T1 MRI alternating.
+SUBTLE_TRAIN_SEED, SUBTLE_FRACTION = 6000, 0.5
 
 MODEL_SETTINGS = {
     "dual-stream": {"loss": "dice_bce", "batch_size": 8, "lr": 1e-3, "val_every": 4},
@@ -95,11 +98,12 @@ def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
     t1_val = len(list((cache / "seg" / "val").glob("val_t1_*.npz"))) if cache else 0
     fatty = len(list((cache / "seg" / "train").glob("train_fatty_*.npz"))) if cache else 0
     plain = len(list((cache / "seg" / "train").glob("train_plain_*.npz"))) if cache else 0
+    subtle = len(list((cache / "seg" / "train").glob("train_subtle_*.npz"))) if cache else 0
     record = {
         "description": DEMO_WEIGHTS_NOTICE,
         "synthetic": True,
         "generator": "LiverTumorAILib.phantom.generate_case",
-        "train_seeds": [TRAIN_SEED, TRAIN_SEED + count - t1_train - fatty - plain - 1],
+        "train_seeds": [TRAIN_SEED, TRAIN_SEED + count - t1_train - fatty - plain - subtle - 1],
         "val_seeds": [VAL_SEED, VAL_SEED + val - t1_val - 1],
         "cases": count,
         "val_cases": val,
@@ -114,6 +118,10 @@ def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
         record["plain_lesion_train_seeds"] = [PLAIN_TRAIN_SEED, PLAIN_TRAIN_SEED + plain - 1]
         record["plain_lesion_train_note"] = (f"generate_case(seed, plain_lesions={PLAIN_FRACTION}); "
                                              "odd seeds with a T1 MRI, even with T2")
+    if subtle:
+        record["subtle_lesion_train_seeds"] = [SUBTLE_TRAIN_SEED, SUBTLE_TRAIN_SEED + subtle - 1]
+        record["subtle_lesion_train_note"] = (f"generate_case(seed, subtle_lesions={SUBTLE_FRACTION}); "
+                                              "odd seeds with a T1 MRI, even with T2")
     return record
 
 
@@ -142,12 +150,14 @@ def _prepare_one(job: tuple) -> str:
 
 
 def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int = 1,
-            t1_count: int = 0, t1_val: int = 0, fatty_count: int = 0, plain_count: int = 0) -> None:
+            t1_count: int = 0, t1_val: int = 0, fatty_count: int = 0, plain_count: int = 0,
+            subtle_count: int = 0) -> None:
     """Generate phantoms (fixed seeds) and cache them on the model grids, `jobs` at a time.
 
     `t1_count` / `t1_val` add cases with a T1-weighted MRI (their own seed range);
     `fatty_count` adds training cases with a fatty liver (own seed range, T2 and T1 MRI alternating);
-    `plain_count` likewise adds cases where half the lesions have the plain CT look.
+    `plain_count` likewise adds cases where half the lesions have the plain CT look, `subtle_count`
+    cases where half have the subtle one.
     """
     from concurrent.futures import ProcessPoolExecutor
 
@@ -156,7 +166,9 @@ def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int
     work += [(cache, "train", i, T1_TRAIN_SEED + i, size, slices, "t1", "", {}) for i in range(t1_count)]
     work += [(cache, "val", i, T1_VAL_SEED + i, size, slices, "t1", "", {}) for i in range(t1_val)]
     for tag, first_seed, n, overrides in (("_fatty", FATTY_TRAIN_SEED, fatty_count, {"fatty": True}),
-                                          ("_plain", PLAIN_TRAIN_SEED, plain_count, {"plain_lesions": PLAIN_FRACTION})):
+                                          ("_plain", PLAIN_TRAIN_SEED, plain_count, {"plain_lesions": PLAIN_FRACTION}),
+                                          ("_subtle", SUBTLE_TRAIN_SEED, subtle_count,
+                                           {"subtle_lesions": SUBTLE_FRACTION})):
         work += [(cache, "train", i, first_seed + i, size, slices, ("t2", "t1")[i % 2], tag, overrides)
                  for i in range(n)]
     if jobs <= 1:
@@ -227,6 +239,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra training cases with a fatty liver (half with a T1 MRI)")
     parser.add_argument("--plain-count", type=int, default=0,
                         help="extra training cases where half the lesions have a plain (flat) CT look")
+    parser.add_argument("--subtle-count", type=int, default=0,
+                        help="extra training cases where half the lesions have a subtle (near-isodense or flat bright) CT look")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint (a new LR cycle)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--init-from", type=Path, help="weights folder to fine-tune, with a fresh optimiser")
@@ -237,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.step in ("prepare", "all"):
         prepare(args.cache, args.count, args.val, args.size, args.slices, args.jobs, args.t1_count, args.t1_val,
-                args.fatty_count, args.plain_count)
+                args.fatty_count, args.plain_count, args.subtle_count)
     if args.step == "train":
         if not args.model:
             parser.error("train needs a model name")

@@ -18,6 +18,7 @@ lesion_types=[...] subset of TYPES; lesion_diameters=(lo, hi) mm; flip / directi
 'flip_z' | 'flip_x' | 'flip_all' | 'oblique' | 9 numbers; mri_sequence='t2' | 't1';
 with_mri=bool; noise=CT noise SD in HU; fatty / cirrhotic / artefacts = bool;
 plain_lesions=fraction of lesions with a flat CT look (training variety; default 0);
+subtle_lesions=fraction with a near-isodense or flat bright CT look (likewise);
 mri_spacing, mri_direction (as for the CT); debug=True adds `case.debug` (tissue map
 with names, noise-free CT).
 

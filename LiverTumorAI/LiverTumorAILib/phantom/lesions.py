@@ -30,6 +30,13 @@ only the fine texture. Many real lesions look like that on one phase (small meta
 without capsule); a network trained only on the rims, capsules and nodules above learns to
 mark only a lesion's dark core, so training mixes some in. Drawn only when asked for, so a
 case made without it is unchanged.
+
+Subtle CT look (opt-in, `subtle_lesions` = fraction of the non-cyst lesions, default 0): half
+near-isodense, a thin bright rim (L+5..L+15, 1.5-3 mm) around a faint core (L-35..L-10), whose
+mean is within a few HU of the liver; half a flat bright ball (L+20..L+50), which a network that
+has seen only tubular bright vessels and nodular haemangiomas dismisses as a vessel. Real
+portal-phase scans show both (small metastases, flash-filling haemangiomas, hypervascular
+lesions); drawn after `plain`, so a case made without it is unchanged.
 """
 
 from __future__ import annotations
@@ -179,7 +186,12 @@ def _appearance(les: Lesion, nod_dirs: np.ndarray, spokes: np.ndarray) -> Callab
         else:
             tex_amp = lk["tex_mr"] * (liver if mod == "t2" else liver * 0.6)
         scale_t2 = (liver / 95.0) if mod == "t2" else (liver / 175.0)
-        if mod == "ct" and lk.get("plain"):
+        if mod == "ct" and lk.get("subtle"):
+            if lk["subtle_rim_t"] > 0:
+                v = np.where(depth < lk["subtle_rim_t"], liver + lk["subtle_rim"], liver + lk["subtle_core"]).astype(np.float32)
+            else:
+                v = np.full(d.shape, liver + lk["subtle_core"], np.float32)
+        elif mod == "ct" and lk.get("plain"):
             v = np.full(d.shape, liver + lk["plain_ct"], np.float32)
         elif kind == "cyst":
             v = np.full(d.shape, lk["ct"] if mod == "ct" else lk[mod] * scale_t2, np.float32)
@@ -243,10 +255,12 @@ def _unit_dirs(rng: np.random.Generator, n: int) -> np.ndarray:
 def sample_lesions(rng: np.random.Generator, liver_sdf: Callable, liver_lo: Vec3, liver_hi: Vec3,
                    ct_grid: Grid, patient: Patient, cirrhotic: bool, n_lesions=None,
                    lesion_types: Optional[Sequence[str]] = None,
-                   diameters: Optional[Tuple[float, float]] = None, plain: float = 0.0) -> List[Lesion]:
+                   diameters: Optional[Tuple[float, float]] = None, plain: float = 0.0,
+                   subtle: float = 0.0) -> List[Lesion]:
     """Place non-touching lesions inside the liver, preferring the CT field of view.
 
-    `plain` is the probability that a lesion gets the plain CT look (module docstring)."""
+    `plain` / `subtle` are the probabilities that a lesion gets the plain / subtle CT look
+    (module docstring)."""
     if n_lesions is None:
         n = int(rng.choice(7, p=[0.1, 0.28, 0.2, 0.15, 0.11, 0.09, 0.07]))
     elif isinstance(n_lesions, (tuple, list)):
@@ -304,7 +318,19 @@ def sample_lesions(rng: np.random.Generator, liver_sdf: Callable, liver_lo: Vec3
             if les.type != "cyst" and rng.random() < plain:
                 hyper = rng.random() < 0.2
                 les.look.update(plain=1.0, plain_ct=float(rng.uniform(15, 45) if hyper else -rng.uniform(15, 70)))
+    if subtle > 0:  # likewise drawn only when asked for
+        for les in out:
+            if les.type != "cyst" and rng.random() < subtle:
+                les.look.update(subtle=1.0, **_subtle_look(rng))
     return out
+
+
+def _subtle_look(rng: np.random.Generator) -> Dict[str, float]:
+    """Near-isodense rim + faint core, or a flat bright ball (module docstring)."""
+    if rng.random() < 0.5:
+        return {"subtle_rim": float(rng.uniform(5, 15)), "subtle_rim_t": float(rng.uniform(1.5, 3.0)),
+                "subtle_core": -float(rng.uniform(10, 35))}
+    return {"subtle_rim": 0.0, "subtle_rim_t": 0.0, "subtle_core": float(rng.uniform(20, 50))}
 
 
 def lesion_structures(rng: np.random.Generator, lesions: List[Lesion], liver_sdf: Callable) -> Tuple[List[Structure], Callable]:
