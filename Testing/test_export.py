@@ -477,3 +477,18 @@ def test_dicom_seg_from_dicom_with_blank_uids_uses_derived_ct(blank_uid_dicom_re
         assert ds.FrameOfReferenceUID == src.FrameOfReferenceUID
     for name in ("labelmap.nii.gz", "report.html", "surfaces/Liver.stl", "surfaces/Lesion_1.stl"):
         assert (out / name).is_file(), name
+
+
+def test_overview_picture_renders_a_result(phantom_result, tmp_path):
+    """docs/render_overview.py (the extension's overview picture) draws a real result: the PNG
+    exists, has the figure's size, and is not blank."""
+    import runpy
+
+    import matplotlib.image as mpimg
+
+    folder = phantom_result[0]
+    render = runpy.run_path(str(Path(__file__).resolve().parents[1] / "docs" / "render_overview.py"))["render_overview"]
+    png = render(folder, tmp_path / "overview.png")
+    pixels = mpimg.imread(str(png))
+    assert pixels.shape[0] > 300 and pixels.shape[1] > 900
+    assert float(pixels[..., :3].std()) > 0.05  # CT, contours and table drawn, not an empty canvas
