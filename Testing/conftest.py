@@ -35,3 +35,14 @@ def _torch_threads():
     except ImportError:
         pass
     yield
+
+
+@pytest.fixture(scope="session")
+def small_phantom_case(tmp_path_factory) -> Path:
+    """A 64 x 64 x 16 phantom case folder (seed 4242: CT, MRI, label, lesions, truth), written once:
+    the input of the quick CLI and pipeline runs. Read it; write outputs elsewhere."""
+    from LiverTumorAILib.phantom import generate_case, write_case
+
+    folder = tmp_path_factory.mktemp("small_phantom") / "case"
+    write_case(generate_case(4242, size=64, slices=16), folder)
+    return folder

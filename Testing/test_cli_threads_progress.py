@@ -25,13 +25,9 @@ needs_weights = pytest.mark.skipif(
 )
 
 
-@pytest.fixture(scope="module")
-def case(tmp_path_factory) -> Path:
-    from LiverTumorAILib.phantom import generate_case, write_case
-
-    folder = tmp_path_factory.mktemp("threads") / "case"
-    write_case(generate_case(4242, size=64, slices=16), folder)
-    return folder
+@pytest.fixture
+def case(small_phantom_case: Path) -> Path:
+    return small_phantom_case
 
 
 @pytest.fixture
