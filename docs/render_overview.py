@@ -16,13 +16,6 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-CT_WINDOW = (-160.0, 240.0)
-
-
-def _axial_lps(image: sitk.Image) -> np.ndarray:
-    """Array in radiological orientation (rows anterior->posterior, columns right->left)."""
-    return sitk.GetArrayFromImage(sitk.DICOMOrient(image, "LPS"))
-
 
 def render_overview(result_dir: Path, out_png: Path) -> Path:
     """Two axial panels (segmentation contours; heatmap overlay) and the lesion table, one PNG."""
@@ -31,17 +24,22 @@ def render_overview(result_dir: Path, out_png: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from LiverTumorAILib.export.html_report import CT_WINDOW, axial_lps
     from LiverTumorAILib.export.result import load_result
+
+    def radiological(image: sitk.Image) -> np.ndarray:  # rows anterior->posterior, columns right->left
+        return sitk.GetArrayFromImage(axial_lps(image))
 
     data = load_result(result_dir, None)
     if data.ct is None:
         raise SystemExit(f"{result_dir}: the CT named in report.json is not there")
-    ct, label = _axial_lps(data.ct), _axial_lps(data.label)
-    lesions = _axial_lps(data.lesions) if data.lesions is not None else (label == 2).astype(np.uint8)
+    ct_image = axial_lps(data.ct)
+    ct, label = sitk.GetArrayFromImage(ct_image), radiological(data.label)
+    lesions = radiological(data.lesions) if data.lesions is not None else (label == 2).astype(np.uint8)
     heat_path = result_dir / "heatmap.nii.gz"
-    heat = _axial_lps(sitk.ReadImage(str(heat_path))) if heat_path.exists() else np.zeros(ct.shape, np.float32)
+    heat = radiological(sitk.ReadImage(str(heat_path))) if heat_path.exists() else np.zeros(ct.shape, np.float32)
     z = int(np.argmax((lesions > 0).sum(axis=(1, 2)))) if lesions.any() else int(np.argmax((label > 0).sum(axis=(1, 2))))
-    sx, sy, _ = sitk.DICOMOrient(data.ct, "LPS").GetSpacing()
+    sx, sy, _ = ct_image.GetSpacing()
 
     fig = plt.figure(figsize=(13, 4.6), dpi=100)
     grid = fig.add_gridspec(1, 3, width_ratios=[1, 1, 1.15])

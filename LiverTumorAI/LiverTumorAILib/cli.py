@@ -64,8 +64,7 @@ def _formats(text: str) -> List[str]:
 # --------------------------------------------------------------------------- parser
 
 
-def _add_common(p: argparse.ArgumentParser, *, device: bool = True, overwrite: bool = True,
-                progress: bool = True) -> None:
+def _add_common(p: argparse.ArgumentParser, *, device: bool = True, overwrite: bool = True) -> None:
     if device:
         p.add_argument("--device", choices=DEVICES, default="auto",
                        help="where to run the models (default: auto = GPU if available, else CPU)")
@@ -75,10 +74,9 @@ def _add_common(p: argparse.ArgumentParser, *, device: bool = True, overwrite: b
         p.add_argument("--overwrite", action="store_true",
                        help="replace an existing output folder LiverTumorAI wrote, once the new one is complete "
                             "(a folder holding anything else is refused, never deleted)")
-    if progress:
-        p.add_argument("--progress", choices=MODES, default="bar",
-                       help="progress display: bar (default), json (one JSON object per line on stderr, "
-                            "for Slicer and scripts) or none")
+    p.add_argument("--progress", choices=MODES, default="bar",
+                   help="progress display: bar (default), json (one JSON object per line on stderr, "
+                        "for Slicer and scripts) or none")
 
 
 def build_parser() -> argparse.ArgumentParser:

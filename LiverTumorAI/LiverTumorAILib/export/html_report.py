@@ -30,7 +30,7 @@ def _fmt(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _axial(image: sitk.Image) -> sitk.Image:
+def axial_lps(image: sitk.Image) -> sitk.Image:
     """Reorient to LPS so array rows run anterior->posterior and columns right->left (radiological)."""
     try:
         return sitk.DICOMOrient(image, "LPS")
@@ -72,12 +72,12 @@ def key_image(ct: Optional[np.ndarray], merged: np.ndarray, value: int, liver_va
 def render(data: ResultData) -> str:
     report = data.report
     lesions = list(report.get("lesions") or [])
-    merged_img = _axial(data.merged)
+    merged_img = axial_lps(data.merged)
     merged = sitk.GetArrayFromImage(merged_img)
     ct = data.ct
     ct_arr = None
     if ct is not None and ct.GetSize() == data.merged.GetSize():
-        ct_arr = sitk.GetArrayFromImage(_axial(ct)).astype(np.float32)
+        ct_arr = sitk.GetArrayFromImage(axial_lps(ct)).astype(np.float32)
     sx, sy, _ = merged_img.GetSpacing()
     liver_value = next((v for v, s in data.specs if s.name == "Liver"), None)
     images = []
