@@ -243,6 +243,37 @@ def test_clean_label_map_drops_a_vessel_shaped_lesion_and_keeps_a_round_one():
     assert (kept[vessel] == 2).mean() > 0.9
 
 
+def test_a_lesion_cut_by_the_scans_first_slice_is_not_taken_for_a_vessel():
+    """A 36 mm lesion centred 5 mm before the first slice, drawn from the third slice, is a 10 mm deep cap (a plate, more
+    than 2.5 times wider than deep): at the scan's edge it stays, a tube there still goes, and the
+    same cap away from the scan's edge (a sub-region's face) goes."""
+    from LiverTumorAILib.postprocess import MAX_LESION_ELONGATION, component_elongation
+
+    organ = np.zeros(SHAPE, bool)
+    organ[0:-2, 5:-5, 5:-5] = True  # the liver goes on before the scan's first slice
+    cap = _ball(18.0, centre=(-5.0 / SPACING[0], 45, 45))
+    cap[:2] = False  # networks often leave the scan's very first slice unlabelled, the edge refinement the next
+    tube = np.zeros(SHAPE, bool)
+    tube[1:4, 20:24, 10:80] = True  # 7.5 x 4 x 70 mm along the first slices: a vessel
+    rng = np.random.default_rng(3)
+    hu = rng.normal(100.0, 6.0, SHAPE).astype(np.float32)
+    hu[cap] = rng.normal(40.0, 6.0, int(cap.sum()))
+    hu[tube] = 180.0
+    hu[~organ] = -100.0
+    label = organ.astype(np.uint8)
+    label[cap | tube] = 2
+    assert component_elongation(cap.astype(np.int32), SPACING)[0] > MAX_LESION_ELONGATION  # a plate, 4 slices deep
+    config = PostprocessConfig(lesion_edge_band_mm=0.0)
+    notes: dict = {}
+    cleaned = clean_label_map(label, SPACING, config, ct_hu=hu, notes=notes)
+    assert (cleaned[cap] == 2).all() and (cleaned[tube] == 1).all()
+    assert notes["elongated_lesions_removed"] == 1
+    inside = [(False, True), (True, True), (True, True)]  # the region's first slice is not the scan's
+    notes = {}
+    cleaned = clean_label_map(label, SPACING, config, ct_hu=hu, notes=notes, scan_faces=inside)
+    assert (cleaned[cap] == 1).all() and notes["elongated_lesions_removed"] == 2
+
+
 def test_a_split_lesion_keeps_its_main_piece_and_lobes_of_lesion_size_only():
     from scipy import ndimage
 
@@ -299,3 +330,11 @@ def test_a_noisy_ct_is_smoothed_more_before_the_edge_is_left_alone(monkeypatch):
     assert refined.refined == 1 and _dice(refined.tumour, truth) > 0.9 > _dice(drawn, truth) + 0.1
     monkeypatch.setattr(boundary, "SMOOTH_NOISY_MM", boundary.SMOOTH_MM)  # no second try: the edge stays
     assert (refine_lesion_boundaries(drawn, organ, hu, SPACING).tumour == drawn).all()
+
+
+def test_region_scan_faces_names_the_faces_where_the_scan_ends():
+    from LiverTumorAILib.inference.engine import region_scan_faces
+
+    # region x 0..9 of 10, y 5..24 of 40, z 0..29 of 30 (start and size x y z, shape z y x)
+    assert region_scan_faces((0, 5, 0), (10, 20, 30), (30, 40, 10)) == [(True, True), (False, False), (True, True)]
+    assert region_scan_faces((2, 0, 3), (8, 40, 27), (30, 40, 10)) == [(False, True), (True, True), (False, True)]

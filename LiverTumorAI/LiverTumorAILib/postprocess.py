@@ -32,7 +32,10 @@
   CT barely shows the lesion, the MRI) crosses half-way between lesion and liver, within
   `lesion_edge_band_mm` of the network's edge (lesion_boundary.py; 0 = off), and a lesion
   more than `max_lesion_elongation` times longer than it is thin (principal axes) goes back to
-  liver: a vessel or a fissure, not a lesion (0 = off).
+  liver: a vessel or a fissure, not a lesion (0 = off). A lesion at the scan's edge (within
+  `FOV_EDGE_GAP_VOXELS` of its first or last slice, or of a side it cuts) is measured longest
+  against middle axis instead: the scan may have cut its thinnest axis (a 30 mm metastasis of
+  which the first slices show 12 mm is a plate, not a vessel), so there only a tube counts.
 
 Every step works inside the bounding box of what it labels (the organ, the tumour), so a
 long scan costs what its liver costs: connected-component labels are int32, and a
@@ -70,6 +73,14 @@ TUMOUR_MARGIN_MM = 3.0
 MAX_LESION_ELONGATION = 2.5
 #: ... measured only on lesions at least this many voxels across on every axis
 MIN_SHAPE_VOXELS = 3
+#: a lesion this close (voxels) to a face where the scan ends may be cut by it: 2.5D networks often
+#: leave the scan's very first or last slice unlabelled (its slab is padded) and the edge refinement
+#: may trim the next as partial volume (a 29 mm metastasis cut by an unseen phantom's first slice:
+#: drawn from the second slice, refined from the third)
+FOV_EDGE_GAP_VOXELS = 2
+
+#: per array axis (z, y, x): whether the (low, high) face is where the scan ends
+Faces = Sequence[tuple[bool, bool]]
 
 
 @dataclass
@@ -171,6 +182,7 @@ def clean_label_map(
     head_foot_axis: int = 0,
     notes: dict | None = None,
     mri: np.ndarray | None = None,
+    scan_faces: Faces | None = None,
 ) -> np.ndarray:
     """Return a cleaned uint8 label map (0 bg, 1 liver, 2 tumour) on the same grid.
 
@@ -179,7 +191,8 @@ def clean_label_map(
     the checks of hu_guards.py (the slice check along `head_foot_axis`, array axis in z y x
     order); `mri` (same grid, float, NaN outside its field of view) lets the lesion contrast check
     keep a lesion the MRI shows; `notes`, if given, receives what they found and removed (for
-    report.json).
+    report.json). `scan_faces` says which faces of `label` are the scan's own edges (None: all, the
+    label covering the whole scan; the engine passes a sub-region's), for the elongation check.
 
     Computed inside the organ's bounding box (+ the tumour margin): components, holes and
     the dilated envelope are the same there as on the whole grid, since nothing of the
@@ -231,7 +244,9 @@ def clean_label_map(
             notes["lesion_edges_added_ml"] = round(edges.added_ml, 2)
             notes["lesion_edges_removed_ml"] = round(edges.removed_ml, 2)
     if tissue is not None and config.max_lesion_elongation > 0:
-        tumour = _drop_elongated_lesions(tumour, spacing_zyx, config.max_lesion_elongation, notes)
+        faces = [(True, True)] * 3 if scan_faces is None else scan_faces
+        cut = [(c.start == 0 and low, c.stop == n and high) for c, (low, high), n in zip(crop, faces, label.shape)]
+        tumour = _drop_elongated_lesions(tumour, spacing_zyx, config.max_lesion_elongation, notes, cut)
     cleaned = organ.astype(np.uint8)
     cleaned[tumour] = 2
     out[crop] = cleaned
@@ -313,11 +328,15 @@ def component_thickness_mm(labels: np.ndarray, spacing_zyx: Sequence[float]) -> 
                      for box in boxes], dtype=float)
 
 
-def component_elongation(labels: np.ndarray, spacing_zyx: Sequence[float]) -> np.ndarray:
+def component_elongation(labels: np.ndarray, spacing_zyx: Sequence[float], against_middle: np.ndarray | bool = False,
+                         ) -> np.ndarray:
     """sqrt(largest / smallest principal variance) of each component 1..n of `labels`, in mm,
     each voxel counted as the box it is (s^2 / 12 added along each axis: a blob one voxel deep
-    has that voxel's thickness, not none): 1 for a ball, a / c for a solid ellipsoid."""
+    has that voxel's thickness, not none): 1 for a ball, a / c for a solid ellipsoid.
+    Where `against_middle` (per component, or for all) holds, largest / middle instead: a / b,
+    large only for a tube."""
     spacing = np.asarray(spacing_zyx, dtype=float)
+    middle = np.broadcast_to(np.asarray(against_middle, dtype=bool), (int(labels.max(initial=0)),))
     out = []
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
@@ -328,19 +347,32 @@ def component_elongation(labels: np.ndarray, spacing_zyx: Sequence[float]) -> np
         if len(points) > 1:
             covariance = covariance + np.cov(points, rowvar=False)
         variances = np.linalg.eigvalsh(covariance)
-        out.append(float(np.sqrt(variances[-1] / variances[0])))
+        out.append(float(np.sqrt(variances[-1] / variances[1 if middle[index - 1] else 0])))
     return np.array(out, dtype=float)
 
 
+def near_scan_edge(labels: np.ndarray, cut_faces: Faces) -> np.ndarray:
+    """Per component 1..n of `labels`: whether its bounding box comes within `FOV_EDGE_GAP_VOXELS`
+    of a face in `cut_faces` (per axis, low and high face: where the scan ends)."""
+    near = []
+    for box in ndimage.find_objects(labels):
+        near.append(box is not None and any(
+            (low and b.start <= FOV_EDGE_GAP_VOXELS) or (high and b.stop >= n - FOV_EDGE_GAP_VOXELS)
+            for b, (low, high), n in zip(box, cut_faces, labels.shape)))
+    return np.array(near, dtype=bool)
+
+
 def _drop_elongated_lesions(tumour: np.ndarray, spacing_zyx: Sequence[float], max_elongation: float,
-                            notes: dict | None) -> np.ndarray:
+                            notes: dict | None, cut_faces: Faces = ((False, False),) * 3) -> np.ndarray:
     """`tumour` without the components more elongated than `max_elongation` (vessels, fissures);
     `notes` receives how many and their volumes (ml). A component fewer than `MIN_SHAPE_VOXELS`
     voxels across on an axis is kept: its shape along that axis is not resolved (a round lesion
-    drawn on one 5 mm slice looks like a plate)."""
+    drawn on one 5 mm slice looks like a plate). A component near a face in `cut_faces` (the
+    scan's end) is measured longest against middle axis: only a tube is dropped there."""
     labels, _ = ndimage.label(tumour, structure=np.ones((3, 3, 3), bool))
     voxels_across = component_thickness_mm(labels, np.ones(3))  # bounding-box extent in voxels
-    tubular = (component_elongation(labels, spacing_zyx) > max_elongation) & (voxels_across >= MIN_SHAPE_VOXELS)
+    elongation = component_elongation(labels, spacing_zyx, against_middle=near_scan_edge(labels, cut_faces))
+    tubular = (elongation > max_elongation) & (voxels_across >= MIN_SHAPE_VOXELS)
     _note_dropped(notes, "elongated_lesions", tumour, labels, tubular, float(np.prod(spacing_zyx)))
     if not tubular.any():
         return tumour

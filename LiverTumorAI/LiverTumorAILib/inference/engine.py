@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -257,7 +257,8 @@ def segment_volume(
         label_full[sl] = clean_label_map(label, spacing_zyx, clean, tumour_probability=tumour_u8,
                                          ct_hu=sitk.GetArrayViewFromImage(ct)[sl] if hu_checks else None,
                                          head_foot_axis=head_foot_axis(ct),
-                                         notes=hu_found, mri=mri_on_region)
+                                         notes=hu_found, mri=mri_on_region,
+                                         scan_faces=region_scan_faces(start, size, full_shape))
         del label, tumour_u8, mri_on_region
         maps = pred.attention
         if maps and not all_attention_sources:  # combine on the small model grid: one full-size array
@@ -278,6 +279,12 @@ def segment_volume(
         hu_checks=hu_found,
         ct_fallback=fallback,
     )
+
+
+def region_scan_faces(start: Sequence[int], size: Sequence[int], full_shape_zyx: Sequence[int]) -> list[tuple[bool, bool]]:
+    """Per array axis (z, y, x) of the region `start`/`size` (x, y, z voxels) of a scan shaped
+    `full_shape_zyx`: whether its (low, high) face is the scan's own edge."""
+    return [(s == 0, s + n == total) for s, n, total in zip(reversed(start), reversed(size), full_shape_zyx)]
 
 
 def _fallback_loader(load: Callable[[], LoadedModel | None], seg: LoadedModel, warn) -> Callable[[], LoadedModel | None]:
