@@ -135,3 +135,30 @@ def test_engine_thickness_filter_keeps_lesions_and_returns_blobs_to_liver():
     # the same blob on a 5 mm slice is as thick as a small lesion there: kept
     assert drop_thin_lesions(label == 2, (5.0, 1.0, 1.0), 3.0)[flat].all()
     assert (clean_label_map(label, SPACING, PostprocessConfig(min_lesion_mm3=1.0))[flat] == 2).all()  # off by default
+
+
+def test_components_are_counted_after_the_engines_hu_checks():
+    """An isodense blob the network drew (no contrast on the CT: the engine's check drops it) is no
+    false positive for the filters to remove: counted after the checks, no filter is needed."""
+    from training.tune_postprocess import checked_components
+
+    shape = (20, 60, 60)
+    truth = np.zeros(shape, np.uint8)
+    truth[2:18, 5:55, 5:55] = 1
+    lesion, blob = _ball(shape, (10, 20, 20), 7.0), _ball(shape, (10, 42, 38), 4.0)
+    truth[lesion] = 2
+    rng = np.random.default_rng(0)
+    hu = rng.normal(100.0, 5.0, shape).astype(np.float32)
+    hu[lesion] = rng.normal(40.0, 5.0, int(lesion.sum()))
+    hu[truth == 0] = -100.0
+    probabilities = np.zeros((3,) + shape, np.float32)
+    probabilities[0] = truth == 0
+    probabilities[1] = truth == 1
+    probabilities[:, lesion | blob] = 0.0
+    probabilities[2, lesion], probabilities[2, blob] = 0.99, 0.72
+    probabilities[1, blob] = 0.28
+    checked = [checked_components(n, probabilities, hu, truth, SPACING) for n in "ab"]
+    drawn = [checked_components(n, probabilities, hu, truth, SPACING, hu_checks=False) for n in "ab"]
+    assert [len(c.predicted) for c in checked] == [1, 1] and [len(c.predicted) for c in drawn] == [2, 2]
+    assert choose_filters(checked)[:2] == (0.0, 0.0)
+    assert choose_filters(drawn)[0] == 0.75  # the blob (peak 0.72) had to be filtered

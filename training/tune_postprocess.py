@@ -23,6 +23,13 @@ than a blob the reader deletes. The cases are the make_demo_weights cache (``seg
 model grid; validation seeds, never the held-out benchmark cases). The chosen value, the grid and
 the counts are written to ``manifest["postprocess"]`` with ``--write`` (the weights file and its
 sha256 are untouched).
+
+The components are counted after the engine's other lesion checks (postprocess.py with the CT's
+HU: lesions in another tissue, without contrast, vessel-shaped), as ``segment`` runs by default:
+the filters only have to remove what those checks leave, so counting the blobs the checks remove
+anyway made the rule pick a stricter filter than the pipeline needs (``--no-hu-checks`` counts
+as before). The validation cache's MRI is z-scored, not the signal the contrast check reads, so the
+check sees the CT alone here: a lesion only the MRI shows counts as unseen for every pair alike.
 """
 
 from __future__ import annotations
@@ -102,13 +109,25 @@ def choose_filters(cases: Sequence[CaseComponents], grid: Sequence[float] = THRE
     return chosen["threshold"], chosen["min_thickness_mm"], table
 
 
-def components_from_cache(model_name: str, cache: Path, weights_dir: Path | None) -> tuple[list[CaseComponents], dict]:
-    """Run the model over the cached validation cases (model grid) and collect their components."""
+def checked_components(case: str, probabilities: np.ndarray, ct_hu: np.ndarray, truth: np.ndarray,
+                       spacing_zyx: Sequence[float], hu_checks: bool = True) -> CaseComponents:
+    """The components of one case's (3, z, y, x) `probabilities` as the engine leaves them with both
+    tuned filters off: argmax, clean-up, and the HU checks on `ct_hu` unless `hu_checks` is False."""
+    from LiverTumorAILib.postprocess import PostprocessConfig, clean_label_map
+
+    label = clean_label_map(np.argmax(probabilities, axis=0).astype(np.uint8), spacing_zyx, PostprocessConfig(),
+                            ct_hu=ct_hu.astype(np.float32) if hu_checks else None)
+    return case_components(case, label, probabilities[2], truth, spacing_zyx)
+
+
+def components_from_cache(model_name: str, cache: Path, weights_dir: Path | None,
+                          hu_checks: bool = True) -> tuple[list[CaseComponents], dict]:
+    """Run the model over the cached validation cases (model grid) and collect their components,
+    after the engine's HU checks unless `hu_checks` is False."""
     import torch
 
     from LiverTumorAILib.inference.engine import load_model
     from LiverTumorAILib.inference.slab import predict_volume
-    from LiverTumorAILib.postprocess import clean_label_map
     from LiverTumorAILib.preprocess import DEFAULT_SPACING_MM, DEFAULT_WINDOW_HU, normalize_ct
     from training.seg_trainer import load_prepared
 
@@ -126,13 +145,14 @@ def components_from_cache(model_name: str, cache: Path, weights_dir: Path | None
         mri = case.mri.astype(np.float32) if mri_offsets and case.mri is not None else None
         pred = predict_volume(loaded.model, ct, ct_offsets=config.get("ct_offsets", [0]), mri=mri,
                               mri_offsets=mri_offsets, keep_attention=False)
-        label = clean_label_map(np.argmax(pred.probabilities, axis=0).astype(np.uint8), spacing_zyx)
-        cases.append(case_components(case.case_id, label, pred.probabilities[2], case.label, spacing_zyx))
+        cases.append(checked_components(case.case_id, pred.probabilities, case.ct_hu, case.label, spacing_zyx,
+                                        hu_checks))
         print(f"{case.case_id}: {len(cases[-1].predicted)} tumour components", flush=True)
     return cases, loaded.manifest
 
 
-def write_filters(weights_folder: Path, threshold: float, thickness_mm: float, table: list[dict], n_cases: int) -> None:
+def write_filters(weights_folder: Path, threshold: float, thickness_mm: float, table: list[dict], n_cases: int,
+                  hu_checks: bool = True) -> None:
     """Record both filters in the model's manifest (atomically); the weights file is not touched."""
     from LiverTumorAILib.io.atomic import write_text_atomic
 
@@ -142,6 +162,7 @@ def write_filters(weights_folder: Path, threshold: float, thickness_mm: float, t
         "min_tumour_peak": threshold,
         "min_lesion_thickness_mm": thickness_mm,
         "tuned_on": f"{n_cases} validation phantoms (make_demo_weights cache, validation seeds)",
+        "counted_after": "the HU checks (CT alone)" if hu_checks else "the network's drawing (HU checks off)",
         "rule": ("lowest threshold, then thickness, keeping every validation lesion >= 10 mm found with both "
                  f"filters off and within {FP_TOLERANCE} FP/case of the best such pair"),
         "table": table,
@@ -156,11 +177,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, default=None, help="weights root (default: the bundled Resources/Models)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--write", action="store_true", help="store the chosen threshold in the model's manifest")
+    parser.add_argument("--no-hu-checks", action="store_true",
+                        help="count the components as the network drew them, before the engine's HU checks")
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(args.threads)
-    cases, _ = components_from_cache(args.model, args.cache, args.weights)
+    cases, _ = components_from_cache(args.model, args.cache, args.weights, hu_checks=not args.no_hu_checks)
     threshold, thickness, table = choose_filters(cases)
     for row in table:
         print(json.dumps(row))
@@ -168,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.write:
         from LiverTumorAILib.weights import find_weights
 
-        write_filters(find_weights(args.model, args.weights), threshold, thickness, table, len(cases))
+        write_filters(find_weights(args.model, args.weights), threshold, thickness, table, len(cases),
+                      hu_checks=not args.no_hu_checks)
     return 0
 
 
