@@ -138,8 +138,8 @@ def test_engine_thickness_filter_keeps_lesions_and_returns_blobs_to_liver():
 
 
 def test_components_are_counted_after_the_engines_hu_checks():
-    """An isodense blob the network drew (no contrast on the CT: the engine's check drops it) is no
-    false positive for the filters to remove: counted after the checks, no filter is needed."""
+    """With `--after-hu-checks`, an isodense blob the network drew (no contrast on the CT: the
+    engine's check drops it) is no false positive for the filters to remove: no filter is needed."""
     from training.tune_postprocess import checked_components
 
     shape = (20, 60, 60)
@@ -157,8 +157,8 @@ def test_components_are_counted_after_the_engines_hu_checks():
     probabilities[:, lesion | blob] = 0.0
     probabilities[2, lesion], probabilities[2, blob] = 0.99, 0.72
     probabilities[1, blob] = 0.28
-    checked = [checked_components(n, probabilities, hu, truth, SPACING) for n in "ab"]
-    drawn = [checked_components(n, probabilities, hu, truth, SPACING, hu_checks=False) for n in "ab"]
+    checked = [checked_components(n, probabilities, hu, truth, SPACING, hu_checks=True) for n in "ab"]
+    drawn = [checked_components(n, probabilities, hu, truth, SPACING) for n in "ab"]
     assert [len(c.predicted) for c in checked] == [1, 1] and [len(c.predicted) for c in drawn] == [2, 2]
     assert choose_filters(checked)[:2] == (0.0, 0.0)
     assert choose_filters(drawn)[0] == 0.75  # the blob (peak 0.72) had to be filtered
