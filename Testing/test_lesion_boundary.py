@@ -244,9 +244,9 @@ def test_clean_label_map_drops_a_vessel_shaped_lesion_and_keeps_a_round_one():
 
 
 def test_a_lesion_cut_by_the_scans_first_slice_is_not_taken_for_a_vessel():
-    """A 36 mm lesion centred 5 mm before the first slice, drawn from the third slice, is a 10 mm deep cap (a plate, more
-    than 2.5 times wider than deep): at the scan's edge it stays, a tube there still goes, and the
-    same cap away from the scan's edge (a sub-region's face) goes."""
+    """A 36 mm lesion centred 5 mm before the first slice, drawn from the third slice, is a 10 mm
+    deep cap (a plate, more than 2.5 times wider than deep): at the scan's edge it stays, a tube
+    there still goes, and the same cap away from the scan's edge (a sub-region's face) goes."""
     from LiverTumorAILib.postprocess import MAX_LESION_ELONGATION, component_elongation
 
     organ = np.zeros(SHAPE, bool)

@@ -328,8 +328,8 @@ def component_thickness_mm(labels: np.ndarray, spacing_zyx: Sequence[float]) -> 
                      for box in boxes], dtype=float)
 
 
-def component_elongation(labels: np.ndarray, spacing_zyx: Sequence[float], against_middle: np.ndarray | bool = False,
-                         ) -> np.ndarray:
+def component_elongation(labels: np.ndarray, spacing_zyx: Sequence[float],
+                         against_middle: np.ndarray | bool = False) -> np.ndarray:
     """sqrt(largest / smallest principal variance) of each component 1..n of `labels`, in mm,
     each voxel counted as the box it is (s^2 / 12 added along each axis: a blob one voxel deep
     has that voxel's thickness, not none): 1 for a ball, a / c for a solid ellipsoid.
