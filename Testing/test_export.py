@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from LiverTumorAILib import cli
 from LiverTumorAILib.errors import InputError
 from LiverTumorAILib.export import run_export
+from LiverTumorAILib.progress import parse_progress_line
 from LiverTumorAILib.scene import scene_available
 
 REPORT = {
@@ -492,3 +496,47 @@ def test_overview_picture_renders_a_result(phantom_result, tmp_path):
     pixels = mpimg.imread(str(png))
     assert pixels.shape[0] > 300 and pixels.shape[1] > 900
     assert float(pixels[..., :3].std()) > 0.05  # CT, contours and table drawn, not an empty canvas
+
+
+# --------------------------------------------------------------------------- export --progress
+
+
+def _export_cli(result: Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "LiverTumorAILib", "export", str(result), "-o", str(out)]
+    cmd += ["--formats", "nifti,stl,html", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONUNBUFFERED": "1", "LIVERTUMORAI_DEBUG": ""})
+
+
+def test_export_progress_json_lines(phantom_result, tmp_path: Path) -> None:
+    result_dir = phantom_result[0]
+    r = _export_cli(result_dir, tmp_path / "json", "--progress", "json")
+    assert r.returncode == 0, r.stderr
+    events = [parse_progress_line(line) for line in r.stderr.splitlines()]
+    assert events and all(e is not None for e in events), r.stderr  # every stderr line is a protocol line
+    stages = [e["stage"] for e in events if e["event"] == "progress"]
+    assert stages == ["read", "nifti", "stl", "html"]
+    fractions = [e["fraction"] for e in events if e["event"] == "progress"]
+    assert fractions == sorted(fractions) and all(0.0 <= f < 1.0 for f in fractions)
+    assert events[-1] == {"event": "done", "outdir": str(tmp_path / "json")}
+
+    # the files are the same whatever the progress display
+    r = _export_cli(result_dir, tmp_path / "none", "--progress", "none")
+    assert r.returncode == 0 and r.stderr == "", r.stderr
+
+    def files(folder: Path) -> list:
+        return sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
+
+    assert files(tmp_path / "json") == files(tmp_path / "none")
+    assert "labelmap.nii.gz" in files(tmp_path / "json")
+    for name in ("labelmap.nii.gz", "labelmap.json"):
+        assert (tmp_path / "json" / name).read_bytes() == (tmp_path / "none" / name).read_bytes()
+
+
+def test_export_progress_default_is_bar(capsys, phantom_result, tmp_path: Path) -> None:
+    result_dir = phantom_result[0]
+    capsys.readouterr()
+    assert cli.main(["export", str(result_dir), "-o", str(tmp_path / "bar"), "--formats", "nifti"]) == 0
+    err = capsys.readouterr().err.splitlines()
+    assert "livertumorai:   0% nifti: writing nifti" in err
+    assert err[-1] == f"livertumorai: done: results in {tmp_path / 'bar'}"
