@@ -250,6 +250,34 @@ def test_subtle_lesions_near_isodense_or_bright_and_off_by_default():
     assert not any("subtle" in lesion["appearance"] for lesion in base.truth["lesions"])
 
 
+def test_bright_lesions_flat_and_brighter_than_liver_and_off_by_default():
+    """`bright_lesions` draws only the flat bright look (20-80 HU above the liver, no rim); cysts
+    keep theirs; at 0 every seed keeps its case."""
+    kw = dict(size=128, slices=32, n_lesions=4, lesion_types=["hcc", "cyst"], lesion_diameters=(20, 35),
+              artefacts=False, noise=2.0)
+    base, zero = generate_case(29, **kw), generate_case(29, bright_lesions=0.0, **kw)
+    assert np.array_equal(arr(base.ct), arr(zero.ct)) and base.truth == zero.truth
+    bright = generate_case(29, bright_lesions=1.0, **kw)
+    ct, les, label = arr(bright.ct).astype(float), arr(bright.lesions), arr(bright.label)
+    liver = np.median(ct[ndimage.binary_erosion(label == 1, iterations=3)])
+    kinds = set()
+    for lesion in bright.truth["lesions"]:
+        inside = les == lesion["id"]
+        if inside.sum() < 100:
+            continue
+        kinds.add(lesion["type"])
+        offset = ct[inside].mean() - liver
+        if lesion["type"] == "cyst":
+            assert "subtle" not in lesion["appearance"] and offset < -40, offset
+        else:
+            look = lesion["appearance"]
+            assert look["subtle"] == 1.0 and look["subtle_rim_t"] == 0.0, look
+            assert 15 < offset < 85, offset
+            core = ndimage.binary_erosion(inside, iterations=2)
+            assert abs(ct[core].mean() - ct[inside].mean()) < 10  # flat: no rim, capsule or core
+    assert kinds == {"hcc", "cyst"}, kinds
+
+
 def test_write_case_and_cohort(tmp_path):
     paths = generate_cohort(tmp_path / "cohort", 2, seed=3, size=48, slices=12)
     assert [p.name for p in paths] == ["case_000", "case_001"]

@@ -2,6 +2,7 @@
 
     python benchmarks/heldout_eval.py -o benchmarks/results/heldout --models dual-stream,tam-unet,fusion
     python benchmarks/heldout_eval.py --generator independent -o work/independent
+    python benchmarks/heldout_eval.py --generator independent --first-seed 7300 --count 16 -o work/fresh
 
 Held-out cases use seeds far from the training seeds and *parameter overrides the demo
 weights never saw as such*: flipped and oblique direction matrices, thin (1.25 mm) and
@@ -52,18 +53,20 @@ HELD_OUT = [
 DEFAULT_COUNT = 8
 
 
-def make_cases(gt_dir: Path, count: int, generator: str = "project") -> list[Path]:
+def make_cases(gt_dir: Path, count: int, generator: str = "project", first_seed: int | None = None) -> list[Path]:
     """Case folders under `gt_dir` (made once, reused): the project's generator with the HELD_OUT
-    overrides, or the independent one (`independent_phantom.py`, seeds from its FIRST_SEED)."""
+    overrides, or the independent one (`independent_phantom.py`, seeds from `first_seed`, by
+    default its FIRST_SEED: a fresh seed range gives cases no rule was worked out on)."""
     from LiverTumorAILib.phantom import generate_case, write_case
 
     if generator == "independent":
         from independent_phantom import FIRST_SEED, make_case
 
+        first = FIRST_SEED if first_seed is None else first_seed
         folders = [gt_dir / f"case_{i:03d}" for i in range(count)]
         for i, folder in enumerate(folders):
             if not (folder / "truth.json").exists():
-                make_case(FIRST_SEED + i, folder)
+                make_case(first + i, folder)
         return folders
     dirs = []
     for i, (seed, overrides) in enumerate(HELD_OUT[:count]):
@@ -117,6 +120,8 @@ def main(argv=None) -> int:
     parser.add_argument("--generator", choices=["project", "independent"], default="project",
                         help="held-out cases from the training generator (other seeds and parameters) or from "
                              "benchmarks/independent_phantom.py, which shares nothing with it")
+    parser.add_argument("--first-seed", type=int, default=None,
+                        help="first seed of the independent generator's cases (default: its FIRST_SEED)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--weights", default=None)
     parser.add_argument("--no-mri", action="store_true",
@@ -129,8 +134,14 @@ def main(argv=None) -> int:
     from LiverTumorAILib.pipeline import run_segment
 
     gt_root = args.output / "gt"
-    gt_dirs = make_cases(gt_root, args.count, args.generator)
+    if args.first_seed is not None and args.generator != "independent":
+        parser.error("--first-seed applies to --generator independent")
+    gt_dirs = make_cases(gt_root, args.count, args.generator, args.first_seed)
     summary: dict = {"cases": len(gt_dirs), "generator": args.generator}
+    if args.generator == "independent":
+        from independent_phantom import FIRST_SEED
+
+        summary["first_seed"] = FIRST_SEED if args.first_seed is None else args.first_seed
     if args.generator == "project":
         summary["held_out"] = [[s, {k: list(v) if isinstance(v, tuple) else v for k, v in o.items()}]
                                for s, o in HELD_OUT[: args.count]]

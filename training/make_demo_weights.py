@@ -42,6 +42,9 @@ PLAIN_TRAIN_SEED, PLAIN_FRACTION = 5000, 0.5
 #: Extra training cases where half the lesions have the subtle CT look (phantom `subtle_lesions`:
 #: near-isodense rim + faint core, or a flat bright ball); T2 and T1 MRI alternating.
 SUBTLE_TRAIN_SEED, SUBTLE_FRACTION = 6000, 0.5
+#: Extra training cases where most lesions are flat bright balls (phantom `bright_lesions`), 8-30 mm:
+#: the CT-only networks' commonest miss on the independent generator (README); T2 / T1 alternating.
+BRIGHT_TRAIN_SEED, BRIGHT_OVERRIDES = 8000, {"bright_lesions": 0.7, "lesion_diameters": (8.0, 30.0)}
 
 MODEL_SETTINGS = {
     "dual-stream": {"loss": "dice_bce", "batch_size": 8, "lr": 1e-3, "val_every": 4},
@@ -125,11 +128,12 @@ def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
     fatty = len(list((cache / "seg" / "train").glob("train_fatty_*.npz"))) if cache else 0
     plain = len(list((cache / "seg" / "train").glob("train_plain_*.npz"))) if cache else 0
     subtle = len(list((cache / "seg" / "train").glob("train_subtle_*.npz"))) if cache else 0
+    bright = len(list((cache / "seg" / "train").glob("train_bright_*.npz"))) if cache else 0
     record = {
         "description": DEMO_WEIGHTS_NOTICE,
         "synthetic": True,
         "generator": "LiverTumorAILib.phantom.generate_case",
-        "train_seeds": [TRAIN_SEED, TRAIN_SEED + count - t1_train - fatty - plain - subtle - 1],
+        "train_seeds": [TRAIN_SEED, TRAIN_SEED + count - t1_train - fatty - plain - subtle - bright - 1],
         "val_seeds": [VAL_SEED, VAL_SEED + val - t1_val - 1],
         "cases": count,
         "val_cases": val,
@@ -147,6 +151,10 @@ def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
     if subtle:
         record["subtle_lesion_train_seeds"] = [SUBTLE_TRAIN_SEED, SUBTLE_TRAIN_SEED + subtle - 1]
         record["subtle_lesion_train_note"] = (f"generate_case(seed, subtle_lesions={SUBTLE_FRACTION}); "
+                                              "odd seeds with a T1 MRI, even with T2")
+    if bright:
+        record["bright_lesion_train_seeds"] = [BRIGHT_TRAIN_SEED, BRIGHT_TRAIN_SEED + bright - 1]
+        record["bright_lesion_train_note"] = (f"generate_case(seed, **{BRIGHT_OVERRIDES}); "
                                               "odd seeds with a T1 MRI, even with T2")
     return record
 
@@ -177,13 +185,13 @@ def _prepare_one(job: tuple) -> str:
 
 def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int = 1,
             t1_count: int = 0, t1_val: int = 0, fatty_count: int = 0, plain_count: int = 0,
-            subtle_count: int = 0) -> None:
+            subtle_count: int = 0, bright_count: int = 0) -> None:
     """Generate phantoms (fixed seeds) and cache them on the model grids, `jobs` at a time.
 
     `t1_count` / `t1_val` add cases with a T1-weighted MRI (their own seed range);
     `fatty_count` adds training cases with a fatty liver (own seed range, T2 and T1 MRI alternating);
     `plain_count` likewise adds cases where half the lesions have the plain CT look, `subtle_count`
-    cases where half have the subtle one.
+    cases where half have the subtle one, `bright_count` cases where most are flat bright balls.
     """
     from concurrent.futures import ProcessPoolExecutor
 
@@ -194,7 +202,8 @@ def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int
     for tag, first_seed, n, overrides in (("_fatty", FATTY_TRAIN_SEED, fatty_count, {"fatty": True}),
                                           ("_plain", PLAIN_TRAIN_SEED, plain_count, {"plain_lesions": PLAIN_FRACTION}),
                                           ("_subtle", SUBTLE_TRAIN_SEED, subtle_count,
-                                           {"subtle_lesions": SUBTLE_FRACTION})):
+                                           {"subtle_lesions": SUBTLE_FRACTION}),
+                                          ("_bright", BRIGHT_TRAIN_SEED, bright_count, BRIGHT_OVERRIDES)):
         work += [(cache, "train", i, first_seed + i, size, slices, ("t2", "t1")[i % 2], tag, overrides)
                  for i in range(n)]
     if jobs <= 1:
@@ -267,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="extra training cases where half the lesions have a plain (flat) CT look")
     parser.add_argument("--subtle-count", type=int, default=0,
                         help="extra training cases where half the lesions have a subtle (near-isodense or flat bright) CT look")
+    parser.add_argument("--bright-count", type=int, default=0,
+                        help="extra training cases where most lesions (8-30 mm) are flat bright balls on the CT")
     parser.add_argument("--resume", action="store_true", help="continue from the last checkpoint (a new LR cycle)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda", "auto"])
     parser.add_argument("--init-from", type=Path, help="weights folder to fine-tune, with a fresh optimiser")
@@ -277,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.step in ("prepare", "all"):
         prepare(args.cache, args.count, args.val, args.size, args.slices, args.jobs, args.t1_count, args.t1_val,
-                args.fatty_count, args.plain_count, args.subtle_count)
+                args.fatty_count, args.plain_count, args.subtle_count, args.bright_count)
     if args.step == "train":
         if not args.model:
             parser.error("train needs a model name")

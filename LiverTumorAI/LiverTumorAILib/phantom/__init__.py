@@ -19,6 +19,7 @@ lesion_types=[...] subset of TYPES; lesion_diameters=(lo, hi) mm; flip / directi
 with_mri=bool; noise=CT noise SD in HU; fatty / cirrhotic / artefacts = bool;
 plain_lesions=fraction of lesions with a flat CT look (training variety; default 0);
 subtle_lesions=fraction with a near-isodense or flat bright CT look (likewise);
+bright_lesions=fraction with the flat bright look only, 20-80 HU over the liver (likewise);
 mri_spacing, mri_direction (as for the CT); debug=True adds `case.debug` (tissue map
 with names, noise-free CT).
 

@@ -33,7 +33,7 @@ VERSION = "1.0"
 GENERATOR = f"livertumorai-phantom/{VERSION}"
 OVERRIDES = {"spacing", "n_lesions", "lesion_types", "flip", "direction", "mri_sequence", "with_mri", "noise",
              "fatty", "cirrhotic", "artefacts", "mri_spacing", "mri_direction", "debug", "lesion_diameters",
-             "plain_lesions", "subtle_lesions"}
+             "plain_lesions", "subtle_lesions", "bright_lesions"}
 
 
 @dataclass
@@ -108,7 +108,7 @@ def generate_case(seed: int, size: int = 256, slices: int = 64, **overrides) -> 
     lesions = sample_lesions(rng, anatomy.liver_sdf, anatomy.liver_lo, anatomy.liver_hi, ct_grid, patient, cirrhotic,
                              overrides.get("n_lesions"), overrides.get("lesion_types"),
                              overrides.get("lesion_diameters"), float(overrides.get("plain_lesions", 0.0)),
-                             float(overrides.get("subtle_lesions", 0.0)))
+                             float(overrides.get("subtle_lesions", 0.0)), float(overrides.get("bright_lesions", 0.0)))
     les_structs, liver_sdf = lesion_structures(rng, lesions, anatomy.liver_sdf)
     structures = list(anatomy.structures)
     for st in structures:

@@ -37,6 +37,12 @@ mean is within a few HU of the liver; half a flat bright ball (L+20..L+50), whic
 has seen only tubular bright vessels and nodular haemangiomas dismisses as a vessel. Real
 portal-phase scans show both (small metastases, flash-filling haemangiomas, hypervascular
 lesions); drawn after `plain`, so a case made without it is unchanged.
+
+Bright CT look (opt-in, `bright_lesions` = fraction of the non-cyst lesions, default 0): only the
+flat bright ball, L+20..L+80 (up to a flash-filling haemangioma's level), drawn after `subtle`.
+Why: the CT-only networks trained with `subtle` still gave 0.7-0.8 peak probability, or none, to
+15-17 mm bright round lesions on the independent generator (README), treating them as vessel
+cross-sections; training cases made with this give them many more such lesions to learn from.
 """
 
 from __future__ import annotations
@@ -256,11 +262,11 @@ def sample_lesions(rng: np.random.Generator, liver_sdf: Callable, liver_lo: Vec3
                    ct_grid: Grid, patient: Patient, cirrhotic: bool, n_lesions=None,
                    lesion_types: Optional[Sequence[str]] = None,
                    diameters: Optional[Tuple[float, float]] = None, plain: float = 0.0,
-                   subtle: float = 0.0) -> List[Lesion]:
+                   subtle: float = 0.0, bright: float = 0.0) -> List[Lesion]:
     """Place non-touching lesions inside the liver, preferring the CT field of view.
 
-    `plain` / `subtle` are the probabilities that a lesion gets the plain / subtle CT look
-    (module docstring)."""
+    `plain` / `subtle` / `bright` are the probabilities that a lesion gets the plain / subtle /
+    bright CT look (module docstring)."""
     if n_lesions is None:
         n = int(rng.choice(7, p=[0.1, 0.28, 0.2, 0.15, 0.11, 0.09, 0.07]))
     elif isinstance(n_lesions, (tuple, list)):
@@ -322,6 +328,10 @@ def sample_lesions(rng: np.random.Generator, liver_sdf: Callable, liver_lo: Vec3
         for les in out:
             if les.type != "cyst" and rng.random() < subtle:
                 les.look.update(subtle=1.0, **_subtle_look(rng))
+    if bright > 0:  # likewise
+        for les in out:
+            if les.type != "cyst" and rng.random() < bright:
+                les.look.update(subtle=1.0, subtle_rim=0.0, subtle_rim_t=0.0, subtle_core=float(rng.uniform(20, 80)))
     return out
 
 
