@@ -220,17 +220,23 @@ def test_plain_lesions_flat_on_ct_and_off_by_default():
     assert max(spread(plain)) < 25 < max(spread(base)), (spread(plain), spread(base))
 
 
+def _opt_in_case(seed: int, option: str, kw: dict):
+    """The case of `seed` made with the lesion-look `option` at 1.0, after checking that 0 leaves the
+    seed's case unchanged: (case without the option, case with it, its CT, lesion map, liver HU)."""
+    base, zero = generate_case(seed, **kw), generate_case(seed, **{option: 0.0}, **kw)
+    assert np.array_equal(arr(base.ct), arr(zero.ct)) and base.truth == zero.truth
+    case = generate_case(seed, **{option: 1.0}, **kw)
+    ct, les, label = arr(case.ct).astype(float), arr(case.lesions), arr(case.label)
+    return base, case, ct, les, np.median(ct[ndimage.binary_erosion(label == 1, iterations=3)])
+
+
 def test_subtle_lesions_near_isodense_or_bright_and_off_by_default():
     """`subtle_lesions` gives each lesion either a faint look (mean within 15 HU of the liver,
     a bright rim around a darker core) or a flat bright one (20-50 HU above the liver); at 0
     every seed keeps its case."""
     kw = dict(size=128, slices=32, n_lesions=4, lesion_types=["metastasis"], lesion_diameters=(20, 35),
               artefacts=False, noise=2.0)
-    base, zero = generate_case(23, **kw), generate_case(23, subtle_lesions=0.0, **kw)
-    assert np.array_equal(arr(base.ct), arr(zero.ct)) and base.truth == zero.truth
-    subtle = generate_case(23, subtle_lesions=1.0, **kw)
-    ct, les, label = arr(subtle.ct).astype(float), arr(subtle.lesions), arr(subtle.label)
-    liver = np.median(ct[ndimage.binary_erosion(label == 1, iterations=3)])
+    base, subtle, ct, les, liver = _opt_in_case(23, "subtle_lesions", kw)
     looks = {"faint": 0, "bright": 0}
     for lesion in subtle.truth["lesions"]:
         look = lesion["appearance"]
@@ -255,11 +261,7 @@ def test_bright_lesions_flat_and_brighter_than_liver_and_off_by_default():
     keep theirs; at 0 every seed keeps its case."""
     kw = dict(size=128, slices=32, n_lesions=4, lesion_types=["hcc", "cyst"], lesion_diameters=(20, 35),
               artefacts=False, noise=2.0)
-    base, zero = generate_case(29, **kw), generate_case(29, bright_lesions=0.0, **kw)
-    assert np.array_equal(arr(base.ct), arr(zero.ct)) and base.truth == zero.truth
-    bright = generate_case(29, bright_lesions=1.0, **kw)
-    ct, les, label = arr(bright.ct).astype(float), arr(bright.lesions), arr(bright.label)
-    liver = np.median(ct[ndimage.binary_erosion(label == 1, iterations=3)])
+    _, bright, ct, les, liver = _opt_in_case(29, "bright_lesions", kw)
     kinds = set()
     for lesion in bright.truth["lesions"]:
         inside = les == lesion["id"]
