@@ -45,6 +45,14 @@ SUBTLE_TRAIN_SEED, SUBTLE_FRACTION = 6000, 0.5
 #: Extra training cases where most lesions are flat bright balls (phantom `bright_lesions`), 8-30 mm:
 #: the CT-only networks' commonest miss on the independent generator (README); T2 / T1 alternating.
 BRIGHT_TRAIN_SEED, BRIGHT_OVERRIDES = 8000, {"bright_lesions": 0.7, "lesion_diameters": (8.0, 30.0)}
+#: The extra training families above: cache tag, manifest record name, first seed, phantom overrides.
+#: `prepare` makes them (T2 and T1 MRI alternating) and `_training_data` counts and records them.
+EXTRA_TRAIN_SETS = (
+    ("_fatty", "fatty_liver", FATTY_TRAIN_SEED, {"fatty": True}),
+    ("_plain", "plain_lesion", PLAIN_TRAIN_SEED, {"plain_lesions": PLAIN_FRACTION}),
+    ("_subtle", "subtle_lesion", SUBTLE_TRAIN_SEED, {"subtle_lesions": SUBTLE_FRACTION}),
+    ("_bright", "bright_lesion", BRIGHT_TRAIN_SEED, BRIGHT_OVERRIDES),
+)
 
 MODEL_SETTINGS = {
     "dual-stream": {"loss": "dice_bce", "batch_size": 8, "lr": 1e-3, "val_every": 4},
@@ -137,18 +145,16 @@ VERSIONS = {"localizer": "demo-0.1", "dual-stream": "demo-0.5", "tam-unet": "dem
 
 
 def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
-    """What the weights saw: seeds and counts, T1-MRI and fatty-liver extras counted from the cache."""
+    """What the weights saw: seeds and counts, T1-MRI and the EXTRA_TRAIN_SETS counted from the cache."""
     t1_train = len(list((cache / "seg" / "train").glob("train_t1_*.npz"))) if cache else 0
     t1_val = len(list((cache / "seg" / "val").glob("val_t1_*.npz"))) if cache else 0
-    fatty = len(list((cache / "seg" / "train").glob("train_fatty_*.npz"))) if cache else 0
-    plain = len(list((cache / "seg" / "train").glob("train_plain_*.npz"))) if cache else 0
-    subtle = len(list((cache / "seg" / "train").glob("train_subtle_*.npz"))) if cache else 0
-    bright = len(list((cache / "seg" / "train").glob("train_bright_*.npz"))) if cache else 0
+    extras = {tag: len(list((cache / "seg" / "train").glob(f"train{tag}_*.npz"))) if cache else 0
+              for tag, *_ in EXTRA_TRAIN_SETS}
     record = {
         "description": DEMO_WEIGHTS_NOTICE,
         "synthetic": True,
         "generator": "LiverTumorAILib.phantom.generate_case",
-        "train_seeds": [TRAIN_SEED, TRAIN_SEED + count - t1_train - fatty - plain - subtle - bright - 1],
+        "train_seeds": [TRAIN_SEED, TRAIN_SEED + count - t1_train - sum(extras.values()) - 1],
         "val_seeds": [VAL_SEED, VAL_SEED + val - t1_val - 1],
         "cases": count,
         "val_cases": val,
@@ -156,21 +162,11 @@ def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
     if t1_train or t1_val:
         record["t1_mri_train_seeds"] = [T1_TRAIN_SEED, T1_TRAIN_SEED + t1_train - 1] if t1_train else []
         record["t1_mri_val_seeds"] = [T1_VAL_SEED, T1_VAL_SEED + t1_val - 1] if t1_val else []
-    if fatty:
-        record["fatty_liver_train_seeds"] = [FATTY_TRAIN_SEED, FATTY_TRAIN_SEED + fatty - 1]
-        record["fatty_liver_train_note"] = "generate_case(seed, fatty=True); odd seeds with a T1 MRI, even with T2"
-    if plain:
-        record["plain_lesion_train_seeds"] = [PLAIN_TRAIN_SEED, PLAIN_TRAIN_SEED + plain - 1]
-        record["plain_lesion_train_note"] = (f"generate_case(seed, plain_lesions={PLAIN_FRACTION}); "
-                                             "odd seeds with a T1 MRI, even with T2")
-    if subtle:
-        record["subtle_lesion_train_seeds"] = [SUBTLE_TRAIN_SEED, SUBTLE_TRAIN_SEED + subtle - 1]
-        record["subtle_lesion_train_note"] = (f"generate_case(seed, subtle_lesions={SUBTLE_FRACTION}); "
-                                              "odd seeds with a T1 MRI, even with T2")
-    if bright:
-        record["bright_lesion_train_seeds"] = [BRIGHT_TRAIN_SEED, BRIGHT_TRAIN_SEED + bright - 1]
-        record["bright_lesion_train_note"] = (f"generate_case(seed, **{BRIGHT_OVERRIDES}); "
-                                              "odd seeds with a T1 MRI, even with T2")
+    for tag, name, first_seed, overrides in EXTRA_TRAIN_SETS:
+        if extras[tag]:
+            options = ", ".join(f"{key}={value!r}" for key, value in overrides.items())
+            record[f"{name}_train_seeds"] = [first_seed, first_seed + extras[tag] - 1]
+            record[f"{name}_train_note"] = f"generate_case(seed, {options}); odd seeds with a T1 MRI, even with T2"
     return record
 
 
@@ -214,11 +210,8 @@ def prepare(cache: Path, count: int, val: int, size: int, slices: int, jobs: int
     work += [(cache, "val", i, VAL_SEED + i, size, slices, "t2", "", {}) for i in range(val)]
     work += [(cache, "train", i, T1_TRAIN_SEED + i, size, slices, "t1", "", {}) for i in range(t1_count)]
     work += [(cache, "val", i, T1_VAL_SEED + i, size, slices, "t1", "", {}) for i in range(t1_val)]
-    for tag, first_seed, n, overrides in (("_fatty", FATTY_TRAIN_SEED, fatty_count, {"fatty": True}),
-                                          ("_plain", PLAIN_TRAIN_SEED, plain_count, {"plain_lesions": PLAIN_FRACTION}),
-                                          ("_subtle", SUBTLE_TRAIN_SEED, subtle_count,
-                                           {"subtle_lesions": SUBTLE_FRACTION}),
-                                          ("_bright", BRIGHT_TRAIN_SEED, bright_count, BRIGHT_OVERRIDES)):
+    counts = (fatty_count, plain_count, subtle_count, bright_count)
+    for (tag, _, first_seed, overrides), n in zip(EXTRA_TRAIN_SETS, counts):
         work += [(cache, "train", i, first_seed + i, size, slices, ("t2", "t1")[i % 2], tag, overrides)
                  for i in range(n)]
     if jobs <= 1:
