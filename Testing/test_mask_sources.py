@@ -91,3 +91,27 @@ def test_classifier_weights_refuse_a_device_that_is_not_there(capsys):
     with pytest.raises(SystemExit) as stop:
         main(["--device", "cuda", "--crops-only", "--train-cases", "1"])
     assert stop.value.code == 2 and "no CUDA GPU is available" in capsys.readouterr().err
+
+
+def test_build_split_adds_the_extra_phantom_families(tmp_path):
+    """`families` adds each family's cases from its own seed range and generator settings (here the
+    bright-lesion family's 8-30 mm lesions and a T1 MRI), in its own case folder, and keys the cache."""
+    from LiverTumorAILib.phantom import generate_case
+    from training.make_classifier_weights import build_split, family_cases, parse_families
+
+    families = parse_families(["bright=1", "t1=1"])
+    data = build_split("val", 1, tmp_path, size=96, slices=24, n_lesions=3, jobs=1, log=lambda _: None,
+                       families=families)
+    plan = family_cases("val", families)
+    assert [(suffix, overrides.get("mri_sequence")) for suffix, _, overrides in plan] == [("_bright", "t2"), ("_t1", "t1")]
+    bright_seed = plan[0][1]
+    assert (tmp_path / "cases" / "96x24_n3_bright" / f"seed{bright_seed}.npz").is_file()
+    assert set(data["seeds"].tolist()) <= {5000, bright_seed, plan[1][1]} and bright_seed in data["seeds"]
+    case = generate_case(bright_seed, size=96, slices=24, n_lesions=3, **plan[0][2])
+    expected = sorted(round(t["diameter_mm"], 3) for t in case.truth["lesions"])
+    assert sorted(round(d, 3) for d in data["diameters"][data["seeds"] == bright_seed]) == expected
+    lines: list[str] = []
+    build_split("val", 1, tmp_path, size=96, slices=24, n_lesions=3, jobs=1, log=lines.append)
+    assert not any("cached crops" in line for line in lines)  # without the families it is another split
+    with pytest.raises(SystemExit, match="NAME=COUNT"):
+        parse_families(["sparkly=3"])
