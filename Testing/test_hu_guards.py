@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from LiverTumorAILib.hu_guards import (
+    dark_enclosed_holes,
     drop_regions_unlike_liver,
     lesion_rims,
     lesions_in_other_tissue,
@@ -390,3 +391,48 @@ def test_a_ct_without_liver_values_turns_the_checks_off(value):
     notes: dict = {}
     cleaned = clean_label_map(label, SPACING, PostprocessConfig(), ct_hu=hu, notes=notes)
     assert notes == {} and np.array_equal(cleaned, clean_label_map(label, SPACING, PostprocessConfig()))
+
+
+def _liver_with_holes(seed: int = 3):
+    """(label, HU, holes): a 100 HU liver whose network label leaves four spheres background: a dark
+    16 mm one (a missed cyst), a bright 16 mm one (a vessel's cross-section), a dark 6 mm one, and a
+    dark 16 mm one that opens onto the liver's surface (the gallbladder's fossa)."""
+    rng = np.random.default_rng(seed)
+    shape = (40, 90, 90)
+    spacing = (2.0, 1.0, 1.0)
+    zz, yy, xx = np.meshgrid(*[np.arange(n) * s for n, s in zip(shape, spacing)], indexing="ij")
+    hu = rng.normal(-80.0, 10.0, shape).astype(np.float32)
+    label = np.zeros(shape, np.uint8)
+    label[4:36, 8:82, 8:82] = 1
+    hu[label == 1] = rng.normal(100.0, 10.0, int((label == 1).sum()))
+    holes = {}
+    for name, (z, y, x), diameter, level in (("cyst", (40, 30, 30), 16, 10.0), ("vessel", (40, 30, 62), 16, 180.0),
+                                             ("small", (40, 62, 30), 6, 10.0), ("open", (40, 70, 62), 16, 10.0)):
+        ball = (zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 <= (diameter / 2) ** 2
+        label[ball] = 0
+        hu[ball] = rng.normal(level, 10.0, int(ball.sum()))
+        holes[name] = ball
+    label[holes["open"] | ((zz > 36) & (zz < 44) & (yy >= 70) & (xx > 56) & (xx < 68))] = 0  # a channel to the surface
+    return label, hu, holes, spacing
+
+
+def test_a_dark_region_the_liver_encloses_is_marked_a_lesion_and_nothing_else():
+    label, hu, holes, spacing = _liver_with_holes()
+    network_organ = label >= 1
+    organ = np.ones_like(network_organ)
+    found = dark_enclosed_holes(network_organ, organ, hu, 100.0, spacing)
+    assert found[holes["cyst"]].all()
+    assert not found[holes["vessel"] | holes["small"] | holes["open"]].any()
+    assert np.array_equal(found, holes["cyst"])
+
+
+def test_clean_label_map_marks_the_enclosed_cyst_as_tumour_and_reports_it():
+    label, hu, holes, spacing = _liver_with_holes()
+    notes: dict = {}
+    cleaned = clean_label_map(label, spacing, ct_hu=hu, notes=notes)
+    assert (cleaned[holes["cyst"]] == 2).mean() > 0.9
+    assert (cleaned[holes["vessel"]] == 1).all() and not (cleaned == 2)[holes["small"]].any()
+    assert notes["enclosed_regions_marked_as_lesions"] == 1 and notes["enclosed_regions_ml"][0] > 1.5
+    off = clean_label_map(label, spacing, PostprocessConfig(min_enclosed_hole_darker_hu=0.0), ct_hu=hu)
+    assert (off[holes["cyst"]] == 1).all()  # the rule off: filled in as liver, as before
+    assert (clean_label_map(label, spacing)[holes["cyst"]] == 1).all()  # without the CT's HU nothing is judged

@@ -81,6 +81,11 @@ def hu_check_warnings(hu_checks: dict) -> list[str]:
     dropped = hu_checks.get("lesions_in_other_tissue_removed", 0)
     if dropped:
         warnings.append(f"{dropped} lesion(s) inside tissue that is not liver were dropped; check the liver's edges")
+    marked = hu_checks.get("enclosed_regions_marked_as_lesions", 0)
+    if marked:
+        volumes = ", ".join(f"{v:g} ml" for v in hu_checks.get("enclosed_regions_ml", []))
+        warnings.append(f"{marked} region(s) ({volumes}) inside the liver that the network left unlabelled and that are "
+                        "darker than the liver were marked as lesions; check them")
     for check, what in (("lesions_without_contrast", "that differed from the liver around them on no image"),
                         ("elongated_lesions", "shaped like a vessel (far longer than thick)")):
         count = hu_checks.get(f"{check}_removed", 0)

@@ -35,7 +35,11 @@
   liver: a vessel or a fissure, not a lesion (0 = off). A lesion at the scan's edge (within
   `FOV_EDGE_GAP_VOXELS` of its first or last slice, or of a side it cuts) is measured longest
   against middle axis instead: the scan may have cut its thinnest axis (a 30 mm metastasis of
-  which the first slices show 12 mm is a plate, not a vessel), so there only a tube counts.
+  which the first slices show 12 mm is a plate, not a vessel), so there only a tube counts;
+* with the CT's HU given, a region the network labelled background that its liver encloses in
+  3D, 10 mm or more across and 30 HU or more darker than the liver, becomes a lesion instead of
+  being filled in as liver (`min_enclosed_hole_darker_hu`, 0 = off; hu_guards.dark_enclosed_holes):
+  a missed cyst or metastasis, not parenchyma; it is refined and shape-checked like the others.
 
 Every step works inside the bounding box of what it labels (the organ, the tumour), so a
 long scan costs what its liver costs: connected-component labels are int32, and a
@@ -52,8 +56,10 @@ from scipy import ndimage
 
 from LiverTumorAILib.geometry import ellipsoid_structure
 from LiverTumorAILib.hu_guards import (
+    MIN_ENCLOSED_HOLE_DARKER_HU,
     MIN_LESION_CONTRAST_HU,
     MIN_LESION_CONTRAST_MRI,
+    dark_enclosed_holes,
     drop_regions_unlike_liver,
     lesion_rims,
     lesions_in_other_tissue,
@@ -98,6 +104,9 @@ class PostprocessConfig:
     min_lesion_contrast_mri: float = MIN_LESION_CONTRAST_MRI
     lesion_edge_band_mm: float = BAND_MM
     max_lesion_elongation: float = MAX_LESION_ELONGATION
+    #: regions enclosed by the liver that the network left background and that are this much darker
+    #: than the liver become lesions (hu_guards.dark_enclosed_holes; 0 = off: they become liver)
+    min_enclosed_hole_darker_hu: float = MIN_ENCLOSED_HOLE_DARKER_HU
     #: the tuned peak / thickness rules for lesions mostly outside the MRI's field of view, where
     #: the CT-only fallback drew them (inference/mri_coverage.py); None: `self`'s rules everywhere
     outside_mri: PostprocessConfig | None = None
@@ -231,10 +240,18 @@ def clean_label_map(
                                                                None if mri is None else mri[crop])
     if organ.sum() * voxel_mm3 / 1000.0 < config.min_liver_ml:
         return out
+    missed = None
+    if tissue is not None and config.min_enclosed_hole_darker_hu > 0:
+        missed = dark_enclosed_holes(organ_crop, organ, tissue.ct_hu, tissue.level, spacing_zyx,
+                                     min_darker_hu=config.min_enclosed_hole_darker_hu)
+    del organ_crop
     envelope = ndimage.binary_dilation(organ, structure=ellipsoid_structure(radius)) if dilate else organ
     tumour = (label[crop] == 2) & envelope
     tumour = filter_lesions(tumour, spacing_zyx, config, None if tumour_probability is None else tumour_probability[crop],
                             tissue)
+    if missed is not None:
+        _note_enclosed_holes(notes, missed, tumour, spacing_zyx)
+        tumour |= missed
     if tissue is not None and config.lesion_edge_band_mm > 0:
         edges = refine_lesion_boundaries(tumour, organ, tissue.ct_hu, spacing_zyx, tissue.mri, config.lesion_edge_band_mm,
                                          config.min_lesion_mm3)
@@ -251,6 +268,23 @@ def clean_label_map(
     cleaned[tumour] = 2
     out[crop] = cleaned
     return out
+
+
+def _note_enclosed_holes(notes: dict | None, missed: np.ndarray, tumour: np.ndarray,
+                         spacing_zyx: Sequence[float]) -> None:
+    """Count the enclosed dark regions marked as lesions (those not touching a lesion already kept)
+    and their volumes, for report.json and its warning."""
+    if notes is None or not missed.any():
+        return
+    labels, _ = ndimage.label(missed, structure=np.ones((3, 3, 3), bool))
+    voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
+    volumes = []
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        component = labels[box] == i
+        if not tumour[box][component].any():
+            volumes.append(round(float(np.count_nonzero(component)) * voxel_ml, 2))
+    notes["enclosed_regions_marked_as_lesions"] = len(volumes)
+    notes["enclosed_regions_ml"] = volumes
 
 
 def filter_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], config: PostprocessConfig,
