@@ -357,9 +357,10 @@ def _head_foot_extent_mm(mask: np.ndarray, image) -> float:
 @pytest.mark.parametrize("model", ["tam-unet", "dual-stream"])
 def test_real_ct_to_the_pelvis_keeps_the_liver_out_of_the_pelvis(real_data_dir, tmp_path, model):
     """The TotalSegmentator example CT runs from inside the liver to the pelvis (33 cm). Without
-    the checks (`hu_checks=False`) both CT-only models' liver runs its whole length (2.4-3.3 l);
+    the checks (`hu_checks=False`) dual-stream's liver runs its whole length (2.4-3.3 l with the
+    demo-0.2 to 0.5 weights; tam-unet's did up to demo-0.4, demo-0.5 stops at 1.4 l by itself);
     an adult liver spans 15-25 cm and this scan cuts its top, so with them the liver must stay
-    under 20 cm and 2 l, and report.json must say what was removed."""
+    under 20 cm and 2 l, report.json must say what was removed, and the checks never add liver."""
     import json
 
     import SimpleITK as sitk
@@ -368,18 +369,21 @@ def test_real_ct_to_the_pelvis_keeps_the_liver_out_of_the_pelvis(real_data_dir, 
 
     ct_path = real_data_dir / "totalsegmentator" / "example_ct.nii.gz"
     ct = sitk.ReadImage(str(ct_path))
+    litres = {}
     for checks in (True, False):
         out = tmp_path / f"checks_{checks}"
         run_segment(ct_path, out, model=model, device="cpu", hu_checks=checks)
         liver = sitk.GetArrayFromImage(sitk.ReadImage(str(out / "segmentation.nii.gz"))) >= 1
-        litres, extent = liver.sum() * np.prod(ct.GetSpacing()) / 1e6, _head_foot_extent_mm(liver, ct)
+        litres[checks], extent = liver.sum() * np.prod(ct.GetSpacing()) / 1e6, _head_foot_extent_mm(liver, ct)
         report = json.loads((out / "report.json").read_text())
         if checks:
-            assert litres < 2.0 and 60.0 < extent < 200.0
-            assert report["hu_checks"]["enabled"] is True and report["warnings"]
+            assert litres[checks] < 2.0 and 60.0 < extent < 200.0
+            assert report["hu_checks"]["enabled"] is True
         else:
-            assert litres > 2.0 and extent > 300.0
             assert report["hu_checks"] == {"enabled": False}
+            if model == "dual-stream":
+                assert litres[checks] > 2.0 and extent > 300.0
+    assert litres[True] <= litres[False]
 
 
 @pytest.mark.parametrize("value", [np.nan, -1000.0])
@@ -436,3 +440,16 @@ def test_clean_label_map_marks_the_enclosed_cyst_as_tumour_and_reports_it():
     off = clean_label_map(label, spacing, PostprocessConfig(min_enclosed_hole_darker_hu=0.0), ct_hu=hu)
     assert (off[holes["cyst"]] == 1).all()  # the rule off: filled in as liver, as before
     assert (clean_label_map(label, spacing)[holes["cyst"]] == 1).all()  # without the CT's HU nothing is judged
+
+
+def test_a_lesion_joined_to_an_enclosed_region_is_not_dropped_as_a_vessel():
+    """The elongation rule judges what the network drew: a tube-shaped component is dropped, but
+    not when part of it is an enclosed dark region marked as a lesion (their union may look long)."""
+    from LiverTumorAILib.postprocess import _drop_elongated_lesions
+
+    tumour = np.zeros((20, 40, 40), bool)
+    tumour[8:12, 5:35, 18:22] = True  # 30 voxels long, 4 thick
+    assert not _drop_elongated_lesions(tumour, (1.0, 1.0, 1.0), 2.5, None).any()
+    keep = np.zeros_like(tumour)
+    keep[8:12, 30:35, 18:22] = True
+    assert np.array_equal(_drop_elongated_lesions(tumour, (1.0, 1.0, 1.0), 2.5, None, keep=keep), tumour)
