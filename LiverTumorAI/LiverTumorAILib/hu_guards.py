@@ -31,12 +31,13 @@ mode of its histogram), so the organ and each lesion can be checked against it:
 * `dark_enclosed_holes`: the reverse case, a lesion the network missed outright. Where it labels
   a region background although the liver surrounds it on every side in 3D, the organ's hole
   filling used to make it liver without a word. Inside the liver only a lesion (or a vessel) can
-  be there; a round region at least `MIN_ENCLOSED_HOLE_MM` across whose median HU is
+  be there; a region at least `MIN_ENCLOSED_HOLE_MM` across whose median HU is
   `MIN_ENCLOSED_HOLE_DARKER_HU` or more below the liver's level is marked a lesion instead
   (vessels are brighter than the liver in the portal phase and run out of it: never enclosed;
   the gallbladder and IVC lie in the liver's surface, not inside it). Why: networks trained on
   phantoms took 22 and 35 mm water-density cysts on unseen phantoms for fluid outside the liver
-  (README). The later checks (edge refinement, elongation) apply to them like to any lesion.
+  (README). Their edges are refined like any lesion's; the elongation check spares them and the
+  lesions they join (postprocess._drop_elongated_lesions).
 
 All take `parenchyma` = the network's liver label (not tumour). Values and why: see
 `PostprocessConfig` in postprocess.py; measured effect: README "On data the weights were not
@@ -328,7 +329,7 @@ def dark_enclosed_holes(network_organ: np.ndarray, organ: np.ndarray, ct_hu: np.
     out = np.zeros(enclosed.shape, dtype=bool)
     if not enclosed.any():
         return out
-    labels, count = ndimage.label(enclosed, structure=np.ones((3, 3, 3), bool))
+    labels, _ = ndimage.label(enclosed, structure=np.ones((3, 3, 3), bool))
     min_voxels = np.pi / 6.0 * min_diameter_mm ** 3 / float(np.prod(spacing_zyx))
     for i, box in enumerate(ndimage.find_objects(labels), start=1):
         component = labels[box] == i

@@ -39,7 +39,9 @@
 * with the CT's HU given, a region the network labelled background that its liver encloses in
   3D, 10 mm or more across and 30 HU or more darker than the liver, becomes a lesion instead of
   being filled in as liver (`min_enclosed_hole_darker_hu`, 0 = off; hu_guards.dark_enclosed_holes):
-  a missed cyst or metastasis, not parenchyma; it is refined and shape-checked like the others.
+  a missed cyst or metastasis, not parenchyma; its edge is refined like the others', and neither
+  it nor a lesion it joins is judged by the elongation check (a vessel is bright or runs out of
+  the liver, never enclosed and dark).
 
 Every step works inside the bounding box of what it labels (the organ, the tumour), so a
 long scan costs what its liver costs: connected-component labels are int32, and a
