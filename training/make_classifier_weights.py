@@ -146,7 +146,7 @@ def _crop_record(pairs: list, truth: dict, seed: int) -> dict:
 
 
 def _case_crops(args: tuple[int, int, int, int | None, tuple[str, ...], str | None, str, dict]) -> dict[str, dict]:
-    """Generate one phantom case (``overrides``: a family's generator settings, see ``FAMILIES``) and
+    """Generate one phantom case (``overrides``: a family's generator settings, see ``_families``) and
     return, per mask source, its lesion crops (CT HU + MRI) as arrays."""
     seed, size, slices, n_lesions, sources, mask_weights, device, overrides = args
     import torch
