@@ -318,14 +318,13 @@ def lesions_without_contrast(
     return flagged
 
 
-def dark_enclosed_holes(network_organ: np.ndarray, organ: np.ndarray, ct_hu: np.ndarray, level: float,
-                        spacing_zyx: Sequence[float], min_diameter_mm: float = MIN_ENCLOSED_HOLE_MM,
+def dark_enclosed_holes(enclosed: np.ndarray, ct_hu: np.ndarray, level: float, spacing_zyx: Sequence[float],
+                        min_diameter_mm: float = MIN_ENCLOSED_HOLE_MM,
                         min_darker_hu: float = MIN_ENCLOSED_HOLE_DARKER_HU) -> np.ndarray:
-    """Voxels the network labelled background that `network_organ` (its liver + tumour, before hole
-    filling) encloses in 3D, inside the final `organ`, in components at least `min_diameter_mm`
-    across (equivalent sphere) whose median HU is `min_darker_hu` or more below `level`: lesions it
-    missed (module docstring). An empty mask when there are none."""
-    enclosed = ndimage.binary_fill_holes(network_organ) & ~network_organ & organ
+    """Of `enclosed` (voxels the network labelled background that its organ, liver + tumour,
+    encloses in 3D: its 3D hole filling minus itself, inside the final organ), the components at
+    least `min_diameter_mm` across (equivalent sphere) whose median HU is `min_darker_hu` or more
+    below `level`: lesions it missed (module docstring). An empty mask when there are none."""
     out = np.zeros(enclosed.shape, dtype=bool)
     if not enclosed.any():
         return out

@@ -133,11 +133,15 @@ def _tuned_value(tuned: dict, key: str) -> float:
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
-    out = ndimage.binary_fill_holes(mask)
-    for z in range(out.shape[0]):
-        if out[z].any():
-            out[z] = ndimage.binary_fill_holes(out[z])
-    return out
+    return fill_slice_holes(ndimage.binary_fill_holes(mask))
+
+
+def fill_slice_holes(filled_3d: np.ndarray) -> np.ndarray:
+    """`filled_3d` (a mask already filled in 3D) with each slice's own holes filled too, in place."""
+    for z in range(filled_3d.shape[0]):
+        if filled_3d[z].any():
+            filled_3d[z] = ndimage.binary_fill_holes(filled_3d[z])
+    return filled_3d
 
 
 @dataclass
@@ -232,7 +236,10 @@ def clean_label_map(
     dst = tuple(slice(s.start - i.start, s.stop - i.start) for s, i in zip(src, inner))
     organ_crop[dst] = organ[src]
     del organ
-    organ = fill_holes(organ_crop)
+    organ = ndimage.binary_fill_holes(organ_crop)
+    holes_3d = organ & ~organ_crop if ct_hu is not None and config.min_enclosed_hole_darker_hu > 0 else None
+    del organ_crop
+    organ = fill_slice_holes(organ)
     tissue = None
     if ct_hu is not None:
         parenchyma = label[crop] == 1
@@ -243,10 +250,10 @@ def clean_label_map(
     if organ.sum() * voxel_mm3 / 1000.0 < config.min_liver_ml:
         return out
     missed = None
-    if tissue is not None and config.min_enclosed_hole_darker_hu > 0:
-        missed = dark_enclosed_holes(organ_crop, organ, tissue.ct_hu, tissue.level, spacing_zyx,
+    if tissue is not None and holes_3d is not None:
+        missed = dark_enclosed_holes(holes_3d & organ, tissue.ct_hu, tissue.level, spacing_zyx,
                                      min_darker_hu=config.min_enclosed_hole_darker_hu)
-    del organ_crop
+    del holes_3d
     envelope = ndimage.binary_dilation(organ, structure=ellipsoid_structure(radius)) if dilate else organ
     tumour = (label[crop] == 2) & envelope
     tumour = filter_lesions(tumour, spacing_zyx, config, None if tumour_probability is None else tumour_probability[crop],
