@@ -200,17 +200,16 @@ def _cached_case_crops(args: tuple[Path, int, int, int, int | None, dict[str, st
 
 def family_record(families: dict[str, dict[str, int]]) -> dict:
     """What the extra families added, per split, for the manifest: seeds and generator settings."""
+    from training.make_demo_weights import generator_note
+
     known, record = _families(), {}
     for split, counts in families.items():
         cases = family_cases(split, counts)
         for name, count in counts.items():
             seeds = [seed for suffix, seed, _ in cases if suffix == f"_{name}"]
             _, overrides, alternate = known[name]
-            options = ", ".join(f"{key}={value!r}" for key, value in overrides.items())
-            record.setdefault(split, {})[name] = {
-                "cases": count, "seeds": f"{seeds[0]}..{seeds[-1]}" if seeds else "",
-                "note": f"generate_case(seed, {options})" + ("; even seeds with a T2 MRI, odd with a T1" if alternate else ""),
-            }
+            record.setdefault(split, {})[name] = {"cases": count, "seeds": f"{seeds[0]}..{seeds[-1]}" if seeds else "",
+                                                  "note": generator_note(overrides, alternating_mri=alternate)}
     return record
 
 

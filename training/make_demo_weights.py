@@ -164,10 +164,15 @@ def _training_data(count: int, val: int, cache: Path | None = None) -> dict:
         record["t1_mri_val_seeds"] = [T1_VAL_SEED, T1_VAL_SEED + t1_val - 1] if t1_val else []
     for tag, name, first_seed, overrides in EXTRA_TRAIN_SETS:
         if extras[tag]:
-            options = ", ".join(f"{key}={value!r}" for key, value in overrides.items())
             record[f"{name}_train_seeds"] = [first_seed, first_seed + extras[tag] - 1]
-            record[f"{name}_train_note"] = f"generate_case(seed, {options}); odd seeds with a T1 MRI, even with T2"
+            record[f"{name}_train_note"] = generator_note(overrides, alternating_mri=True)
     return record
+
+
+def generator_note(overrides: dict, alternating_mri: bool) -> str:
+    """How a phantom family was made, for a manifest: the `generate_case` call and its MRI sequences."""
+    options = ", ".join(f"{key}={value!r}" for key, value in overrides.items())
+    return f"generate_case(seed, {options})" + ("; odd seeds with a T1 MRI, even with T2" if alternating_mri else "")
 
 
 def _prepare_one(job: tuple) -> str:
