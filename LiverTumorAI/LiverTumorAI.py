@@ -94,6 +94,7 @@ class LiverTumorAIParameterNode:
     classify: bool = True
     heatmap: bool = True
     huChecks: bool = True
+    mriAssist: bool = True
     heatmapOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
     weightsFolder: str = ""
     replacePrevious: bool = False
@@ -514,7 +515,7 @@ class LiverTumorAILogic(ScriptedLoadableModuleLogic):
         command = runner.segment_command(
             ctPath, workDir / "out", mri=mriPath, model=pn.model, device=pn.device, classify=pn.classify,
             heatmap=pn.heatmap, weights=pn.weightsFolder or None, python=self.pythonExecutable(),
-            hu_checks=pn.huChecks)
+            hu_checks=pn.huChecks, mri_assist=pn.mriAssist)
         logging.info("LiverTumorAI: %s", " ".join(command))
         self._job = _Job("segment", runner.ProcessRunner(command).start(), workDir, parameterNode=pn,
                          ctNode=pn.ctVolume, replaceNode=pn.resultSegmentation if pn.replacePrevious else None)

@@ -102,6 +102,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "image, nor of lesions shaped like a vessel, and lesion edges where the network put "
                         "them, not where the image changes "
                         "(for livers with very uneven HU; see README)")
+    p.add_argument("--no-mri-assist", action="store_true",
+                   help="with --mri and a CT-only model (dual-stream, tam-unet): do not add the lesions that "
+                        "only the MRI shows, found by the fusion model (report.json names them in found_by)")
     heat = p.add_mutually_exclusive_group()
     heat.add_argument("--no-heatmap", action="store_true", help="do not write heatmap.nii.gz")
     heat.add_argument("--heatmaps", choices=("main", "all"), default="main",
@@ -189,7 +192,7 @@ def _cmd_segment(args: argparse.Namespace, progress: Progress) -> Any:
     heatmaps = "none" if args.no_heatmap else args.heatmaps
     report = pipeline.run_segment(args.ct, args.outdir, mri_path=args.mri, model=args.model, device=args.device,
                          classify=not args.no_classify, heatmaps=heatmaps, weights_dir=args.weights,
-                         hu_checks=not args.no_hu_checks,
+                         hu_checks=not args.no_hu_checks, mri_assist=not args.no_mri_assist,
                          overwrite=args.overwrite, threads=args.threads, progress=progress)
     progress.done(args.outdir)
     print_summary(report)
@@ -274,7 +277,10 @@ def print_summary(report: Optional[dict]) -> None:
     out = sys.stdout
     out.write(f"Liver {report.get('liver_volume_ml', 0):.0f} ml, tumour burden {report.get('tumour_burden_percent', 0):.1f}%, "
               f"{report.get('lesion_count', 0)} lesion(s)\n")
+    segmented_by = ((report.get("models") or {}).get("segmentation") or {}).get("name")
     for les in report.get("lesions", []):
+        found_by = les.get("found_by")
+        seen_on_mri = f", found on the MRI by {found_by}" if found_by and segmented_by and found_by != segmented_by else ""
         p = les.get("malignancy_probability")
         prob = f"p(malignant) {p:.2f}" if isinstance(p, (int, float)) else "not classified"
         call = les.get("predicted_class", "?")
@@ -283,7 +289,7 @@ def print_summary(report: Optional[dict]) -> None:
         axial = les.get("longest_axial_diameter_mm")  # the RECIST diameter; absent in old reports
         if isinstance(axial, (int, float)):
             size += f", {axial:.0f} mm axial"
-        out.write(f"  lesion {les['id']}: {les['volume_ml']:.1f} ml, {size}, {les['mean_hu']:.0f} HU, {call}\n")
+        out.write(f"  lesion {les['id']}: {les['volume_ml']:.1f} ml, {size}, {les['mean_hu']:.0f} HU, {call}{seen_on_mri}\n")
     if report.get("weights_notice"):
         out.write(f"NOTE: {report['weights_notice']}\n")
 

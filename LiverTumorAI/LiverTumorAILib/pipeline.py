@@ -192,11 +192,15 @@ def segment_into(
     threads: int | None = None,
     progress=None,
     hu_checks: bool = True,
+    mri_assist: bool = True,
 ) -> dict:
-    """Run the pipeline on loaded images and write every output into `folder` (already staged)."""
+    """Run the pipeline on loaded images and write every output into `folder` (already staged).
+    `mri_assist`: with an MRI and a CT-only model, add the lesions only the MRI shows
+    (inference/mri_assist.py)."""
     from LiverTumorAILib.errors import WeightsError
     from LiverTumorAILib.inference.device import describe_device
     from LiverTumorAILib.inference.engine import load_model, segment_volume
+    from LiverTumorAILib.inference.mri_assist import MRI_ASSIST_MODEL
     from LiverTumorAILib.inference.mri_coverage import CT_FALLBACK_MODEL
     from LiverTumorAILib.measure import lesion_measurements, organ_summary
 
@@ -236,6 +240,11 @@ def segment_into(
     )
     timing.update(out.timing_s)
     ct_fallback = out.ct_fallback
+    assist = assist_model = None
+    if mri_assist and mri is not None and model != MRI_ASSIST_MODEL:
+        t0 = time.perf_counter()
+        assist, assist_model = _add_lesions_seen_on_mri(ct, mri, out, weights_dir, torch_device, hu_checks, progress)
+        timing["mri_assist"] = time.perf_counter() - t0
     # Whole-scan arrays are what a long scan cannot afford several of: from here on the CT,
     # the uint8 label map and one uint16 lesion image are the only ones, each held once,
     # and each is dropped as soon as its file is written. Everything else (attention,
@@ -254,12 +263,22 @@ def segment_into(
     t0 = time.perf_counter()
     lesion_rows = lesion_measurements(ct, ct_array, lesions)
     timing["measure"] = time.perf_counter() - t0
+    added_ids = {int(lesions[seed]) for seed in assist.seeds} if assist else set()
+    for row in lesion_rows:
+        row["found_by"] = assist_model.name if row["id"] in added_ids else model
+    if added_ids:
+        message = (f"{len(added_ids)} lesion(s) the CT barely shows were added from the MRI by the "
+                   f"{assist_model.name} model (ids {', '.join(map(str, sorted(added_ids)))}): check them")
+        progress.warn(message)
+        warnings.append(message)
 
     models_used: dict[str, Any] = {"segmentation": _model_entry(seg_model)}
     if localizer is not None:
         models_used["localizer"] = _model_entry(localizer)
     if ct_fallback is not None:
         models_used["segmentation_outside_mri"] = _model_entry(ct_fallback)
+    if assist_model is not None:
+        models_used["mri_lesion_assist"] = _model_entry(assist_model)
     cls_results: list = []
     sub = _SubGrid(ct, region)
     label_region = sub.crop(label)
@@ -319,6 +338,8 @@ def segment_into(
         "liver_localized": localized,
         "mri_coverage": mri_coverage or None,
         "hu_checks": {"enabled": hu_checks, **hu_found},
+        "mri_lesion_assist": None if assist is None else {
+            "model": assist_model.name, "lesions_added": assist.count, "volume_added_ml": round(assist.volume_ml, 3)},
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
     }
     if not localized and localizer is not None:
@@ -328,6 +349,31 @@ def segment_into(
     _write_scene(folder, ct, mri, sub.image(label_region), lesion_region, heatmap, report, ct_path, progress)
     progress.stage("write", 1.0)
     return report
+
+
+def _add_lesions_seen_on_mri(ct: sitk.Image, mri: sitk.Image, out, weights_dir, device, hu_checks: bool, progress):
+    """Run the MRI-reading model on the CT-only model's box and add to `out.label` (in place) the
+    lesions only it found (inference/mri_assist.py). Returns (what was added, the model), or
+    (None, None) with a warning when its weights are missing."""
+    from LiverTumorAILib.errors import WeightsError
+    from LiverTumorAILib.geometry import region_slices
+    from LiverTumorAILib.inference.engine import load_model, segment_volume
+    from LiverTumorAILib.inference.mri_assist import MRI_ASSIST_MODEL, add_lesions_seen_on_mri
+
+    try:
+        assist_model = load_model(MRI_ASSIST_MODEL, weights_dir, device)
+    except WeightsError as error:
+        progress.warn(f"no {MRI_ASSIST_MODEL} weights ({error}): lesions only the MRI shows are not added")
+        return None, None
+    if assist_model.synthetic:
+        progress.warn(f"{MRI_ASSIST_MODEL}: {DEMO_WEIGHTS_NOTICE}")
+    assist_out = segment_volume(
+        ct, assist_model, localizer=None, mri=mri, device=device, keep_attention=False, box=out.box,
+        progress=lambda stage, f: progress.stage("mri_assist", f), warn=progress.warn, hu_checks=hu_checks,
+    )
+    region = region_slices(*assist_out.region) if assist_out.region is not None else None
+    added = add_lesions_seen_on_mri(out.label, assist_out.label, ct, mri, region)
+    return added, assist_model
 
 
 #: liver fraction inside the MRI's field of view under which the report warns
@@ -454,9 +500,11 @@ def run_segment(
     threads: int | None = None,
     progress=None,
     hu_checks: bool = True,
+    mri_assist: bool = True,
 ) -> dict:
     """`livertumorai segment`: read, segment, classify, write OUTDIR atomically. `hu_checks=False`
-    keeps the network's liver and lesions as drawn (no checks against the CT's HU)."""
+    keeps the network's liver and lesions as drawn (no checks against the CT's HU); `mri_assist=False`
+    keeps a CT-only model's lesions alone, given an MRI (inference/mri_assist.py)."""
     from LiverTumorAILib.io.atomic import atomic_output_dir
 
     progress = progress or _NullProgress()
@@ -465,7 +513,7 @@ def run_segment(
         report = segment_into(
             staging, ct, mri, ct_path=str(ct_path), mri_path=str(mri_path) if mri_path else None, model=model,
             device=device, classify=classify, heatmaps=heatmaps, weights_dir=weights_dir, threads=threads,
-            progress=progress, hu_checks=hu_checks,
+            progress=progress, hu_checks=hu_checks, mri_assist=mri_assist,
         )
     progress.done(str(outdir))
     return report

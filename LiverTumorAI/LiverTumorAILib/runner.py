@@ -110,6 +110,7 @@ def segment_command(
     weights: Optional[os.PathLike | str] = None,
     python: Optional[str] = None,
     hu_checks: bool = True,
+    mri_assist: bool = True,
 ) -> List[str]:
     """`livertumorai segment CT [--mri MRI] --model M --device D ... -o OUTDIR --progress json`."""
     if model == "fusion" and not mri:
@@ -124,6 +125,8 @@ def segment_command(
         cmd.append("--no-heatmap")
     if not hu_checks:
         cmd.append("--no-hu-checks")
+    if mri and not mri_assist:
+        cmd.append("--no-mri-assist")
     if weights:
         cmd += ["--weights", str(weights)]
     cmd += ["-o", str(outdir), "--progress", "json"]

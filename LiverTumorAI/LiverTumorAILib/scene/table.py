@@ -7,7 +7,8 @@ from typing import Any, Mapping
 import slicer
 import vtk
 
-#: (column, vtk array class, report key); 'model' comes from the report's models.
+#: (column, vtk array class, report key); 'model' comes from the report's models, led by the
+#: model that found the lesion where that is not the segmentation model (MRI lesion assist).
 COLUMNS = [
     ("id", vtk.vtkIntArray, "id"),
     ("volume_ml", vtk.vtkDoubleArray, "volume_ml"),
@@ -28,6 +29,13 @@ def _cell(lesion: Mapping[str, Any], key: str, cls: type) -> Any:
     return int(value) if cls is vtk.vtkIntArray else float(value)
 
 
+def _model_cell(lesion: Mapping[str, Any], model: str, segmented_by: str | None) -> str:
+    found_by = lesion.get("found_by")
+    if found_by and segmented_by and found_by != segmented_by:
+        return f"found on the MRI by {found_by}; {model}"
+    return model
+
+
 def create_lesion_table(
     scene: slicer.vtkMRMLScene, report: Mapping[str, Any], name: str, *, model: str = ""
 ) -> slicer.vtkMRMLTableNode:
@@ -38,11 +46,12 @@ def create_lesion_table(
     node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
     table = node.GetTable()
     lesions = list(report.get("lesions") or [])
+    segmented_by = ((report.get("models") or {}).get("segmentation") or {}).get("name")
     for column, cls, key in COLUMNS:
         array = cls()
         array.SetName(column)
         for lesion in lesions:
-            array.InsertNextValue(model if key is None else _cell(lesion, key, cls))
+            array.InsertNextValue(_model_cell(lesion, model, segmented_by) if key is None else _cell(lesion, key, cls))
         table.AddColumn(array)
     node.SetUseColumnTitleAsColumnHeader(True)
     node.SetColumnUnitLabel("volume_ml", "ml")

@@ -1,0 +1,136 @@
+"""With an MRI, a CT-only model's segmentation gains the lesions only the MRI shows, found by the
+fusion model (inference/mri_assist.py); its own lesions and liver stay as they were."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from LiverTumorAILib.inference.mri_assist import add_lesions_seen_on_mri
+from LiverTumorAILib.runner import segment_command
+from LiverTumorAILib.weights import bundled_model_dir
+
+SPACING = (1.0, 1.0, 2.0)
+
+
+def _ball(shape, centre_zyx, radius_mm) -> np.ndarray:
+    z, y, x = np.indices(shape)
+    return ((z - centre_zyx[0]) * SPACING[2]) ** 2 + (y - centre_zyx[1]) ** 2 + (x - centre_zyx[2]) ** 2 <= radius_mm**2
+
+
+def _ct(shape) -> sitk.Image:
+    image = sitk.GetImageFromArray(np.zeros(shape, np.int16))
+    image.SetSpacing(SPACING)
+    return image
+
+
+def test_only_new_lesions_inside_the_liver_and_the_mri_are_added():
+    shape = (40, 100, 100)
+    label = np.zeros(shape, np.uint8)
+    label[5:35, 10:90, 10:90] = 1  # the CT-only model's liver: z 10-70 mm, y/x 10-90 mm
+    label[_ball(shape, (20, 30, 30), 8)] = 2  # its one lesion
+    before = label.copy()
+    assist = np.zeros(shape, np.uint8)
+    assist[label >= 1] = 1
+    assist[_ball(shape, (20, 31, 31), 7)] = 2  # the same lesion, outlined a little differently: stays the CT model's
+    assist[_ball(shape, (20, 60, 60), 7)] = 2  # one the CT model missed: added
+    assist[_ball(shape, (20, 50, 97), 7)] = 2  # mostly outside the CT model's liver: not added
+    assist[_ball(shape, (32, 30, 70), 6)] = 2  # in the liver, but where the MRI ends (z 64 mm): not added
+    mri = sitk.GetImageFromArray(np.zeros((12, 100, 100), np.float32))
+    mri.SetSpacing((1.0, 1.0, 5.0))  # slices z 0-55 mm: covers all but the last lesion with 5 mm to spare
+    ct = _ct(shape)
+
+    added = add_lesions_seen_on_mri(label, assist, ct, mri)
+
+    missed = _ball(shape, (20, 60, 60), 7)
+    assert added.count == 1 and len(added.seeds) == 1 and missed[added.seeds[0]]
+    assert added.volume_ml == pytest.approx(missed.sum() * 2.0 / 1000)
+    assert np.array_equal(label == 2, (before == 2) | missed)  # the CT model's own lesion unchanged
+    assert np.array_equal(label >= 1, (before >= 1) | missed)
+
+    # searching only the fusion model's sub-grid finds the same; nothing to add adds nothing
+    again = before.copy()
+    region = (slice(0, 40), slice(40, 80), slice(40, 80))
+    assert add_lesions_seen_on_mri(again, assist, ct, mri, region).count == 1 and np.array_equal(again, label)
+    assert add_lesions_seen_on_mri(label, (label >= 1).astype(np.uint8), ct, mri).count == 0
+
+
+def test_the_runner_turns_the_assist_off_only_when_asked_and_an_mri_is_given():
+    assert "--no-mri-assist" in segment_command("ct.nrrd", "out", mri="mri.nrrd", mri_assist=False)
+    assert "--no-mri-assist" not in segment_command("ct.nrrd", "out", mri="mri.nrrd")
+    assert "--no-mri-assist" not in segment_command("ct.nrrd", "out", mri_assist=False)
+
+
+@pytest.mark.skipif(not all(bundled_model_dir(n) for n in ("localizer", "fusion", "dual-stream")),
+                    reason="bundled weights absent")
+def test_segment_adds_the_lesions_the_ct_does_not_show(tmp_path: Path):
+    """Independent phantom 7315 (the benchmark's first fresh draw, case 15): a 21 mm metastasis
+    within 5 HU of the liver on the CT and a 15 mm haemangioma 25 HU above a liver whose HU
+    spreads 40; the MRI shows both. dual-stream alone (demo weights) gives them tumour
+    probability 0.00 and misses both; with the assist both are found, named as the fusion
+    model's, and the lesion dual-stream found keeps its outline."""
+    from LiverTumorAILib.pipeline import run_segment
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from independent_phantom import make_case
+
+    truth = make_case(7315, tmp_path / "case")
+    case = tmp_path / "case"
+    lesions_truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "lesions.nii.gz")))
+    subtle = [les["id"] for les in truth["lesions"] if les["type"] in ("metastasis", "haemangioma")]
+    assert len(subtle) == 2
+
+    def run(out: str, assist: bool):
+        report = run_segment(case / "ct.nii.gz", tmp_path / out, mri_path=case / "mri.nii.gz", model="dual-stream",
+                             device="cpu", heatmaps="none", classify=assist, mri_assist=assist)
+        found = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / out / "lesions.nii.gz")))
+        return report, found
+
+    alone, found_alone = run("alone", False)
+    assert alone["mri_lesion_assist"] is None and "mri_lesion_assist" not in alone["models"]
+    assert all(row["found_by"] == "dual-stream" for row in alone["lesions"])
+    assert not any(found_alone[lesions_truth == i].any() for i in subtle)
+
+    assisted, found = run("assisted", True)
+    on_disk = json.loads((tmp_path / "assisted" / "report.json").read_text(encoding="utf-8"))
+    assert on_disk["mri_lesion_assist"] == assisted["mri_lesion_assist"]
+    assert assisted["mri_lesion_assist"]["model"] == "fusion" and assisted["mri_lesion_assist"]["lesions_added"] >= 2
+    assert assisted["models"]["mri_lesion_assist"]["name"] == "fusion"
+    by_id = {row["id"]: row for row in assisted["lesions"]}
+    for i in subtle:
+        ids = np.unique(found[lesions_truth == i])
+        ids = ids[ids > 0]
+        assert ids.size == 1 and by_id[int(ids[0])]["found_by"] == "fusion"
+        overlap = np.count_nonzero((found == ids[0]) & (lesions_truth == i))
+        assert 2 * overlap / (np.count_nonzero(found == ids[0]) + np.count_nonzero(lesions_truth == i)) >= 0.6
+        assert by_id[int(ids[0])]["malignancy_probability"] is not None
+    assert any("added from the MRI by the fusion model" in w for w in assisted["warnings"])
+    # what dual-stream found by itself is still there, outline unchanged
+    own = [row["id"] for row in assisted["lesions"] if row["found_by"] == "dual-stream"]
+    assert len(own) == len(alone["lesions"])
+    assert np.array_equal(np.isin(found, own), found_alone > 0)
+
+
+def test_the_lesion_table_names_the_lesions_found_on_the_mri():
+    from LiverTumorAILib.scene import scene_available
+
+    if not scene_available():
+        pytest.skip("slicer-core not installed")
+    from LiverTumorAILib.scene.build import new_scene
+    from LiverTumorAILib.scene.table import create_lesion_table, table_rows
+
+    report = {
+        "lesions": [{"id": 1, "volume_ml": 2.0, "found_by": "dual-stream"}, {"id": 2, "volume_ml": 1.0, "found_by": "fusion"},
+                    {"id": 3, "volume_ml": 0.5}],
+        "models": {"segmentation": {"name": "dual-stream", "version": "demo-0.5"},
+                   "mri_lesion_assist": {"name": "fusion", "version": "demo-0.3"}},
+    }
+    rows = table_rows(create_lesion_table(new_scene(), report, "Lesions"))
+    assert [r["id"] for r in rows] == [1, 2, 3]
+    assert rows[0]["model"] == rows[2]["model"] and "segmentation demo-0.5" in rows[0]["model"]
+    assert rows[1]["model"].startswith("found on the MRI by fusion; ") and rows[1]["model"].endswith(rows[0]["model"])
