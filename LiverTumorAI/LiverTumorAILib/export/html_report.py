@@ -19,6 +19,7 @@ CT_WINDOW = (-160.0, 240.0)  # abdominal soft-tissue window
 TABLE_COLUMNS = [
     ("id", "Lesion"), ("volume_ml", "Volume (ml)"), ("longest_diameter_mm", "Longest diameter (mm)"),
     ("mean_hu", "Mean HU"), ("malignancy_probability", "Malignancy probability"), ("predicted_class", "Class"),
+    ("found_by", "Found by"),  # the segmentation model, or the fusion model for a lesion only the MRI shows
 ]
 
 
