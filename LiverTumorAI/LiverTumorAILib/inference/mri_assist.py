@@ -19,9 +19,9 @@ segments the same box, and each lesion it finds that
 is added as tumour, whole. The fusion model's clean-up (HU and MRI checks, edges) has already
 run on it. report.json names the lesions added (`found_by`) and warns, so they are checked.
 Measured (README, "MRI lesion assist"): on three independent draws of 16 phantoms, detection of
-lesions >= 10 mm 67-92 % -> 97-100 % for both CT-only models, false positives per case unchanged;
-on the project's own held-out 16 the fusion model's own false positives come along (+0.12 per
-case). Off with `--no-mri-assist`.
+lesions >= 10 mm 67-95 % -> 97-100 % for both CT-only models, false positives per case unchanged on
+two draws and +0.12 on the third; on the project's own held-out 16, detection 66 -> 72-75 % and the
+fusion model's own false positives come along (+0.06 / +0.12 per case). Off with `--no-mri-assist`.
 """
 
 from __future__ import annotations
