@@ -73,7 +73,7 @@ def test_version(capsys) -> None:
 
 
 @pytest.mark.parametrize("command,options", [
-    ("segment", ["--mri", "--model", "--device", "--no-classify", "--no-hu-checks", "--no-heatmap", "--heatmaps", "--weights",
+    ("segment", ["--mri", "--model", "--device", "--no-classify", "--no-hu-checks", "--no-mri-assist", "--no-heatmap", "--heatmaps", "--weights",
                  "--overwrite", "--progress", "--threads", "-o"]),
     ("classify", ["--seg", "--mri", "--weights", "--device", "--threads", "--overwrite", "--progress", "-o"]),
     ("demo", ["-o", "--model", "--device", "--threads", "--overwrite", "--progress"]),
@@ -120,14 +120,14 @@ def test_segment_dispatch(monkeypatch, tmp_path: Path) -> None:
     out = tmp_path / "out"
     rc = cli.main(["segment", str(ct), "--mri", str(mri), "--model", "tam-unet", "--device", "cpu", "--no-classify",
                    "--no-heatmap", "--weights", "w", "--overwrite", "--threads", "3", "--progress", "none",
-                   "--no-hu-checks", "-o", str(out)])
+                   "--no-hu-checks", "--no-mri-assist", "-o", str(out)])
     assert rc == 0
     (name, args, kw), = fake.calls
     assert args == (str(ct), str(out))
     assert kw["mri_path"] == str(mri) and kw["model"] == "tam-unet" and kw["device"] == "cpu"
     assert kw["classify"] is False and kw["heatmaps"] == "none" and kw["weights_dir"] == "w"
     assert kw["overwrite"] is True and kw["threads"] == 3 and isinstance(kw["progress"], Progress)
-    assert kw["hu_checks"] is False
+    assert kw["hu_checks"] is False and kw["mri_assist"] is False
     fake.calls.clear()
     assert cli.main(["segment", str(ct), "--heatmaps", "all", "--progress", "none", "-o", str(out)]) == 0
     kw = fake.calls[0][2]
