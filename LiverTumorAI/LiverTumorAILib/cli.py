@@ -277,10 +277,11 @@ def print_summary(report: Optional[dict]) -> None:
     out = sys.stdout
     out.write(f"Liver {report.get('liver_volume_ml', 0):.0f} ml, tumour burden {report.get('tumour_burden_percent', 0):.1f}%, "
               f"{report.get('lesion_count', 0)} lesion(s)\n")
-    segmented_by = ((report.get("models") or {}).get("segmentation") or {}).get("name")
+    from LiverTumorAILib.inference.mri_assist import found_on_mri_by
+
     for les in report.get("lesions", []):
-        found_by = les.get("found_by")
-        seen_on_mri = f", found on the MRI by {found_by}" if found_by and segmented_by and found_by != segmented_by else ""
+        found_by = found_on_mri_by(les, report)
+        seen_on_mri = f", found on the MRI by {found_by}" if found_by else ""
         p = les.get("malignancy_probability")
         prob = f"p(malignant) {p:.2f}" if isinstance(p, (int, float)) else "not classified"
         call = les.get("predicted_class", "?")

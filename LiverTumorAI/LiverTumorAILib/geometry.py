@@ -58,6 +58,15 @@ def voxel_indices_to_physical(image: sitk.Image, zyx: np.ndarray) -> np.ndarray:
     return ijk @ matrix.T + origin
 
 
+def points_in_field_of_view(image: sitk.Image, points_lps: np.ndarray) -> bool:
+    """Whether every physical LPS point (N, 3) lies within `image`'s voxel edges: what a check
+    that an image (the MRI) covers a region needs, without resampling anything."""
+    matrix, origin = index_to_physical_matrix(image)
+    index = np.linalg.solve(matrix, (np.asarray(points_lps, dtype=float) - origin).T).T
+    size = np.asarray(image.GetSize(), dtype=float)
+    return bool(np.all(index >= -0.5) and np.all(index <= size - 0.5))
+
+
 def head_foot_axis(image: sitk.Image) -> int:
     """The array axis (z, y, x order) of `image` whose index direction is closest to head-foot."""
     direction = np.asarray(image.GetDirection()).reshape(3, 3)

@@ -229,15 +229,12 @@ def classify_lesions(
 def mri_covers_lesion(mri: sitk.Image, geometry: LesionGeometry, margin_mm: float = MRI_MARGIN_MM) -> bool:
     """Whether the MRI's field of view holds the lesion's axis-aligned (LPS) box, widened by
     `margin_mm` of the liver around it (what the CT+MRI classifier compares the lesion with)."""
+    from ..geometry import points_in_field_of_view
+
     half = 0.5 * geometry.extent_mm + margin_mm
     axis = np.linspace(-half, half, 5)
     offsets = np.stack(np.meshgrid(axis, axis, axis, indexing="ij"), axis=-1).reshape(-1, 3)
-    size = np.asarray(mri.GetSize(), dtype=float)
-    for point in np.asarray(geometry.centroid_lps) + offsets:
-        index = np.asarray(mri.TransformPhysicalPointToContinuousIndex([float(v) for v in point]))
-        if np.any(index < -0.5) or np.any(index > size - 0.5):
-            return False
-    return True
+    return points_in_field_of_view(mri, np.asarray(geometry.centroid_lps) + offsets)
 
 
 def _classify_group(model, manifest: dict, ct: sitk.Image, lesions: sitk.Image, mri: sitk.Image | None,

@@ -28,10 +28,13 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
+
+from LiverTumorAILib.geometry import points_in_field_of_view, voxel_indices_to_physical
 
 MRI_ASSIST_MODEL = "fusion"
 MIN_FRACTION_IN_LIVER = 0.5
@@ -51,16 +54,20 @@ class AddedLesions:
 def _inside_mri(ct: sitk.Image, mri: sitk.Image, lo_zyx, hi_zyx, margin_mm: float) -> bool:
     """Whether the box of CT voxels [lo, hi] (z, y, x, inclusive), grown by `margin_mm`, lies in
     the MRI's field of view: all 8 corners do (the box is convex, so is the MRI's grid)."""
-    spacing = np.array(ct.GetSpacing())
-    lo = np.array(lo_zyx[::-1], float) - margin_mm / spacing
-    hi = np.array(hi_zyx[::-1], float) + margin_mm / spacing
-    size = np.array(mri.GetSize(), float)
-    for corner in itertools.product(*zip(lo, hi)):
-        point = ct.TransformContinuousIndexToPhysicalPoint([float(c) for c in corner])
-        index = np.array(mri.TransformPhysicalPointToContinuousIndex(point))
-        if np.any(index < -0.5) or np.any(index > size - 0.5):
-            return False
-    return True
+    grow = margin_mm / np.asarray(ct.GetSpacing(), dtype=float)[::-1]
+    lo = np.asarray(lo_zyx, dtype=float) - grow
+    hi = np.asarray(hi_zyx, dtype=float) + grow
+    corners = np.array(list(itertools.product(*zip(lo, hi))))
+    return points_in_field_of_view(mri, voxel_indices_to_physical(ct, corners))
+
+
+def found_on_mri_by(lesion: Mapping[str, Any], report: Mapping[str, Any]) -> str | None:
+    """The model that added `lesion` (a report.json lesion row) from the MRI, or None when the
+    segmentation model drew it (or the report predates `found_by`): what the lesion table and the
+    CLI's summary name."""
+    found_by = lesion.get("found_by")
+    segmented_by = ((report.get("models") or {}).get("segmentation") or {}).get("name")
+    return found_by if found_by and segmented_by and found_by != segmented_by else None
 
 
 def add_lesions_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: sitk.Image, mri: sitk.Image,

@@ -29,11 +29,11 @@ def _cell(lesion: Mapping[str, Any], key: str, cls: type) -> Any:
     return int(value) if cls is vtk.vtkIntArray else float(value)
 
 
-def _model_cell(lesion: Mapping[str, Any], model: str, segmented_by: str | None) -> str:
-    found_by = lesion.get("found_by")
-    if found_by and segmented_by and found_by != segmented_by:
-        return f"found on the MRI by {found_by}; {model}"
-    return model
+def _model_cell(lesion: Mapping[str, Any], model: str, report: Mapping[str, Any]) -> str:
+    from ..inference.mri_assist import found_on_mri_by
+
+    found_by = found_on_mri_by(lesion, report)
+    return f"found on the MRI by {found_by}; {model}" if found_by else model
 
 
 def create_lesion_table(
@@ -46,12 +46,11 @@ def create_lesion_table(
     node = scene.AddNewNodeByClass("vtkMRMLTableNode", scene.GenerateUniqueName(name))
     table = node.GetTable()
     lesions = list(report.get("lesions") or [])
-    segmented_by = ((report.get("models") or {}).get("segmentation") or {}).get("name")
     for column, cls, key in COLUMNS:
         array = cls()
         array.SetName(column)
         for lesion in lesions:
-            array.InsertNextValue(_model_cell(lesion, model, segmented_by) if key is None else _cell(lesion, key, cls))
+            array.InsertNextValue(_model_cell(lesion, model, report) if key is None else _cell(lesion, key, cls))
         table.AddColumn(array)
     node.SetUseColumnTitleAsColumnHeader(True)
     node.SetColumnUnitLabel("volume_ml", "ml")
