@@ -1,5 +1,7 @@
-"""With an MRI, a CT-only model's segmentation gains the lesions only the MRI shows, found by the
-fusion model (inference/mri_assist.py); its own lesions and liver stay as they were."""
+"""With an MRI, a CT-only model's segmentation is checked against the fusion model's reading of
+it (inference/mri_assist.py): lesions only the MRI shows are added, outlines the MRI shows larger
+are extended, findings bright on the CT and dark on the MRI are removed as vessels; the rest stays
+as the CT-only model drew it."""
 
 from __future__ import annotations
 
@@ -11,7 +13,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from LiverTumorAILib.inference.mri_assist import add_lesions_seen_on_mri
+from LiverTumorAILib.inference.mri_assist import (
+    add_lesions_seen_on_mri,
+    extend_outlines_seen_on_mri,
+    remove_vessels_seen_on_mri,
+)
 from LiverTumorAILib.runner import segment_command
 from LiverTumorAILib.weights import bundled_model_dir
 
@@ -60,10 +66,136 @@ def test_only_new_lesions_inside_the_liver_and_the_mri_are_added():
     assert add_lesions_seen_on_mri(label, (label >= 1).astype(np.uint8), ct, mri).count == 0
 
 
+def test_an_outline_the_mri_shows_clearly_larger_is_extended_inside_the_liver_only():
+    shape = (40, 100, 100)
+    label = np.zeros(shape, np.uint8)
+    label[5:35, 10:90, 10:90] = 1
+    core = _ball(shape, (20, 17, 30), 5)  # the CT model's outline: the hypodense core, near the liver's edge
+    label[core] = 2
+    near_edge = _ball(shape, (20, 50, 60), 7)  # a second lesion, outlined almost as the fusion model does
+    label[near_edge] = 2
+    before = label.copy()
+    assist = np.zeros(shape, np.uint8)
+    assist[label >= 1] = 1
+    whole = _ball(shape, (20, 17, 30), 9)  # the fusion model sees the rim too, partly outside the liver
+    assist[whole] = 2
+    assist[_ball(shape, (20, 50, 60), 7.1)] = 2  # a little more at the edge: not worth a change
+    mri = sitk.GetImageFromArray(np.zeros((12, 100, 100), np.float32))
+    mri.SetSpacing((1.0, 1.0, 5.0))
+    ct = _ct(shape)
+
+    extended = extend_outlines_seen_on_mri(label, assist, ct, mri)
+
+    assert extended.count == 1 and whole[extended.seeds[0]] and label[extended.seeds[0]] == 2
+    assert np.array_equal(label == 2, core | near_edge | (whole & (before >= 1)))
+    assert extended.volume_ml == pytest.approx(np.count_nonzero(whole & ~core & (before == 1)) * 2.0 / 1000)
+    assert np.array_equal(label >= 1, before >= 1)  # the liver's outline never moves
+
+    # the same lesion where the MRI ends (its last slice at z 55 mm) is left as the CT model drew it
+    short = sitk.GetImageFromArray(np.zeros((5, 100, 100), np.float32))
+    short.SetSpacing((1.0, 1.0, 5.0))  # z 0-20 mm: the lesion (z 22-58 mm) lies outside
+    again = before.copy()
+    assert extend_outlines_seen_on_mri(again, assist, ct, short).count == 0 and np.array_equal(again, before)
+
+
+def _vessel_case(rng):
+    """A liver (CT ~60 HU, MRI ~100) with three CT-model lesions: a vessel (CT 160, MRI 60), a
+    haemangioma (CT 160, MRI 300) and a dark one (CT 20, MRI 60), on a CT and an MRI grid."""
+    shape = (40, 100, 100)
+    label = np.zeros(shape, np.uint8)
+    label[5:35, 10:90, 10:90] = 1
+    ct = rng.normal(0, 10, shape)
+    mri = rng.normal(50, 10, shape)
+    ct[label == 1] += 60
+    mri[label == 1] += 50
+    balls = {"vessel": _ball(shape, (20, 30, 30), 5), "haemangioma": _ball(shape, (20, 60, 30), 5),
+             "dark": _ball(shape, (20, 30, 70), 5)}
+    for name, (ct_value, mri_value) in {"vessel": (160, 60), "haemangioma": (160, 300), "dark": (20, 60)}.items():
+        label[balls[name]] = 2
+        ct[balls[name]] = rng.normal(ct_value, 10, int(balls[name].sum()))
+        mri[balls[name]] = rng.normal(mri_value, 10, int(balls[name].sum()))
+    ct_image = sitk.GetImageFromArray(ct.astype(np.int16))
+    ct_image.SetSpacing(SPACING)
+    mri_image = sitk.GetImageFromArray(mri.astype(np.float32))
+    mri_image.SetSpacing(SPACING)
+    return label, ct_image, mri_image, balls
+
+
+def test_a_finding_bright_on_the_ct_and_dark_on_the_mri_that_the_fusion_model_skips_is_removed():
+    label, ct, mri, balls = _vessel_case(np.random.default_rng(3))
+    before = label.copy()
+    fusion = (label >= 1).astype(np.uint8)  # the fusion model found no lesion at all
+
+    removed = remove_vessels_seen_on_mri(label, fusion, ct, mri)
+
+    assert len(removed) == 1
+    assert np.array_equal(label == 2, (before == 2) & ~balls["vessel"])  # haemangioma and dark lesion kept
+    assert np.array_equal(label >= 1, before >= 1)  # the vessel is liver again
+    finding = removed[0]
+    assert finding.ct_sd_above_liver > 5 and finding.mri_sd_below_liver > 2
+    assert finding.volume_ml == pytest.approx(balls["vessel"].sum() * 2.0 / 1000)
+    # centroid: voxel (z 20, y 30, x 30) -> LPS (30, 30, 40) mm -> RAS (-30, -30, 40)
+    assert finding.centroid_ras == pytest.approx([-30.0, -30.0, 40.0], abs=0.1)
+    assert finding.as_report()["volume_ml"] == round(finding.volume_ml, 3)
+
+    # where the fusion model found a lesion too, or the MRI does not reach, nothing is removed
+    label, ct, mri, balls = _vessel_case(np.random.default_rng(3))
+    fusion[balls["vessel"]] = 2
+    assert remove_vessels_seen_on_mri(label, fusion, ct, mri) == []
+    outside = sitk.RegionOfInterest(mri, [100, 100, 8], [0, 0, 0])  # z 0-14 mm only
+    assert remove_vessels_seen_on_mri(label, (label >= 1).astype(np.uint8), ct, outside) == []
+
+
 def test_the_runner_turns_the_assist_off_only_when_asked_and_an_mri_is_given():
     assert "--no-mri-assist" in segment_command("ct.nrrd", "out", mri="mri.nrrd", mri_assist=False)
     assert "--no-mri-assist" not in segment_command("ct.nrrd", "out", mri="mri.nrrd")
     assert "--no-mri-assist" not in segment_command("ct.nrrd", "out", mri_assist=False)
+
+
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * np.count_nonzero(a & b) / (np.count_nonzero(a) + np.count_nonzero(b))
+
+
+def _independent_case(seed: int, folder: Path) -> dict:
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from independent_phantom import make_case
+
+    return make_case(seed, folder)
+
+
+@pytest.mark.skipif(not all(bundled_model_dir(n) for n in ("localizer", "fusion", "dual-stream")),
+                    reason="bundled weights absent")
+def test_segment_extends_a_rim_the_ct_hides_and_removes_a_vessel(tmp_path: Path):
+    """Independent phantom 7515 (the second fresh draw, case 15): a 47 mm metastasis whose outer
+    3-4 mm are within a few HU of the liver on the CT but plain on the MRI, and a bright portal
+    vessel. dual-stream alone (demo weights) outlines only the hypodense core and draws the vessel
+    as a second lesion; with the assist the outline takes the MRI's extent and the vessel is liver
+    again, each change named in the report."""
+    from LiverTumorAILib.pipeline import run_segment
+
+    truth = _independent_case(7515, tmp_path / "case")
+    case = tmp_path / "case"
+    assert [les["type"] for les in truth["lesions"]] == ["metastasis"]
+    tumour = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "label.nii.gz"))) == 2
+
+    def run(out: str, assist: bool):
+        report = run_segment(case / "ct.nii.gz", tmp_path / out, mri_path=case / "mri.nii.gz", model="dual-stream",
+                             device="cpu", heatmaps="none", classify=False, mri_assist=assist)
+        return report, sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / out / "segmentation.nii.gz")))
+
+    alone, label_alone = run("alone", False)
+    assert alone["lesion_count"] == 2 and _dice(label_alone == 2, tumour) < 0.75
+
+    assisted, label = run("assisted", True)
+    assist = assisted["mri_lesion_assist"]
+    assert assisted["lesion_count"] == 1 and assist["lesions_extended"] == 1 and assist["volume_extended_ml"] > 5
+    assert assisted["lesions"][0]["outline_extended_by"] == "fusion" and assisted["lesions"][0]["found_by"] == "dual-stream"
+    assert _dice(label == 2, tumour) >= 0.8
+    (vessel,) = assist["findings_removed_as_vessels"]
+    assert vessel["ct_sd_above_liver"] >= 2 and vessel["mri_sd_below_liver"] >= 1
+    assert any("removed as a vessel" in w for w in assisted["warnings"])
+    assert any("outline(s) were extended" in w for w in assisted["warnings"])
+    assert np.array_equal(label >= 1, label_alone >= 1)  # the liver is dual-stream's, as drawn
 
 
 @pytest.mark.skipif(not all(bundled_model_dir(n) for n in ("localizer", "fusion", "dual-stream")),
@@ -76,10 +208,7 @@ def test_segment_adds_the_lesions_the_ct_does_not_show(tmp_path: Path):
     model's, and the lesion dual-stream found keeps its outline."""
     from LiverTumorAILib.pipeline import run_segment
 
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    from independent_phantom import make_case
-
-    truth = make_case(7315, tmp_path / "case")
+    truth = _independent_case(7315, tmp_path / "case")
     case = tmp_path / "case"
     lesions_truth = sitk.GetArrayFromImage(sitk.ReadImage(str(case / "lesions.nii.gz")))
     subtle = [les["id"] for les in truth["lesions"] if les["type"] in ("metastasis", "haemangioma")]
@@ -126,11 +255,13 @@ def test_the_lesion_table_names_the_lesions_found_on_the_mri():
 
     report = {
         "lesions": [{"id": 1, "volume_ml": 2.0, "found_by": "dual-stream"}, {"id": 2, "volume_ml": 1.0, "found_by": "fusion"},
-                    {"id": 3, "volume_ml": 0.5}],
+                    {"id": 3, "volume_ml": 0.5},
+                    {"id": 4, "volume_ml": 0.4, "found_by": "dual-stream", "outline_extended_by": "fusion"}],
         "models": {"segmentation": {"name": "dual-stream", "version": "demo-0.5"},
                    "mri_lesion_assist": {"name": "fusion", "version": "demo-0.3"}},
     }
     rows = table_rows(create_lesion_table(new_scene(), report, "Lesions"))
-    assert [r["id"] for r in rows] == [1, 2, 3]
+    assert [r["id"] for r in rows] == [1, 2, 3, 4]
     assert rows[0]["model"] == rows[2]["model"] and "segmentation demo-0.5" in rows[0]["model"]
     assert rows[1]["model"].startswith("found on the MRI by fusion; ") and rows[1]["model"].endswith(rows[0]["model"])
+    assert rows[3]["model"].startswith("outline extended on the MRI by fusion; ")

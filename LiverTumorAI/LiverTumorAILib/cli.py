@@ -103,8 +103,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "them, not where the image changes "
                         "(for livers with very uneven HU; see README)")
     p.add_argument("--no-mri-assist", action="store_true",
-                   help="with --mri and a CT-only model (dual-stream, tam-unet): do not add the lesions that "
-                        "only the MRI shows, found by the fusion model (report.json names them in found_by)")
+                   help="with --mri and a CT-only model (dual-stream, tam-unet): do not check its lesions "
+                        "against the fusion model's reading of the MRI (by default lesions only the MRI shows "
+                        "are added, outlines the MRI shows larger are extended, and findings bright on the CT "
+                        "but dark on the MRI are removed as vessels; report.json names each change)")
     heat = p.add_mutually_exclusive_group()
     heat.add_argument("--no-heatmap", action="store_true", help="do not write heatmap.nii.gz")
     heat.add_argument("--heatmaps", choices=("main", "all"), default="main",
@@ -277,11 +279,11 @@ def print_summary(report: Optional[dict]) -> None:
     out = sys.stdout
     out.write(f"Liver {report.get('liver_volume_ml', 0):.0f} ml, tumour burden {report.get('tumour_burden_percent', 0):.1f}%, "
               f"{report.get('lesion_count', 0)} lesion(s)\n")
-    from LiverTumorAILib.inference.mri_assist import found_on_mri_by
+    from LiverTumorAILib.inference.mri_assist import mri_assist_note
 
     for les in report.get("lesions", []):
-        found_by = found_on_mri_by(les, report)
-        seen_on_mri = f", found on the MRI by {found_by}" if found_by else ""
+        note = mri_assist_note(les, report)
+        seen_on_mri = f", {note}" if note else ""
         p = les.get("malignancy_probability")
         prob = f"p(malignant) {p:.2f}" if isinstance(p, (int, float)) else "not classified"
         call = les.get("predicted_class", "?")

@@ -243,7 +243,7 @@ def segment_into(
     assist = assist_model = None
     if mri_assist and mri is not None and model != MRI_ASSIST_MODEL:
         t0 = time.perf_counter()
-        assist, assist_model = _add_lesions_seen_on_mri(ct, mri, out, weights_dir, torch_device, hu_checks, progress)
+        assist, assist_model = _check_lesions_against_mri(ct, mri, out, weights_dir, torch_device, hu_checks, progress)
         timing["mri_assist"] = time.perf_counter() - t0
     # Whole-scan arrays are what a long scan cannot afford several of: from here on the CT,
     # the uint8 label map and one uint16 lesion image are the only ones, each held once,
@@ -263,12 +263,7 @@ def segment_into(
     t0 = time.perf_counter()
     lesion_rows = lesion_measurements(ct, ct_array, lesions)
     timing["measure"] = time.perf_counter() - t0
-    added_ids = {int(lesions[seed]) for seed in assist.seeds} if assist else set()
-    for row in lesion_rows:
-        row["found_by"] = assist_model.name if row["id"] in added_ids else model
-    if added_ids:
-        message = (f"{len(added_ids)} lesion(s) the CT barely shows were added from the MRI by the "
-                   f"{assist_model.name} model (ids {', '.join(map(str, sorted(added_ids)))}): check them")
+    for message in _record_mri_assist(lesion_rows, lesions, assist, assist_model, model):
         progress.warn(message)
         warnings.append(message)
 
@@ -338,8 +333,7 @@ def segment_into(
         "liver_localized": localized,
         "mri_coverage": mri_coverage or None,
         "hu_checks": {"enabled": hu_checks, **hu_found},
-        "mri_lesion_assist": None if assist is None else {
-            "model": assist_model.name, "lesions_added": assist.count, "volume_added_ml": round(assist.volume_ml, 3)},
+        "mri_lesion_assist": None if assist is None else _mri_assist_report(assist, assist_model.name),
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
     }
     if not localized and localizer is not None:
@@ -351,14 +345,15 @@ def segment_into(
     return report
 
 
-def _add_lesions_seen_on_mri(ct: sitk.Image, mri: sitk.Image, out, weights_dir, device, hu_checks: bool, progress):
-    """Run the MRI-reading model on the CT-only model's box and add to `out.label` (in place) the
-    lesions only it found (inference/mri_assist.py). Returns (what was added, the model), or
-    (None, None) with a warning when its weights are missing."""
+def _check_lesions_against_mri(ct: sitk.Image, mri: sitk.Image, out, weights_dir, device, hu_checks: bool, progress):
+    """Run the MRI-reading model on the CT-only model's box and check `out.label` (in place)
+    against it: vessels removed, outlines extended, lesions only it found added
+    (inference/mri_assist.py). Returns (what changed, the model), or (None, None) with a warning
+    when its weights are missing."""
     from LiverTumorAILib.errors import WeightsError
     from LiverTumorAILib.geometry import region_slices
     from LiverTumorAILib.inference.engine import load_model, segment_volume
-    from LiverTumorAILib.inference.mri_assist import MRI_ASSIST_MODEL, add_lesions_seen_on_mri
+    from LiverTumorAILib.inference.mri_assist import MRI_ASSIST_MODEL, assist_with_mri
 
     try:
         assist_model = load_model(MRI_ASSIST_MODEL, weights_dir, device)
@@ -372,8 +367,42 @@ def _add_lesions_seen_on_mri(ct: sitk.Image, mri: sitk.Image, out, weights_dir, 
         progress=lambda stage, f: progress.stage("mri_assist", f), warn=progress.warn, hu_checks=hu_checks,
     )
     region = region_slices(*assist_out.region) if assist_out.region is not None else None
-    added = add_lesions_seen_on_mri(out.label, assist_out.label, ct, mri, region)
-    return added, assist_model
+    changes = assist_with_mri(out.label, assist_out.label, ct, mri, region)
+    return changes, assist_model
+
+
+def _record_mri_assist(rows: list[dict], lesions: np.ndarray, assist, assist_model, model: str) -> list[str]:
+    """Mark each lesion row with who found it (`found_by`) and whether the MRI extended its
+    outline (`outline_extended_by`); return the warnings that name every change the assist made."""
+    added = {int(lesions[seed]) for seed in assist.added.seeds} if assist else set()
+    extended = {int(lesions[seed]) for seed in assist.extended.seeds} - added if assist else set()
+    for row in rows:
+        row["found_by"] = assist_model.name if row["id"] in added else model
+        row["outline_extended_by"] = assist_model.name if row["id"] in extended else None
+    if assist is None:
+        return []
+    name, messages = assist_model.name, []
+    if added:
+        messages.append(f"{len(added)} lesion(s) the CT barely shows were added from the MRI by the {name} model "
+                        f"(ids {', '.join(map(str, sorted(added)))}): check them")
+    if extended:
+        messages.append(f"{len(extended)} lesion outline(s) were extended to where the MRI shows more of them, by "
+                        f"the {name} model (ids {', '.join(map(str, sorted(extended)))}): check them")
+    for finding in assist.removed:
+        where = ", ".join(f"{v:.0f}" for v in finding.centroid_ras)
+        messages.append(f"a {finding.volume_ml:.1f} ml finding of {model} at RAS ({where}) mm was removed as a "
+                        f"vessel: {finding.ct_sd_above_liver:.1f} SD brighter than the liver on the CT, "
+                        f"{finding.mri_sd_below_liver:.1f} SD darker on the MRI, and no lesion to the {name} model: "
+                        "check it")
+    return messages
+
+
+def _mri_assist_report(assist, name: str) -> dict[str, Any]:
+    """report.json's `mri_lesion_assist`: the model and what it changed."""
+    return {"model": name, "lesions_added": assist.added.count, "volume_added_ml": round(assist.added.volume_ml, 3),
+            "lesions_extended": assist.extended.count,
+            "volume_extended_ml": round(assist.extended.volume_ml, 3),
+            "findings_removed_as_vessels": [finding.as_report() for finding in assist.removed]}
 
 
 #: liver fraction inside the MRI's field of view under which the report warns

@@ -20,6 +20,7 @@ TABLE_COLUMNS = [
     ("id", "Lesion"), ("volume_ml", "Volume (ml)"), ("longest_diameter_mm", "Longest diameter (mm)"),
     ("mean_hu", "Mean HU"), ("malignancy_probability", "Malignancy probability"), ("predicted_class", "Class"),
     ("found_by", "Found by"),  # the segmentation model, or the fusion model for a lesion only the MRI shows
+    ("outline_extended_by", "Outline extended by"),  # the fusion model, where the MRI showed the lesion larger
 ]
 
 

@@ -1,27 +1,40 @@
-"""With an MRI, lesions that only the MRI shows are added to a CT-only model's segmentation.
+"""With an MRI, a CT-only model's lesions are checked against what the MRI shows.
 
-Why: dual-stream and tam-unet read the CT alone (papers 001 and 004). Some lesions barely
-differ from the liver on a contrast CT while the MRI shows them plainly: on the independent
-phantoms (benchmarks/independent_phantom.py) 15-17 mm haemangiomas 25-35 HU brighter than a
-liver whose own HU spreads 35-40 HU, and 15-24 mm metastases within 5 HU of it, all 5-20 robust
-SDs off the liver on the MRI. Both CT-only models gave them a tumour probability of 0.00-0.12;
-they missed 10 and 7 of 30 such lesions on one draw. Given the MRI, a radiologist expects it to
-be read. So after the CT-only model, the fusion model (paper 000, CT+MRI; `MRI_ASSIST_MODEL`)
-segments the same box, and each lesion it finds that
+Why: dual-stream and tam-unet read the CT alone (papers 001 and 004). Given the MRI, a
+radiologist expects it to be read, and the independent phantoms (benchmarks/independent_phantom.py)
+show three ways the CT alone falls short, each one the MRI settles:
 
-* overlaps no lesion of the CT-only model (where both found one, the CT-only model's outline
-  stays: the result is that model's, completed, not a blend),
-* lies at least `MIN_FRACTION_IN_LIVER` inside the CT-only model's liver (the organ is the
-  CT-only model's), and
-* lies, with `MRI_MARGIN_MM` around it, inside the MRI's field of view (outside it the fusion
-  model reads the MRI's background fill; mri_coverage.py)
+1. Lesions the CT barely shows: 15-17 mm haemangiomas 25-35 HU brighter than a liver whose own HU
+   spreads 35-40 HU, 15-24 mm metastases within 5 HU of it, all 5-20 robust SDs off the liver on
+   the MRI. Both CT-only models gave them a tumour probability of 0.00-0.12.
+2. Lesions whose edge the CT does not show: a metastasis's outer 3-4 mm (its rim) within a few HU
+   of the liver on the CT, plainly brighter than the liver on the MRI. The CT-only models outline
+   the hypodense core: recall 0.59-0.63 on 30-47 mm metastases, lesion Dice 0.70-0.74.
+3. Bright vessels drawn as lesions: a contrast-filled vessel 50-110 HU above the liver on the
+   portal-venous CT looks like a haemangioma to a CT-only model, yet is darker than the liver on
+   the MRI (flow void, 1.9-2.6 robust SDs below it) where every lesion kind is brighter or near it.
 
-is added as tumour, whole. The fusion model's clean-up (HU and MRI checks, edges) has already
-run on it. report.json names the lesions added (`found_by`) and warns, so they are checked.
-Measured (README, "MRI lesion assist"): on three independent draws of 16 phantoms, detection of
-lesions >= 10 mm 67-95 % -> 97-100 % for both CT-only models, false positives per case unchanged on
-two draws and +0.12 on the third; on the project's own held-out 16, detection 66 -> 72-75 % and the
-fusion model's own false positives come along (+0.06 / +0.12 per case). Off with `--no-mri-assist`.
+So after the CT-only model, the fusion model (paper 000, CT+MRI; `MRI_ASSIST_MODEL`) segments
+the same box, and, only where the MRI covers the finding (with `MRI_MARGIN_MM` around it; outside
+it the fusion model reads the MRI's background fill, mri_coverage.py):
+
+* `remove_vessels_seen_on_mri`: a CT-model lesion that overlaps no fusion lesion, whose median is
+  at least `VESSEL_CT_SD_ABOVE_LIVER` robust SDs above the CT model's liver on the CT and at least
+  `VESSEL_MRI_SD_BELOW_LIVER` below it on the MRI, becomes liver again; the report lists where
+  it was and why, so it is checked. A lesion that only looks so on the CT is kept. Caveat: on a
+  T1 MRI a haemangioma is dark too, so one the fusion model also missed would be removed; the
+  warning names each removal.
+* `extend_outlines_seen_on_mri`: a CT-model lesion overlapped by a fusion lesion that is larger
+  than it (inside the CT model's liver) by more than 1 / `EXTEND_BELOW_VOLUME_RATIO` takes the
+  union of both outlines. Where the two differ only by their edge voxels the CT model's outline
+  stays as drawn (the union there would only add a shell: measured, mean Dice fell on one draw).
+* `add_lesions_seen_on_mri`: a fusion lesion that overlaps no CT-model lesion and lies at least
+  `MIN_FRACTION_IN_LIVER` inside the CT model's liver (the organ is the CT model's) is added whole.
+
+The fusion model's clean-up (HU and MRI checks, edges) has already run on its label map.
+report.json names what was added (`found_by`), extended (`outline_extended_by`) and removed, and
+warns, so each change is checked. Measured figures: README, "MRI lesion assist". Off with
+`--no-mri-assist`.
 """
 
 from __future__ import annotations
@@ -34,21 +47,60 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from LiverTumorAILib.geometry import points_in_field_of_view, voxel_indices_to_physical
+from LiverTumorAILib.geometry import (
+    lps_to_ras,
+    points_in_field_of_view,
+    region_reference,
+    voxel_indices_to_physical,
+)
 
 MRI_ASSIST_MODEL = "fusion"
 MIN_FRACTION_IN_LIVER = 0.5
 MRI_MARGIN_MM = 5.0
+EXTEND_BELOW_VOLUME_RATIO = 0.9
+VESSEL_CT_SD_ABOVE_LIVER = 2.0
+VESSEL_MRI_SD_BELOW_LIVER = 1.0
+
+_CONNECTIVITY = np.ones((3, 3, 3), bool)
+Region = tuple[slice, slice, slice]
 
 
 @dataclass
-class AddedLesions:
-    """What the assist added: how many lesions, their volume, and one voxel (z, y, x) of each,
-    by which the lesion instance map names them."""
+class LesionChanges:
+    """Lesions the assist added or extended: how many, the tumour volume it added, and one voxel
+    (z, y, x, CT grid) of each, by which the lesion instance map names them."""
 
     count: int = 0
     volume_ml: float = 0.0
     seeds: list[tuple[int, int, int]] = field(default_factory=list)
+
+    def record(self, component: np.ndarray, origin_zyx: np.ndarray, added_voxels: int, voxel_ml: float) -> None:
+        self.count += 1
+        self.volume_ml += added_voxels * voxel_ml
+        self.seeds.append(tuple(int(v) for v in np.argwhere(component)[0] + origin_zyx))
+
+
+@dataclass
+class RemovedFinding:
+    """A CT-model lesion the assist turned back into liver, with the evidence: its median's
+    distance from the liver's in robust SDs on each image."""
+
+    centroid_ras: list[float]
+    volume_ml: float
+    ct_sd_above_liver: float
+    mri_sd_below_liver: float
+
+    def as_report(self) -> dict[str, Any]:
+        return {"centroid_ras": self.centroid_ras, "volume_ml": round(self.volume_ml, 3),
+                "ct_sd_above_liver": round(self.ct_sd_above_liver, 1),
+                "mri_sd_below_liver": round(self.mri_sd_below_liver, 1)}
+
+
+@dataclass
+class MriAssistResult:
+    added: LesionChanges = field(default_factory=LesionChanges)
+    extended: LesionChanges = field(default_factory=LesionChanges)
+    removed: list[RemovedFinding] = field(default_factory=list)
 
 
 def _inside_mri(ct: sitk.Image, mri: sitk.Image, lo_zyx, hi_zyx, margin_mm: float) -> bool:
@@ -61,30 +113,47 @@ def _inside_mri(ct: sitk.Image, mri: sitk.Image, lo_zyx, hi_zyx, margin_mm: floa
     return points_in_field_of_view(mri, voxel_indices_to_physical(ct, corners))
 
 
-def found_on_mri_by(lesion: Mapping[str, Any], report: Mapping[str, Any]) -> str | None:
-    """The model that added `lesion` (a report.json lesion row) from the MRI, or None when the
-    segmentation model drew it (or the report predates `found_by`): what the lesion table and the
-    CLI's summary name."""
-    found_by = lesion.get("found_by")
+def _box_inside_mri(ct: sitk.Image, mri: sitk.Image, offset: np.ndarray, box: Region) -> bool:
+    lo = offset + [s.start for s in box]
+    hi = offset + [s.stop - 1 for s in box]
+    return _inside_mri(ct, mri, lo, hi, MRI_MARGIN_MM)
+
+
+def mri_assist_note(lesion: Mapping[str, Any], report: Mapping[str, Any]) -> str | None:
+    """What the MRI assist did to `lesion` (a report.json lesion row), in words: "found on the MRI
+    by fusion", "outline extended on the MRI by fusion", or None when the segmentation model
+    drew it alone (or the report predates these fields). What the lesion table and the CLI's
+    summary show."""
     segmented_by = ((report.get("models") or {}).get("segmentation") or {}).get("name")
-    return found_by if found_by and segmented_by and found_by != segmented_by else None
+    found_by = lesion.get("found_by")
+    if found_by and segmented_by and found_by != segmented_by:
+        return f"found on the MRI by {found_by}"
+    extended_by = lesion.get("outline_extended_by")
+    return f"outline extended on the MRI by {extended_by}" if extended_by else None
+
+
+def _full_region(label: np.ndarray, region: Region | None) -> Region:
+    return region or tuple(slice(0, n) for n in label.shape)
+
+
+def _voxel_ml(ct: sitk.Image) -> float:
+    return float(np.prod(ct.GetSpacing())) / 1000.0
 
 
 def add_lesions_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: sitk.Image, mri: sitk.Image,
-                            region: tuple[slice, slice, slice] | None = None) -> AddedLesions:
+                            region: Region | None = None) -> LesionChanges:
     """Add to `label` (CT grid, 0/1/2, changed in place) each tumour component of `assist_label`
-    (the fusion model's cleaned label map on the same grid) that passes the module's three tests.
-    `region`: where `assist_label` can be non-zero (the fusion model's segmented sub-grid), so a
-    long scan is searched only there."""
-    region = region or tuple(slice(0, n) for n in label.shape)
+    (the fusion model's cleaned label map on the same grid) that overlaps none of `label`'s
+    lesions, lies mostly in its liver and inside the MRI. `region`: where `assist_label` can be
+    non-zero (the fusion model's segmented sub-grid), so a long scan is searched only there."""
+    region = _full_region(label, region)
     assist_tumour = assist_label[region] == 2
     if not assist_tumour.any():
-        return AddedLesions()
-    components, _ = ndimage.label(assist_tumour, structure=np.ones((3, 3, 3), bool))
+        return LesionChanges()
+    components, _ = ndimage.label(assist_tumour, structure=_CONNECTIVITY)
     offset = np.array([s.start for s in region])
     ours = label[region]
-    voxel_ml = float(np.prod(ct.GetSpacing())) / 1000.0
-    added = AddedLesions()
+    added = LesionChanges()
     for number, box in enumerate(ndimage.find_objects(components), start=1):
         if box is None:
             continue
@@ -92,13 +161,99 @@ def add_lesions_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: sit
         mine = ours[box][component]
         if (mine == 2).any() or (mine >= 1).mean() < MIN_FRACTION_IN_LIVER:
             continue
-        lo = offset + [s.start for s in box]
-        hi = offset + [s.stop - 1 for s in box]
-        if not _inside_mri(ct, mri, lo, hi, MRI_MARGIN_MM):
+        if not _box_inside_mri(ct, mri, offset, box):
             continue
         ours[box][component] = 2
-        added.count += 1
-        added.volume_ml += float(component.sum()) * voxel_ml
-        seed = np.argwhere(component)[0] + lo
-        added.seeds.append(tuple(int(v) for v in seed))
+        added.record(component, offset + [s.start for s in box], int(component.sum()), _voxel_ml(ct))
     return added
+
+
+def extend_outlines_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: sitk.Image, mri: sitk.Image,
+                                region: Region | None = None) -> LesionChanges:
+    """Where a fusion lesion overlaps `label`'s lesions and is clearly larger than them (they hold
+    under `EXTEND_BELOW_VOLUME_RATIO` of its volume inside `label`'s liver), `label` takes the
+    union of both outlines inside its liver (in place). Run before `add_lesions_seen_on_mri`."""
+    region = _full_region(label, region)
+    assist_tumour = assist_label[region] == 2
+    if not assist_tumour.any():
+        return LesionChanges()
+    components, _ = ndimage.label(assist_tumour, structure=_CONNECTIVITY)
+    ours = label[region]
+    own_lesions, _ = ndimage.label(ours == 2, structure=_CONNECTIVITY)
+    own_sizes = np.bincount(own_lesions.ravel())
+    offset = np.array([s.start for s in region])
+    extended = LesionChanges()
+    for number, box in enumerate(ndimage.find_objects(components), start=1):
+        if box is None:
+            continue
+        component = components[box] == number
+        touched = np.unique(own_lesions[box][component])
+        touched = touched[touched > 0]
+        if touched.size == 0:
+            continue
+        own_volume = int(own_sizes[touched].sum())
+        in_organ = component & (ours[box] >= 1)
+        if own_volume >= EXTEND_BELOW_VOLUME_RATIO * int(in_organ.sum()):
+            continue
+        if not _box_inside_mri(ct, mri, offset, box):
+            continue
+        grow = in_organ & (ours[box] == 1)
+        ours[box][grow] = 2
+        extended.record(component & (ours[box] == 2), offset + [s.start for s in box], int(grow.sum()),
+                        _voxel_ml(ct))
+    return extended
+
+
+def _robust_distance(values: np.ndarray, reference: np.ndarray) -> float:
+    """(median(values) - median(reference)) in robust SDs (1.4826 MAD) of `reference`."""
+    centre = float(np.median(reference))
+    spread = 1.4826 * float(np.median(np.abs(reference - centre)))
+    return (float(np.median(values)) - centre) / max(spread, 1e-6)
+
+
+def remove_vessels_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: sitk.Image, mri: sitk.Image,
+                               region: Region | None = None) -> list[RemovedFinding]:
+    """Turn back into liver (in place) each of `label`'s lesions inside `region` that overlaps no
+    fusion lesion, is bright on the CT and dark on the MRI against `label`'s liver (a contrast-
+    filled vessel; module docstring). Run first, on the CT model's own lesions."""
+    region = _full_region(label, region)
+    ours = label[region]
+    own_lesions, _ = ndimage.label(ours == 2, structure=_CONNECTIVITY)
+    fusion_tumour = assist_label[region] == 2
+    liver = ours == 1
+    candidates = [(number, box) for number, box in enumerate(ndimage.find_objects(own_lesions), start=1)
+                  if box is not None and not fusion_tumour[box][own_lesions[box] == number].any()]
+    if not candidates or not liver.any():
+        return []
+    offset = np.array([s.start for s in region])
+    start_xyz = [int(v) for v in offset[::-1]]
+    size_xyz = [int(v) for v in ours.shape[::-1]]
+    ct_region = sitk.GetArrayViewFromImage(ct)[region]
+    mri_region = sitk.GetArrayFromImage(sitk.Resample(
+        mri, region_reference(ct, start_xyz, size_xyz), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
+    ct_liver, mri_liver = ct_region[liver].astype(np.float32), mri_region[liver]
+    removed: list[RemovedFinding] = []
+    for number, box in candidates:
+        lesion = own_lesions[box] == number
+        if not _box_inside_mri(ct, mri, offset, box):
+            continue
+        above = _robust_distance(ct_region[box][lesion].astype(np.float32), ct_liver)
+        below = -_robust_distance(mri_region[box][lesion], mri_liver)
+        if above < VESSEL_CT_SD_ABOVE_LIVER or below < VESSEL_MRI_SD_BELOW_LIVER:
+            continue
+        ours[box][lesion] = 1
+        points = np.argwhere(lesion) + offset + [s.start for s in box]
+        centroid = voxel_indices_to_physical(ct, points).mean(axis=0)
+        removed.append(RemovedFinding([round(v, 2) for v in lps_to_ras(centroid)],
+                                      float(lesion.sum()) * _voxel_ml(ct), above, below))
+    return removed
+
+
+def assist_with_mri(label: np.ndarray, assist_label: np.ndarray, ct: sitk.Image, mri: sitk.Image,
+                    region: Region | None = None) -> MriAssistResult:
+    """All three checks of the module docstring on `label` (changed in place), in the order that
+    lets each see the CT model's own lesions: remove vessels, extend outlines, add lesions."""
+    removed = remove_vessels_seen_on_mri(label, assist_label, ct, mri, region)
+    extended = extend_outlines_seen_on_mri(label, assist_label, ct, mri, region)
+    added = add_lesions_seen_on_mri(label, assist_label, ct, mri, region)
+    return MriAssistResult(added=added, extended=extended, removed=removed)

@@ -30,10 +30,10 @@ def _cell(lesion: Mapping[str, Any], key: str, cls: type) -> Any:
 
 
 def _model_cell(lesion: Mapping[str, Any], model: str, report: Mapping[str, Any]) -> str:
-    from ..inference.mri_assist import found_on_mri_by
+    from ..inference.mri_assist import mri_assist_note
 
-    found_by = found_on_mri_by(lesion, report)
-    return f"found on the MRI by {found_by}; {model}" if found_by else model
+    note = mri_assist_note(lesion, report)
+    return f"{note}; {model}" if note else model
 
 
 def create_lesion_table(
