@@ -138,6 +138,11 @@ def test_a_finding_bright_on_the_ct_and_dark_on_the_mri_that_the_fusion_model_sk
     assert finding.centroid_ras == pytest.approx([-30.0, -30.0, 40.0], abs=0.1)
     assert finding.as_report()["volume_ml"] == round(finding.volume_ml, 3)
 
+    # an MRI that covers the vessel but not the whole liver: the liver's signal is read where it reaches
+    label, ct, mri, balls = _vessel_case(np.random.default_rng(3))
+    (partial,) = remove_vessels_seen_on_mri(label, fusion, ct, sitk.RegionOfInterest(mri, [100, 100, 28], [0, 0, 0]))
+    assert partial.mri_sd_below_liver == pytest.approx(finding.mri_sd_below_liver, rel=0.1)
+
     # where the fusion model found a lesion too, or the MRI does not reach, nothing is removed
     label, ct, mri, balls = _vessel_case(np.random.default_rng(3))
     fusion[balls["vessel"]] = 2

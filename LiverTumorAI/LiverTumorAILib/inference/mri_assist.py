@@ -229,9 +229,12 @@ def remove_vessels_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: 
     start_xyz = [int(v) for v in offset[::-1]]
     size_xyz = [int(v) for v in ours.shape[::-1]]
     ct_region = sitk.GetArrayViewFromImage(ct)[region]
-    mri_region = sitk.GetArrayFromImage(sitk.Resample(
-        mri, region_reference(ct, start_xyz, size_xyz), sitk.Transform(), sitk.sitkLinear, 0.0, sitk.sitkFloat32))
-    ct_liver, mri_liver = ct_region[liver].astype(np.float32), mri_region[liver]
+    mri_region = sitk.GetArrayFromImage(sitk.Resample(  # NaN outside the MRI: not liver signal
+        mri, region_reference(ct, start_xyz, size_xyz), sitk.Transform(), sitk.sitkLinear, np.nan, sitk.sitkFloat32))
+    inside = liver & np.isfinite(mri_region)
+    if not inside.any():
+        return []
+    ct_liver, mri_liver = ct_region[liver].astype(np.float32), mri_region[inside]
     removed: list[RemovedFinding] = []
     for number, box in candidates:
         lesion = own_lesions[box] == number
