@@ -447,11 +447,14 @@ def _liver_with_holes(seed: int = 3):
     hu[label == 1] = rng.normal(100.0, 10.0, int((label == 1).sum()))
     holes = {}
     for name, (z, y, x), diameter, level in (("cyst", (40, 30, 30), 16, 10.0), ("vessel", (40, 30, 62), 16, 180.0),
-                                             ("small", (40, 62, 30), 6, 10.0), ("open", (40, 70, 62), 16, 10.0)):
+                                             ("small", (40, 62, 30), 6, 10.0), ("open", (40, 70, 62), 16, 10.0),
+                                             ("bowel", (20, 50, 50), 14, 15.0)):
         ball = (zz - z) ** 2 + (yy - y) ** 2 + (xx - x) ** 2 <= (diameter / 2) ** 2
         label[ball] = 0
         hu[ball] = rng.normal(level, 10.0, int(ball.sum()))
         holes[name] = ball
+    gas = holes["bowel"] & (rng.random(shape) < 0.3)  # bowel content: median 15 HU, a third of it gas
+    hu[gas] = -700.0
     label[holes["open"] | ((zz > 36) & (zz < 44) & (yy >= 70) & (xx > 56) & (xx < 68))] = 0  # a channel to the surface
     return label, hu, holes, spacing
 
@@ -462,7 +465,7 @@ def test_a_dark_region_the_liver_encloses_is_marked_a_lesion_and_nothing_else():
     enclosed = ndimage.binary_fill_holes(network_organ) & ~network_organ
     found = dark_enclosed_holes(enclosed, hu, 100.0, spacing)
     assert found[holes["cyst"]].all()
-    assert not found[holes["vessel"] | holes["small"] | holes["open"]].any()
+    assert not found[holes["vessel"] | holes["small"] | holes["open"] | holes["bowel"]].any()
     assert np.array_equal(found, holes["cyst"])
 
 
