@@ -374,8 +374,8 @@ def _check_lesions_against_mri(ct: sitk.Image, mri: sitk.Image, out, weights_dir
 def _record_mri_assist(rows: list[dict], lesions: np.ndarray, assist, assist_model, model: str) -> list[str]:
     """Mark each lesion row with who found it (`found_by`) and whether the MRI extended its
     outline (`outline_extended_by`); return the warnings that name every change the assist made."""
-    added = {int(lesions[seed]) for seed in assist.added.seeds} if assist else set()
-    extended = {int(lesions[seed]) for seed in assist.extended.seeds} - added if assist else set()
+    added = {int(lesions[seed]) for seed in assist.added.seeds} - {0} if assist else set()
+    extended = {int(lesions[seed]) for seed in assist.extended.seeds} - added - {0} if assist else set()
     for row in rows:
         row["found_by"] = assist_model.name if row["id"] in added else model
         row["outline_extended_by"] = assist_model.name if row["id"] in extended else None
