@@ -17,10 +17,9 @@
 * lesions = 3D connected components (26-connectivity) of what remains, numbered by
   decreasing volume;
 * with the CT's HU given, the organ and the lesions are checked against the liver's own HU
-  level (hu_guards.py): regions at the organ's surface unlike it are removed
-  (`max_region_hu_shift`: kidney, stomach, heart, bowel drawn as liver), head-foot stretches of
-  slices unlike the liver are cut off (`max_slice_hu_shift` for `min_unlike_run_mm`), the surface
-  regions are checked again (`_organ_checked_against_hu` says why in that order), and lesions inside a
+  level (hu_guards.py): head-foot stretches of slices unlike the liver are cut off
+  (`max_slice_hu_shift` for `min_unlike_run_mm`), regions at the organ's surface unlike it are
+  removed (`max_region_hu_shift`: kidney, stomach, heart drawn as liver), and lesions inside a
   tissue that is not liver are dropped (`max_lesion_rim_hu_shift`), and so are lesions that
   differ from the liver around them on neither the CT (`min_lesion_contrast_hu`) nor, when
   given, the MRI (`min_lesion_contrast_mri`). 0 turns a check off.
@@ -160,37 +159,13 @@ class TissueContext:
 
 def _organ_checked_against_hu(organ, parenchyma, ct_hu, spacing_zyx, axis, config,
                               notes: dict) -> tuple[np.ndarray, float | None]:
-    """`organ` after the region, slice and again region checks of hu_guards.py, and the liver's HU
-    level (None when the organ has no liver-labelled voxel to take it from). `notes` receives the
-    level and the volume (ml) each kind of check removed.
-
-    Why a region check before the slice check: the slice check reads each slice's median, and
-    where a slice holds both liver and a neighbour drawn onto it (bowel around the liver's tip,
-    the heart over its dome), that median is the neighbour's and the liver there went with it: on
-    the independent phantoms 2-6 slices of liver in most cases (0.3-3 % of it, 7 % once, with
-    lesions in them three times). A neighbour whose HU is off the level and that lies at the
-    organ's surface is what the region check removes, so it runs first, at the level of the whole
-    drawing (the one the slice check uses); the slice check then cuts what is left of slices
-    unlike liver (bowel near the liver's level, below it), and the region check runs again at
-    the level of what the slice check kept."""
+    """`organ` after the slice and region checks of hu_guards.py, and the liver's HU level
+    (None when the organ has no liver-labelled voxel to take it from). `notes` receives the
+    level and the volume (ml) each check removed."""
     from LiverTumorAILib.inference.localize import largest_component
 
     voxel_ml = float(np.prod(spacing_zyx)) / 1000.0
-    regions_removed = 0
-
-    def drop_regions(organ: np.ndarray, level: float) -> np.ndarray:
-        nonlocal regions_removed
-        kept = drop_regions_unlike_liver(organ, parenchyma, ct_hu, spacing_zyx, level, config.max_region_hu_shift)
-        if kept is organ:
-            return organ
-        checked = fill_holes(largest_component(kept))
-        regions_removed += np.count_nonzero(organ) - np.count_nonzero(checked)
-        return checked
-
     if config.max_slice_hu_shift > 0:
-        first_level = liver_level_hu(ct_hu[parenchyma & organ])
-        if config.max_region_hu_shift > 0 and np.isfinite(first_level):
-            organ = drop_regions(organ, first_level)
         trimmed = trim_slices_unlike_liver(organ, parenchyma, ct_hu, spacing_zyx, axis,
                                            config.max_slice_hu_shift, config.min_unlike_run_mm)
         if trimmed is not organ:
@@ -198,14 +173,19 @@ def _organ_checked_against_hu(organ, parenchyma, ct_hu, spacing_zyx, axis, confi
             organ = largest_component(trimmed)
             notes["slices_unlike_liver_removed_ml"] = round((before - np.count_nonzero(organ)) * voxel_ml, 1)
     liver = parenchyma & organ
-    level = liver_level_hu(ct_hu[liver]) if liver.any() else float("nan")
-    if np.isfinite(level):
-        notes["liver_level_hu"] = level
-        if config.max_region_hu_shift > 0:
-            organ = drop_regions(organ, level)
-    if regions_removed:
-        notes["regions_unlike_liver_removed_ml"] = round(regions_removed * voxel_ml, 1)
-    return organ, (level if np.isfinite(level) else None)
+    if not liver.any():
+        return organ, None
+    level = liver_level_hu(ct_hu[liver])
+    if not np.isfinite(level):
+        return organ, None
+    notes["liver_level_hu"] = level
+    if config.max_region_hu_shift > 0:
+        kept = drop_regions_unlike_liver(organ, parenchyma, ct_hu, spacing_zyx, level, config.max_region_hu_shift)
+        if kept is not organ:
+            before = np.count_nonzero(organ)
+            organ = fill_holes(largest_component(kept))
+            notes["regions_unlike_liver_removed_ml"] = round((before - np.count_nonzero(organ)) * voxel_ml, 1)
+    return organ, level
 
 
 def clean_label_map(
