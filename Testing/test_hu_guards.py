@@ -361,7 +361,10 @@ def test_real_ct_to_the_pelvis_keeps_the_liver_out_of_the_pelvis(real_data_dir, 
     the checks (`hu_checks=False`) dual-stream's liver runs its whole length (2.4-3.3 l with the
     demo-0.2 to 0.5 weights; tam-unet's did up to demo-0.4, demo-0.5 stops at 1.4 l by itself);
     an adult liver spans 15-25 cm and this scan cuts its top, so with them the liver must stay
-    under 20 cm and 2 l, report.json must say what was removed, and the checks never add liver."""
+    under 20 cm and 2 l, report.json must say what was removed, and the checks never add liver.
+    Both models' livers end 120 mm below the scan's top; running the surface-region check before
+    the slice check once let dual-stream's run on into colon loops to 156 mm (looked at slice by
+    slice), so the liver must also end within 140 mm."""
     import json
 
     import SimpleITK as sitk
@@ -378,7 +381,7 @@ def test_real_ct_to_the_pelvis_keeps_the_liver_out_of_the_pelvis(real_data_dir, 
         litres[checks], extent = liver.sum() * np.prod(ct.GetSpacing()) / 1e6, _head_foot_extent_mm(liver, ct)
         report = json.loads((out / "report.json").read_text())
         if checks:
-            assert litres[checks] < 2.0 and 60.0 < extent < 200.0
+            assert litres[checks] < 2.0 and 60.0 < extent < 140.0
             assert report["hu_checks"]["enabled"] is True
         else:
             assert report["hu_checks"] == {"enabled": False}
