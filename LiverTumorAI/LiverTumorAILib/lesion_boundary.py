@@ -51,6 +51,8 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
+from LiverTumorAILib.measure import robust_level_and_noise
+
 #: how far from the network's edge (mm, inside and out) a voxel may change label
 BAND_MM = 3.0
 #: the liver ring used as reference lies this far outside the lesion (mm)
@@ -247,8 +249,7 @@ def _beyond_half_contrast(image: np.ndarray, core: np.ndarray, ring: np.ndarray,
     liver, lesion = liver[np.isfinite(liver)], lesion[np.isfinite(lesion)]
     if liver.size < MIN_RING_VOXELS or lesion.size < MIN_LESION_VOXELS:
         return None  # too little of either holds a number (NaN / inf in the image)
-    level = float(np.median(liver))
-    noise = 1.4826 * float(np.median(np.abs(liver - level)))
+    level, noise = robust_level_and_noise(liver)
     contrast = float(np.median(lesion)) - level
     if not enough(abs(contrast), level) or abs(contrast) < 2 * NOISE_FACTOR * noise:
         return None

@@ -18,6 +18,18 @@ from scipy.spatial import ConvexHull, QhullError
 from LiverTumorAILib.geometry import lps_to_ras, voxel_indices_to_physical
 
 
+def robust_level_and_noise(values: np.ndarray) -> tuple[float, float]:
+    """Median and robust SD (1.4826 x median absolute deviation) of `values`: a tissue's level and
+    noise that a few outliers (a vessel, a lesion edge) do not move."""
+    level = float(np.median(values))
+    return level, 1.4826 * float(np.median(np.abs(values - level)))
+
+
+def centroid_ras(points_lps: np.ndarray) -> list[float]:
+    """RAS centroid (mm, 2 decimals; Slicer's convention) of physical LPS points (N, 3)."""
+    return [round(v, 2) for v in lps_to_ras(np.asarray(points_lps).mean(axis=0))]
+
+
 def max_pairwise_distance(points: np.ndarray) -> float:
     """Largest distance between two points (convex-hull vertices only, so large lesions stay cheap)."""
     if len(points) < 2:
@@ -53,14 +65,13 @@ def lesion_measurements(ct: sitk.Image, ct_array: np.ndarray, lesions: np.ndarra
         axial = 0.0
         for z in np.unique(surface_zyx[:, 0]) if len(surface_zyx) else []:
             axial = max(axial, max_pairwise_distance(surface_points[surface_zyx[:, 0] == z]))
-        centroid_lps = points.mean(axis=0)
         out.append(
             {
                 "id": int(index),
                 "volume_ml": round(len(zyx) * voxel_ml, 3),
                 "longest_diameter_mm": round(max_pairwise_distance(surface_points) + in_plane, 1),
                 "longest_axial_diameter_mm": round(axial + in_plane, 1),
-                "centroid_ras": [round(v, 2) for v in lps_to_ras(centroid_lps)],
+                "centroid_ras": centroid_ras(points),
                 "mean_hu": round(float(ct_array[region][local].mean()), 1),
                 "voxels": int(len(zyx)),
             }

@@ -47,12 +47,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from LiverTumorAILib.geometry import (
-    lps_to_ras,
-    points_in_field_of_view,
-    region_reference,
-    voxel_indices_to_physical,
-)
+from LiverTumorAILib.geometry import points_in_field_of_view, region_reference, voxel_indices_to_physical
+from LiverTumorAILib.measure import centroid_ras, robust_level_and_noise
 
 MRI_ASSIST_MODEL = "fusion"
 MIN_FRACTION_IN_LIVER = 0.5
@@ -103,20 +99,15 @@ class MriAssistResult:
     removed: list[RemovedFinding] = field(default_factory=list)
 
 
-def _inside_mri(ct: sitk.Image, mri: sitk.Image, lo_zyx, hi_zyx, margin_mm: float) -> bool:
-    """Whether the box of CT voxels [lo, hi] (z, y, x, inclusive), grown by `margin_mm`, lies in
-    the MRI's field of view: all 8 corners do (the box is convex, so is the MRI's grid)."""
-    grow = margin_mm / np.asarray(ct.GetSpacing(), dtype=float)[::-1]
-    lo = np.asarray(lo_zyx, dtype=float) - grow
-    hi = np.asarray(hi_zyx, dtype=float) + grow
+def _box_inside_mri(ct: sitk.Image, mri: sitk.Image, offset: np.ndarray, box: Region) -> bool:
+    """Whether the box `box` of CT voxels (slices of a sub-grid starting at `offset`, z y x), grown
+    by `MRI_MARGIN_MM`, lies in the MRI's field of view: all 8 corners do (the box is convex, so is
+    the MRI's grid)."""
+    grow = MRI_MARGIN_MM / np.asarray(ct.GetSpacing(), dtype=float)[::-1]
+    lo = offset + np.array([s.start for s in box], dtype=float) - grow
+    hi = offset + np.array([s.stop - 1 for s in box], dtype=float) + grow
     corners = np.array(list(itertools.product(*zip(lo, hi))))
     return points_in_field_of_view(mri, voxel_indices_to_physical(ct, corners))
-
-
-def _box_inside_mri(ct: sitk.Image, mri: sitk.Image, offset: np.ndarray, box: Region) -> bool:
-    lo = offset + [s.start for s in box]
-    hi = offset + [s.stop - 1 for s in box]
-    return _inside_mri(ct, mri, lo, hi, MRI_MARGIN_MM)
 
 
 def mri_assist_note(lesion: Mapping[str, Any], report: Mapping[str, Any]) -> str | None:
@@ -206,8 +197,7 @@ def extend_outlines_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct:
 
 def _robust_distance(values: np.ndarray, reference: np.ndarray) -> float:
     """(median(values) - median(reference)) in robust SDs (1.4826 MAD) of `reference`."""
-    centre = float(np.median(reference))
-    spread = 1.4826 * float(np.median(np.abs(reference - centre)))
+    centre, spread = robust_level_and_noise(reference)
     return (float(np.median(values)) - centre) / max(spread, 1e-6)
 
 
@@ -246,9 +236,8 @@ def remove_vessels_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: 
             continue
         ours[box][lesion] = 1
         points = np.argwhere(lesion) + offset + [s.start for s in box]
-        centroid = voxel_indices_to_physical(ct, points).mean(axis=0)
-        removed.append(RemovedFinding([round(v, 2) for v in lps_to_ras(centroid)],
-                                      float(lesion.sum()) * _voxel_ml(ct), above, below))
+        removed.append(RemovedFinding(centroid_ras(voxel_indices_to_physical(ct, points)), float(lesion.sum()) * _voxel_ml(ct),
+                                      above, below))
     return removed
 
 
