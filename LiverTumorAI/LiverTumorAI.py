@@ -627,7 +627,8 @@ class LiverTumorAILogic(ScriptedLoadableModuleLogic):
 
     # -- scene ------------------------------------------------------------------------------
     def loadResults(self, outDir: pathlib.Path, ctNode, replaceNode=None, heatmapOpacity: float = 0.5):
-        """Segmentation (new node unless replaceNode), lesion table and heatmap from a run's OUTDIR.
+        """Segmentation (new node unless replaceNode), lesion table, heatmap and the point list of
+        findings the checks removed (so each can be looked at) from a run's OUTDIR.
 
         Re-running never overwrites a corrected segmentation: by default a new node is made.
         With replaceNode, the old node is kept (hidden, renamed '<name> (before replace)') and the
@@ -635,6 +636,7 @@ class LiverTumorAILogic(ScriptedLoadableModuleLogic):
         """
         import SimpleITK as sitk
 
+        from LiverTumorAILib.scene import findings as sceneFindings
         from LiverTumorAILib.scene import heatmap as sceneHeatmap
         from LiverTumorAILib.scene import segmentation as sceneSegmentation
         from LiverTumorAILib.scene import table as sceneTable
@@ -662,6 +664,11 @@ class LiverTumorAILogic(ScriptedLoadableModuleLogic):
         tableNode = sceneTable.create_lesion_table(scene, report, f"{segNode.GetName()} lesions")
         tableNode.SetAttribute(REPORT_ATTRIBUTE, str(reportPath))
         segNode.SetNodeReferenceID("LiverTumorAI.Table", tableNode.GetID())
+
+        removedNode = sceneFindings.create_removed_findings_markups(scene, report,
+                                                                    f"{segNode.GetName()} removed findings")
+        if removedNode is not None:
+            segNode.SetNodeReferenceID("LiverTumorAI.RemovedFindings", removedNode.GetID())
 
         heatmapNode = None
         heatmapPath = outDir / "heatmap.nii.gz"

@@ -18,7 +18,7 @@ import SimpleITK as sitk
 import torch
 
 from LiverTumorAILib.geometry import axis_aligned_grid, image_bounding_box, mask_bounding_box
-from LiverTumorAILib.inference.engine import LoadedModel, segment_volume
+from LiverTumorAILib.inference.engine import LoadedModel, dropped_at_ras, segment_volume
 from LiverTumorAILib.measure import lesion_measurements
 from LiverTumorAILib.postprocess import label_lesions
 from LiverTumorAILib.preprocess import make_model_grid, normalize_ct
@@ -118,6 +118,17 @@ def test_lesion_centroid_is_reported_in_ras_at_the_true_position():
     assert np.allclose(rows[0]["centroid_ras"], expected_ras, atol=1.5)
     assert 14.0 <= rows[0]["longest_diameter_mm"] <= 19.0  # an 8 mm radius ball
     assert rows[0]["mean_hu"] == pytest.approx(350.0)
+
+
+def test_dropped_lesion_centres_become_ras_points_of_the_whole_scan():
+    ct = sitk.Image(20, 30, 40, sitk.sitkInt16)
+    ct.SetOrigin((10.0, 20.0, 30.0))
+    ct.SetSpacing((2.0, 2.0, 2.0))
+    ct.SetDirection((-1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0))  # x flipped
+    notes = {"elongated_lesions_removed": 1, "elongated_lesions_centroids_zyx": [[4.0, 5.0, 6.0]]}
+    dropped_at_ras(notes, ct, (1, 2, 3))  # the checks ran on the region starting at voxel x 1, y 2, z 3
+    # voxel (x 7, y 7, z 7) of the scan: LPS (10 - 14, 20 + 14, 30 + 14) -> RAS (-x, -y, z)
+    assert notes == {"elongated_lesions_removed": 1, "elongated_lesions_centroids_ras": [[4.0, -34.0, 44.0]]}
 
 
 def test_model_grid_is_axis_aligned_lps_whatever_the_input_direction():

@@ -17,6 +17,7 @@ from LiverTumorAILib.hu_guards import (
     lesion_rims,
     lesions_in_other_tissue,
     lesions_without_contrast,
+    regrow_trimmed_ends,
     trim_slices_unlike_liver,
 )
 from LiverTumorAILib.postprocess import PostprocessConfig, clean_label_map
@@ -52,6 +53,39 @@ def test_bowel_below_the_liver_is_cut_even_when_it_outweighs_the_liver():
     liver = organ & ~bowel
     assert trimmed[liver].mean() > 0.97
     assert trimmed[bowel].mean() < 0.15  # only the bowel beside the liver's slices is left
+
+
+def _liver_with_a_tip_beside_bowel(seed: int = 3):
+    """(label, HU, tip, bowel): `_liver_and_bowel`'s liver going on below slice 30 as a tip that
+    narrows over slices 20-29, beside the bowel (gas in it), all drawn as liver: the tip's slices
+    hold more bowel than liver, so their medians are off the liver's level."""
+    label, hu, bowel = _liver_and_bowel(seed)
+    rng = np.random.default_rng(seed + 1)
+    tip = np.zeros(label.shape, bool)
+    for z in range(20, 30):
+        width = 4 + 2 * (z - 20)  # 4 .. 22 voxels: the liver tapers to its end
+        tip[z, 12 : 12 + width, 12:36] = True
+    bowel &= ~tip
+    label[tip] = 1
+    hu[tip] = rng.normal(60.0, 12.0, int(tip.sum()))
+    return label, hu, tip, bowel
+
+
+def test_the_liver_tip_cut_with_the_bowel_beside_it_is_given_back():
+    label, hu, tip, bowel = _liver_with_a_tip_beside_bowel()
+    organ = label >= 1
+    trimmed = trim_slices_unlike_liver(organ, label == 1, hu, SPACING, axis=0)
+    assert trimmed[tip].mean() < 0.05  # the slice check alone takes the tip with the bowel
+    regrown = regrow_trimmed_ends(trimmed, organ, label == 1, hu, SPACING, level=60.0, axis=0)
+    assert regrown[tip].mean() > 0.9
+    below = np.zeros(organ.shape, bool)
+    below[:30] = True
+    assert regrown[bowel & below].mean() < 0.03  # the bowel beside it stays out
+    assert (regrown & ~trimmed & ~tip).sum() < 0.1 * tip.sum()
+    cleaned = clean_label_map(label, SPACING, PostprocessConfig(), ct_hu=hu)
+    assert (cleaned[tip] >= 1).mean() > 0.9 and (cleaned[bowel & below] >= 1).mean() < 0.03
+    off = clean_label_map(label, SPACING, PostprocessConfig(regrow_trimmed_ends=False), ct_hu=hu)
+    assert (off[tip] >= 1).mean() < 0.05
 
 
 def test_the_same_along_another_array_axis():
@@ -312,6 +346,9 @@ def test_clean_label_map_drops_unseen_lesions_and_says_so():
     ml = np.count_nonzero(masks["isodense"]) * 2.0 / 1000.0
     assert notes["lesions_without_contrast_removed"] == 1
     assert notes["lesions_without_contrast_ml"] == [pytest.approx(ml, abs=0.01)]
+    # where it was, in voxels of the array given (the checks ran on a crop around the organ)
+    centre = np.argwhere(masks["isodense"]).mean(axis=0)
+    np.testing.assert_allclose(notes["lesions_without_contrast_centroids_zyx"], [centre], atol=0.5)
     notes = {}
     ct_alone = clean_label_map(label, spacing, PostprocessConfig(), ct_hu=hu, notes=notes)
     assert notes["lesions_without_contrast_removed"] == 2 and not (ct_alone[masks["mri_only"]] == 2).any()

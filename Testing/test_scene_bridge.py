@@ -43,6 +43,15 @@ REPORT = {
 }
 
 
+#: what report.json says of findings the checks removed (postprocess notes, MRI assist)
+REMOVED = {
+    "hu_checks": {"elongated_lesions_removed": 1, "elongated_lesions_ml": [3.35],
+                  "elongated_lesions_centroids_ras": [[10.0, -20.5, 30.25]]},
+    "mri_lesion_assist": {"findings_removed_as_vessels": [{"centroid_ras": [-4.0, 7.5, 2.0], "volume_ml": 0.5,
+                                                           "ct_sd_above_liver": 2.5, "mri_sd_below_liver": 1.5}]},
+}
+
+
 def _rotation(axis, angle) -> np.ndarray:
     return np.array(sitk.VersorTransform(tuple(axis), angle).GetMatrix()).reshape(3, 3)
 
@@ -212,6 +221,7 @@ def test_table_equals_report_and_heatmap_display():
     assert not hm.IsA("vtkMRMLSegmentationNode") and hm.GetAttribute(HEATMAP_ATTRIBUTE)
     assert composite.GetForegroundVolumeID() == hm.GetID()
     assert composite.GetBackgroundVolumeID() == nodes["ct"].GetID()
+    assert "removed_findings" not in nodes  # the report removed nothing: no empty point list
     assert set_heatmap_opacity(scene, 0.7) == 1
     assert composite.GetForegroundOpacity() == pytest.approx(0.7)
     _assert_same(sitk_from_volume_node(hm), heat)
@@ -231,7 +241,8 @@ def test_seg_nrrd_and_mrb_read_back(tmp_path):
 
     ct, label, lesions = _phantom()
     heat = sitk.Cast(label, sitk.sitkFloat32) / 2.0
-    paths = build_result_scene(ct, None, label, lesions, heat, REPORT, tmp_path, ct_name="CT")
+    report = {**REPORT, **REMOVED}
+    paths = build_result_scene(ct, None, label, lesions, heat, report, tmp_path, ct_name="CT")
     assert paths["segmentation_seg_nrrd"].is_file() and paths["scene_mrb"].is_file()
 
     lab, les = sitk.GetArrayFromImage(label), sitk.GetArrayFromImage(lesions)
@@ -271,6 +282,13 @@ def test_seg_nrrd_and_mrb_read_back(tmp_path):
     rows = table_rows(mrb.GetFirstNodeByClass("vtkMRMLTableNode"))
     assert [r["id"] for r in rows] == [1, 2]
     assert rows[0]["malignancy_probability"] == pytest.approx(0.81)
+    points = mrb.GetFirstNodeByName("CT LiverTumorAI removed findings")  # each removed finding, where it was
+    assert points is not None and points.GetNumberOfControlPoints() == 2
+    np.testing.assert_allclose(points.GetNthControlPointPositionVector(0), [10.0, -20.5, 30.25], atol=1e-6)
+    np.testing.assert_allclose(points.GetNthControlPointPositionVector(1), [-4.0, 7.5, 2.0], atol=1e-6)
+    assert points.GetNthControlPointLabel(0) == "removed: shaped like a vessel (3.35 ml)"
+    assert points.GetNthControlPointLabel(1) == "removed: a vessel on the MRI (0.5 ml)"
+    assert mrb.GetNumberOfNodesByClass("vtkMRMLSelectionNode") == 0  # the app's own is never replaced
 
     # slicerio: the .seg.nrrd inside the bundle
     import zipfile

@@ -67,6 +67,7 @@ from LiverTumorAILib.hu_guards import (
     lesions_in_other_tissue,
     lesions_without_contrast,
     liver_level_hu,
+    regrow_trimmed_ends,
     trim_slices_unlike_liver,
 )
 from LiverTumorAILib.lesion_boundary import BAND_MM, refine_lesion_boundaries
@@ -101,6 +102,9 @@ class PostprocessConfig:
     max_slice_hu_shift: float = 30.0
     min_unlike_run_mm: float = 10.0
     max_region_hu_shift: float = 40.0
+    #: give back the liver the slice check cut beyond its kept stretch's ends where it goes on
+    #: (hu_guards.regrow_trimmed_ends)
+    regrow_trimmed_ends: bool = True
     max_lesion_rim_hu_shift: float = 40.0
     min_lesion_contrast_hu: float = MIN_LESION_CONTRAST_HU
     min_lesion_contrast_mri: float = MIN_LESION_CONTRAST_MRI
@@ -170,7 +174,12 @@ def _organ_checked_against_hu(organ, parenchyma, ct_hu, spacing_zyx, axis, confi
                                            config.max_slice_hu_shift, config.min_unlike_run_mm)
         if trimmed is not organ:
             before = np.count_nonzero(organ)
-            organ = largest_component(trimmed)
+            trimmed = largest_component(trimmed)
+            level = liver_level_hu(ct_hu[parenchyma & trimmed])
+            if config.regrow_trimmed_ends and np.isfinite(level):
+                trimmed = regrow_trimmed_ends(trimmed, organ, parenchyma, ct_hu, spacing_zyx, level, axis,
+                                              config.max_region_hu_shift)
+            organ = trimmed
             notes["slices_unlike_liver_removed_ml"] = round((before - np.count_nonzero(organ)) * voxel_ml, 1)
     liver = parenchyma & organ
     if not liver.any():
@@ -276,6 +285,7 @@ def clean_label_map(
     cleaned = organ.astype(np.uint8)
     cleaned[tumour] = 2
     out[crop] = cleaned
+    _shift_dropped(notes, [c.start for c in crop])
     return out
 
 
@@ -326,8 +336,7 @@ def filter_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], config: Postp
         other = lesions_in_other_tissue(labels, count, tissue.parenchyma, tissue.ct_hu, spacing_zyx, tissue.level,
                                         config.max_lesion_rim_hu_shift, tissue.outside, candidates=keep[1:],
                                         rims=rims)
-        if tissue.notes is not None:
-            tissue.notes["lesions_in_other_tissue_removed"] = int(np.count_nonzero(other))
+        _note_dropped(tissue.notes, "lesions_in_other_tissue", mask, labels, other, voxel_mm3)
         keep[1:] &= ~other
     if tissue is not None and config.min_lesion_contrast_hu > 0:
         unseen = lesions_without_contrast(labels, count, tissue.parenchyma, tissue.ct_hu, spacing_zyx,
@@ -429,15 +438,34 @@ def _drop_elongated_lesions(tumour: np.ndarray, spacing_zyx: Sequence[float], ma
     return np.concatenate([[False], ~tubular])[labels]
 
 
+#: suffix of the notes' keys listing where each dropped lesion was: voxel centres (z, y, x) of the
+#: array `clean_label_map` was given; the engine turns them into RAS (`DROPPED_AT_RAS`)
+DROPPED_AT_ZYX = "_centroids_zyx"
+DROPPED_AT_RAS = "_centroids_ras"
+
+
 def _note_dropped(notes: dict | None, check: str, mask: np.ndarray, labels: np.ndarray, dropped: np.ndarray,
                   voxel_mm3: float) -> None:
-    """`notes[check + "_removed"]` = how many components (1..n of `labels`) `dropped` flags, and
-    `notes[check + "_ml"]` their volumes (ml, 2 decimals), for report.json and its warnings."""
+    """`notes[check + "_removed"]` = how many components (1..n of `labels`) `dropped` flags,
+    `notes[check + "_ml"]` their volumes (ml, 2 decimals) and `notes[check + DROPPED_AT_ZYX]` their
+    centres (voxels of `mask`'s array), for report.json, its warnings and the scene's markups of
+    removed findings (nothing dropped without saying where, so a reader can look)."""
     if notes is None:
         return
-    notes[f"{check}_removed"] = int(np.count_nonzero(dropped))
-    volumes = ndimage.sum_labels(mask, labels, index=np.flatnonzero(dropped) + 1) * voxel_mm3 / 1000.0
+    index = np.flatnonzero(dropped) + 1
+    notes[f"{check}_removed"] = int(len(index))
+    volumes = ndimage.sum_labels(mask, labels, index=index) * voxel_mm3 / 1000.0
     notes[f"{check}_ml"] = [round(float(v), 2) for v in np.atleast_1d(volumes)]
+    centres = ndimage.center_of_mass(mask, labels, index) if len(index) else []
+    notes[f"{check}{DROPPED_AT_ZYX}"] = [[float(c) for c in centre] for centre in centres]
+
+
+def _shift_dropped(notes: dict | None, offset_zyx: Sequence[int]) -> None:
+    """Move the dropped lesions' centres noted on a crop (`_note_dropped`) to the array it was cut
+    from, whose voxel `offset_zyx` is the crop's first."""
+    for key, centres in (notes or {}).items():
+        if key.endswith(DROPPED_AT_ZYX):
+            notes[key] = [[c + o for c, o in zip(centre, offset_zyx)] for centre in centres]
 
 
 def component_peaks(labels: np.ndarray, count: int, probability: np.ndarray) -> np.ndarray:

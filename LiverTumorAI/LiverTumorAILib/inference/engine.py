@@ -35,7 +35,8 @@ from LiverTumorAILib.hu_guards import trim_slices_unlike_liver
 from LiverTumorAILib.inference.localize import DEFAULT_MARGIN_MM as LOCALIZER_MARGIN_MM
 from LiverTumorAILib.inference.localize import localize_liver
 from LiverTumorAILib.inference.slab import predict_volume
-from LiverTumorAILib.postprocess import PostprocessConfig, clean_label_map
+from LiverTumorAILib.measure import centroid_ras
+from LiverTumorAILib.postprocess import DROPPED_AT_RAS, DROPPED_AT_ZYX, PostprocessConfig, clean_label_map
 from LiverTumorAILib.preprocess import DEFAULT_SPACING_MM, DEFAULT_WINDOW_HU, make_model_grid, normalize_ct
 
 SEGMENTATION_MODELS = ("dual-stream", "tam-unet", "fusion")
@@ -260,6 +261,7 @@ def segment_volume(
                                          notes=hu_found, mri=mri_on_region,
                                          scan_faces=region_scan_faces(start, size, full_shape))
         del label, tumour_u8, mri_on_region
+        dropped_at_ras(hu_found, ct, start)
         maps = pred.attention
         if maps and not all_attention_sources:  # combine on the small model grid: one full-size array
             maps = {"segmentation": np.mean(np.stack(list(maps.values())), axis=0)}
@@ -279,6 +281,15 @@ def segment_volume(
         hu_checks=hu_found,
         ct_fallback=fallback,
     )
+
+
+def dropped_at_ras(notes: dict, ct: sitk.Image, start_xyz: Sequence[int]) -> None:
+    """Replace the notes' centres of dropped lesions (voxels of the region starting at `start_xyz`
+    of `ct`, z y x; postprocess.DROPPED_AT_ZYX) by RAS points (mm, Slicer's convention)."""
+    for key in [k for k in notes if k.endswith(DROPPED_AT_ZYX)]:
+        points = [ct.TransformContinuousIndexToPhysicalPoint([float(c + s) for c, s in zip(reversed(zyx), start_xyz)])
+                  for zyx in notes.pop(key)]
+        notes[key[: -len(DROPPED_AT_ZYX)] + DROPPED_AT_RAS] = [centroid_ras(np.array([p])) for p in points]
 
 
 def region_scan_faces(start: Sequence[int], size: Sequence[int], full_shape_zyx: Sequence[int]) -> list[tuple[bool, bool]]:

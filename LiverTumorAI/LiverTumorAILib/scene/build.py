@@ -8,7 +8,8 @@ from typing import Any, Mapping, Optional
 import SimpleITK as sitk
 import slicer
 
-from .files import write_mrb, write_segmentation
+from .files import register_markups_storage, write_mrb, write_segmentation
+from .findings import create_removed_findings_markups
 from .heatmap import add_heatmap_node
 from .segmentation import create_segmentation_node
 from .table import create_lesion_table
@@ -16,11 +17,15 @@ from .volumes import volume_node_from_sitk
 
 
 def new_scene() -> slicer.vtkMRMLScene:
-    """A scene with Slicer's default colour tables and the segmentation converters registered."""
+    """A scene with Slicer's default colour tables, the segmentation converters and the point
+    lists' storage registered."""
     scene = slicer.vtkMRMLScene()
     slicer.vtkMRMLColorLogic().SetMRMLScene(scene)
     logic = slicer.vtkSlicerSegmentationsModuleLogic()
     logic.SetMRMLScene(scene)
+    register_markups_storage(scene)
+    selection = scene.AddNewNodeByClass("vtkMRMLSelectionNode")  # the app has one; point lists ask it for units
+    selection.SetSaveWithScene(False)  # not written: loading the .mrb must not replace the app's
     return scene
 
 
@@ -35,7 +40,8 @@ def populate_scene(
     *,
     ct_name: str = "CT",
 ) -> dict[str, Any]:
-    """Add CT, MRI, segmentation, heatmap and lesion table nodes; returns the nodes by role.
+    """Add CT, MRI, segmentation, heatmap and lesion table nodes, and a point list of the findings
+    the checks removed when there are any; returns the nodes by role.
 
     `label`, `lesions` and `heatmap` lie on the CT's grid or on a sub-grid of it (the box
     that was segmented; zero outside): the nodes are on the CT's grid either way."""
@@ -51,6 +57,9 @@ def populate_scene(
         nodes["heatmap"] = add_heatmap_node(scene, heatmap, f"{ct_name} LiverTumorAI heatmap", ct_node=ct_node,
                                            reference=ct)
     nodes["table"] = create_lesion_table(scene, report, f"{ct_name} LiverTumorAI lesions")
+    removed = create_removed_findings_markups(scene, report, f"{ct_name} LiverTumorAI removed findings")
+    if removed is not None:
+        nodes["removed_findings"] = removed
     return nodes
 
 

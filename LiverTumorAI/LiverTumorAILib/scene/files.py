@@ -43,6 +43,13 @@ def read_segmentation(scene: slicer.vtkMRMLScene, path: str | os.PathLike) -> sl
     return node
 
 
+def register_markups_storage(scene: slicer.vtkMRMLScene) -> None:
+    """Let a bare scene (slicer-core, not the app, where the Markups module does it) save and load
+    point lists: without the JSON storage class they are silently left out of an .mrb."""
+    if not scene.IsNodeClassRegistered("vtkMRMLMarkupsJsonStorageNode"):
+        scene.RegisterNodeClass(slicer.vtkMRMLMarkupsJsonStorageNode())
+
+
 def _ensure_storage(scene: slicer.vtkMRMLScene) -> None:
     """Give every storable node with data a storage node and a file name inside the bundle."""
     used: set[str] = set()
@@ -52,7 +59,7 @@ def _ensure_storage(scene: slicer.vtkMRMLScene) -> None:
             continue
         storage = node.GetStorageNode()
         if storage is None:
-            if not node.AddDefaultStorageNode():
+            if not node.AddDefaultStorageNode() or node.GetStorageNode() is None:
                 continue
             storage = node.GetStorageNode()
         if not storage.GetFileName():
@@ -104,6 +111,7 @@ def read_mrb(path: str | os.PathLike, scene: slicer.vtkMRMLScene | None = None) 
     scene = scene or slicer.vtkMRMLScene()
     if scene.GetNumberOfNodesByClass("vtkMRMLColorNode") == 0:
         slicer.vtkMRMLColorLogic().SetMRMLScene(scene)
+    register_markups_storage(scene)
     scene.SetURL(str(mrmls[0]))
     scene.SetRootDirectory(str(mrmls[0].parent))
     try:
