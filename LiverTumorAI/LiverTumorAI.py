@@ -619,6 +619,11 @@ class LiverTumorAILogic(ScriptedLoadableModuleLogic):
         summary = _("Done: {count} lesion(s)").format(count=len(lesions))
         if report.get("liver_volume_ml") is not None:
             summary += _(", liver {volume:.0f} ml").format(volume=float(report["liver_volume_ml"]))
+        from LiverTumorAILib.removed_findings import removed_findings
+
+        removed = len(removed_findings(report)) if job.kind == "segment" else 0
+        if removed:
+            summary += _("; {count} finding(s) the checks removed are marked as points to look at").format(count=removed)
         from LiverTumorAILib.scene.terminology import is_synthetic
 
         if is_synthetic(report):

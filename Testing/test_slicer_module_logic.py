@@ -95,6 +95,7 @@ def test_load_replace_export_refresh_jump(module, run_output, tmp_path):
     logic = mod.LiverTumorAILogic()
 
     seg, table, heat = logic.loadResults(out, ct_node)
+    assert seg.GetNodeReference("LiverTumorAI.RemovedFindings") is None  # nothing removed: no point list
     names = [seg.GetSegmentation().GetNthSegment(i).GetName() for i in range(seg.GetSegmentation().GetNumberOfSegments())]
     assert names == ["Liver", "Lesion 1", "Lesion 2"]
     assert table.GetNumberOfRows() == 2 and heat is not None
@@ -125,6 +126,16 @@ def test_load_replace_export_refresh_jump(module, run_output, tmp_path):
 
     logic.refreshTable(seg_c, report, out / "report.json", lesion_map)
     assert logic.tableForSegmentation(seg_c).GetNumberOfRows() == 2
+
+    # a run whose checks removed a finding: a point there, named, beside the segmentation
+    removed = {**report, "hu_checks": {"lesions_without_contrast_removed": 1, "lesions_without_contrast_ml": [0.8],
+                                       "lesions_without_contrast_centroids_ras": [[-30.0, 5.0, 12.0]]}}
+    (out / "report.json").write_text(json.dumps(removed))
+    seg_d, _, _ = logic.loadResults(out, ct_node)
+    points = seg_d.GetNodeReference("LiverTumorAI.RemovedFindings")
+    assert points is not None and points.GetNumberOfControlPoints() == 1
+    assert list(points.GetNthControlPointPositionVector(0)) == [-30.0, 5.0, 12.0]
+    assert "no contrast" in points.GetNthControlPointLabel(0) and points.GetName().startswith(seg_d.GetName())
 
 
 def test_weights_description_flags_synthetic(module, tmp_path):
