@@ -760,6 +760,10 @@ class LiverTumorAILogic(ScriptedLoadableModuleLogic):
         from LiverTumorAILib.scene.terminology import LESION_ID_TAG, MALIGNANCY_TAG
 
         scene = slicer.mrmlScene
+        segmentation = segNode.GetSegmentation()
+        report = dict(report)
+        report["lesions"] = [self._withProvenance(lesion, segmentation, lesionSegments)
+                             for lesion in report.get("lesions") or []]
         tableNode = self.tableForSegmentation(segNode)
         fresh = sceneTable.create_lesion_table(scene, report, f"{segNode.GetName()} lesions")
         if tableNode is None:
@@ -771,7 +775,6 @@ class LiverTumorAILogic(ScriptedLoadableModuleLogic):
             scene.RemoveNode(fresh)
         tableNode.SetAttribute(REPORT_ATTRIBUTE, str(reportPath))
         segNode.SetAttribute(REPORT_ATTRIBUTE, str(reportPath))
-        segmentation = segNode.GetSegmentation()
         for lesion in report.get("lesions") or []:
             segmentId = lesionSegments.get(int(lesion.get("id", -1)))
             segment = segmentation.GetSegment(segmentId) if segmentId else None
@@ -780,6 +783,15 @@ class LiverTumorAILogic(ScriptedLoadableModuleLogic):
             segment.SetTag(LESION_ID_TAG, str(lesion["id"]))
             if lesion.get("malignancy_probability") is not None:
                 segment.SetTag(MALIGNANCY_TAG, f"{float(lesion['malignancy_probability']):.4f}")
+
+    @staticmethod
+    def _withProvenance(lesion: Dict[str, Any], segmentation, lesionSegments: Dict[int, str]) -> Dict[str, Any]:
+        """`lesion` (a classify row) with what the MRI assist did to its segment, kept as tags."""
+        from LiverTumorAILib.scene.segmentation import lesion_provenance
+
+        segmentId = lesionSegments.get(int(lesion.get("id", -1)))
+        segment = segmentation.GetSegment(segmentId) if segmentId else None
+        return {**lesion, **lesion_provenance(segment)} if segment is not None else lesion
 
     def lesionCentroidRAS(self, segNode, tableNode, lesionId: int) -> Optional[List[float]]:
         """Current centre of the lesion's segment (after edits), else the report's centroid."""

@@ -138,6 +138,29 @@ def test_load_replace_export_refresh_jump(module, run_output, tmp_path):
     assert "no contrast" in points.GetNthControlPointLabel(0) and points.GetName().startswith(seg_d.GetName())
 
 
+def test_table_refreshed_after_correction_keeps_what_the_mri_assist_did(module, run_output, tmp_path):
+    from LiverTumorAILib.scene.table import table_rows
+    from LiverTumorAILib.scene.volumes import volume_node_from_sitk
+
+    mod, scene = module
+    ct, label, lesions, out, report = run_output
+    segmented = {**report, "models": {"segmentation": {"name": "dual-stream", "version": "demo-0.5", "synthetic": True}}}
+    segmented["lesions"] = [{**report["lesions"][0], "found_by": "dual-stream", "outline_extended_by": "fusion"},
+                            {**report["lesions"][1], "found_by": "fusion", "outline_extended_by": None}]
+    (out / "report.json").write_text(json.dumps(segmented))
+    logic = mod.LiverTumorAILogic()
+    seg, table, _ = logic.loadResults(out, volume_node_from_sitk(scene, ct, "CT"))
+    before = [row["model"] for row in table_rows(table)]
+    assert before[0].startswith("outline extended on the MRI by fusion") and before[1].startswith("found on the MRI by")
+    _, _, lesion_map = logic.exportLabelmaps(seg, logic.ctForSegmentation(seg), tmp_path / "exported")
+    reclassified = {"lesions": [{"id": i, "volume_ml": 0.1, "malignancy_probability": 0.5} for i in sorted(lesion_map)],
+                    "models": {"classifier:hybrid3d": {"name": "hybrid3d", "version": "demo", "synthetic": True}}}
+    logic.refreshTable(seg, reclassified, tmp_path / "report.json", lesion_map)  # `classify` knows nothing of the MRI
+    after = [row["model"] for row in table_rows(logic.tableForSegmentation(seg))]
+    assert after[0].startswith("outline extended on the MRI by fusion")
+    assert after[1].startswith("found on the MRI by fusion")
+
+
 def test_weights_description_flags_synthetic(module, tmp_path):
     mod, _scene = module
     folder = tmp_path / "w" / "dual-stream"

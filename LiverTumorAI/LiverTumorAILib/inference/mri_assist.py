@@ -117,7 +117,7 @@ def mri_assist_note(lesion: Mapping[str, Any], report: Mapping[str, Any]) -> str
     summary show."""
     segmented_by = ((report.get("models") or {}).get("segmentation") or {}).get("name")
     found_by = lesion.get("found_by")
-    if found_by and segmented_by and found_by != segmented_by:
+    if found_by and found_by != segmented_by:  # classify's report names no segmentation model
         return f"found on the MRI by {found_by}"
     extended_by = lesion.get("outline_extended_by")
     return f"outline extended on the MRI by {extended_by}" if extended_by else None

@@ -145,7 +145,8 @@ def create_segmentation_node(
         new = [sid for sid in seg.GetSegmentIDs() if sid not in before]
         by_value = {seg.GetSegment(sid).GetLabelValue(): seg.GetSegment(sid) for sid in new}
         tag = T.model_tag(report)
-        probs = {int(d["id"]): d.get("malignancy_probability") for d in report.get("lesions") or () if "id" in d}
+        rows = {int(d["id"]): d for d in report.get("lesions") or () if "id" in d}
+        segmented_by = ((report.get("models") or {}).get("segmentation") or {}).get("name")
         for value, spec in specs:
             segment = by_value.get(value)
             if segment is None:
@@ -156,8 +157,7 @@ def create_segmentation_node(
             segment.SetTag(T.MODEL_TAG, tag)
             if spec.lesion_id is not None:
                 segment.SetTag(T.LESION_ID_TAG, str(spec.lesion_id))
-                if probs.get(spec.lesion_id) is not None:
-                    segment.SetTag(T.MALIGNANCY_TAG, f"{float(probs[spec.lesion_id]):.4f}")
+                _tag_lesion(segment, rows.get(spec.lesion_id) or {}, segmented_by)
     node.SetAttribute(T.MODEL_TAG, T.model_tag(report))
     node.SetAttribute(SOURCE_ATTRIBUTE, "LiverTumorAI")
     _place_in_study(scene, ct_node, node)
@@ -171,6 +171,23 @@ def _full_geometry(reference: sitk.Image) -> slicer.vtkOrientedImageData:
     data.SetExtent(0, nx - 1, 0, ny - 1, 0, nz - 1)
     data.SetImageToWorldMatrix(vtk_matrix(ijk_to_ras_from_sitk(reference)))
     return data
+
+
+def _tag_lesion(segment: slicer.vtkSegment, row: Mapping[str, Any], segmented_by: Optional[str]) -> None:
+    """Malignancy probability and what the MRI assist did (`T.PROVENANCE_TAGS`; a lesion the
+    segmentation model drew itself carries no found-by tag) from the lesion's report row."""
+    if row.get("malignancy_probability") is not None:
+        segment.SetTag(T.MALIGNANCY_TAG, f"{float(row['malignancy_probability']):.4f}")
+    for key, tag in T.PROVENANCE_TAGS.items():
+        value = row.get(key)
+        if value and not (key == "found_by" and value == segmented_by):
+            segment.SetTag(tag, str(value))
+
+
+def lesion_provenance(segment: slicer.vtkSegment) -> dict[str, str]:
+    """The report fields `_tag_lesion` kept on a segment (empty for one a reader drew)."""
+    found = {key: segment_tag(segment, tag) for key, tag in T.PROVENANCE_TAGS.items()}
+    return {key: value for key, value in found.items() if value}
 
 
 def segment_tag(segment: slicer.vtkSegment, tag: str) -> Optional[str]:

@@ -35,6 +35,9 @@ LESION_COLORS = [
 MODEL_TAG = "LiverTumorAI.Model"
 LESION_ID_TAG = "LiverTumorAI.LesionID"
 MALIGNANCY_TAG = "LiverTumorAI.MalignancyProbability"
+#: report.json lesion field -> segment tag keeping it on the segment, so a table refreshed after
+#: manual correction (`classify`, which cannot know) still says what the MRI assist did
+PROVENANCE_TAGS = {"found_by": "LiverTumorAI.FoundBy", "outline_extended_by": "LiverTumorAI.OutlineExtendedBy"}
 
 
 @dataclass(frozen=True)
