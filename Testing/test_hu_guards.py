@@ -378,7 +378,10 @@ def test_warnings_when_the_checks_removed_much():
                                 "lesions_in_other_tissue_removed": 2})
     assert len(warned) == 2 and "912 ml" in warned[0] and warned[1].startswith("2 lesion")
     unseen = hu_check_warnings({"lesions_without_contrast_removed": 2, "lesions_without_contrast_ml": [2.4, 0.31]})
-    assert len(unseen) == 1 and unseen[0].startswith("2 lesion(s) (2.4 ml, 0.31 ml)") and "HU checks off" in unseen[0]
+    assert len(unseen) == 1 and unseen[0].startswith("2 lesion(s) (2.4 ml; 0.31 ml)") and "HU checks off" in unseen[0]
+    located = hu_check_warnings({"lesions_without_contrast_removed": 1, "lesions_without_contrast_ml": [0.65],
+                                 "lesions_without_contrast_centroids_ras": [[58.92, -182.3, 401.18]]})
+    assert located[0].startswith("1 lesion(s) (0.65 ml at RAS 58.9, -182.3, 401.2 mm) that differed")
     assert hu_check_warnings({"lesions_without_contrast_removed": 0, "lesions_without_contrast_ml": []}) == []
     tubular = hu_check_warnings({"elongated_lesions_removed": 1, "elongated_lesions_ml": [10.5]})
     assert len(tubular) == 1 and tubular[0].startswith("1 lesion(s) (10.5 ml) shaped like a vessel")

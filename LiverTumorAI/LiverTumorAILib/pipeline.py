@@ -80,7 +80,8 @@ def hu_check_warnings(hu_checks: dict) -> list[str]:
                         "(bowel, kidney, stomach or heart); check the liver segment")
     dropped = hu_checks.get("lesions_in_other_tissue_removed", 0)
     if dropped:
-        warnings.append(f"{dropped} lesion(s) inside tissue that is not liver were dropped; check the liver's edges")
+        warnings.append(f"{dropped} lesion(s){_where_dropped(hu_checks, 'lesions_in_other_tissue')} inside tissue that "
+                        "is not liver were dropped; check the liver's edges")
     marked = hu_checks.get("enclosed_regions_marked_as_lesions", 0)
     if marked:
         volumes = ", ".join(f"{v:g} ml" for v in hu_checks.get("enclosed_regions_ml", []))
@@ -90,9 +91,19 @@ def hu_check_warnings(hu_checks: dict) -> list[str]:
                         ("elongated_lesions", "shaped like a vessel (far longer than thick)")):
         count = hu_checks.get(f"{check}_removed", 0)
         if count:
-            volumes = ", ".join(f"{v:g} ml" for v in hu_checks.get(f"{check}_ml", []))
-            warnings.append(f"{count} lesion(s) ({volumes}) {what} were dropped; turning the HU checks off keeps them")
+            warnings.append(f"{count} lesion(s){_where_dropped(hu_checks, check)} {what} were dropped; turning the HU "
+                            "checks off keeps them")
     return warnings
+
+
+def _where_dropped(hu_checks: dict, check: str) -> str:
+    """' (0.65 ml at RAS 58.9, 182.3, 401.2 mm, ...)' for the lesions `check` dropped: volume and,
+    where noted, centre; '' when neither is known."""
+    volumes = hu_checks.get(f"{check}_ml") or []
+    centres = hu_checks.get(f"{check}_centroids_ras") or []
+    parts = [f"{volume:g} ml" + (" at RAS " + ", ".join(f"{c:.1f}" for c in centres[i]) + " mm" if i < len(centres) else "")
+             for i, volume in enumerate(volumes)]
+    return f" ({'; '.join(parts)})" if parts else ""
 
 
 def _weights_fallback_warnings(names: Iterable[str | None], weights_dir: Any, seen: set[str], progress: Any) -> list[str]:
