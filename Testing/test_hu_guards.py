@@ -86,6 +86,11 @@ def test_the_liver_tip_cut_with_the_bowel_beside_it_is_given_back():
     assert (cleaned[tip] >= 1).mean() > 0.9 and (cleaned[bowel & below] >= 1).mean() < 0.03
     off = clean_label_map(label, SPACING, PostprocessConfig(regrow_trimmed_ends=False), ct_hu=hu)
     assert (off[tip] >= 1).mean() < 0.05
+    order = (1, 0, 2)  # a scan whose head-foot axis is array axis 1 (sagittal slices): the same answer
+    label_p, hu_p, organ_p, trimmed_p = (np.transpose(a, order) for a in (label, hu, organ, trimmed))
+    spacing_p = tuple(SPACING[i] for i in order)
+    regrown_p = regrow_trimmed_ends(trimmed_p, organ_p, label_p == 1, hu_p, spacing_p, level=60.0, axis=1)
+    assert np.array_equal(regrown_p, np.transpose(regrown, order))
 
 
 def test_the_same_along_another_array_axis():
