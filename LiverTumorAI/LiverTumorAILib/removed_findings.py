@@ -8,6 +8,7 @@ lesion after all, draw it back in Segment Editor. Reads report.json's dict only 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterator, Mapping
 
@@ -34,24 +35,35 @@ class RemovedFinding:
 
 
 def removed_findings(report: Mapping[str, Any]) -> list[RemovedFinding]:
-    """Every removed finding report.json locates, HU checks first, then the MRI assist's."""
-    return list(_hu_check_findings(report.get("hu_checks") or {})) + list(
-        _mri_assist_findings(report.get("mri_lesion_assist") or {}))
+    """Every removed finding report.json locates, HU checks first, then the MRI assist's. An entry
+    that is not a finite point and volume (a report edited by hand, or damaged) is skipped: the
+    report is read back from disk, and a bad entry must not stop the rest of the result loading."""
+    hu_checks, assist = report.get("hu_checks"), report.get("mri_lesion_assist")
+    found = list(_hu_check_findings(hu_checks)) if isinstance(hu_checks, Mapping) else []
+    return found + (list(_mri_assist_findings(assist)) if isinstance(assist, Mapping) else [])
 
 
 def _hu_check_findings(hu_checks: Mapping[str, Any]) -> Iterator[RemovedFinding]:
     for check, reason in HU_CHECK_REASONS.items():
-        centres = hu_checks.get(f"{check}{DROPPED_AT_RAS}") or []
-        volumes = hu_checks.get(f"{check}_ml") or []
-        for centre, volume in zip(centres, volumes):
-            yield RemovedFinding(reason, _point(centre), float(volume))
+        centres = hu_checks.get(f"{check}{DROPPED_AT_RAS}")
+        volumes = hu_checks.get(f"{check}_ml")
+        if isinstance(centres, list) and isinstance(volumes, list):
+            for centre, volume in zip(centres, volumes):
+                yield from _finding(reason, centre, volume)
 
 
 def _mri_assist_findings(assist: Mapping[str, Any]) -> Iterator[RemovedFinding]:
-    for finding in assist.get("findings_removed_as_vessels") or []:
-        yield RemovedFinding(MRI_VESSEL_REASON, _point(finding["centroid_ras"]), float(finding["volume_ml"]))
+    findings = assist.get("findings_removed_as_vessels")
+    for finding in findings if isinstance(findings, list) else []:
+        if isinstance(finding, Mapping):
+            yield from _finding(MRI_VESSEL_REASON, finding.get("centroid_ras"), finding.get("volume_ml"))
 
 
-def _point(values: Any) -> tuple[float, float, float]:
-    x, y, z = (float(v) for v in values)
-    return (x, y, z)
+def _finding(reason: str, centre: Any, volume: Any) -> Iterator[RemovedFinding]:
+    """One `RemovedFinding`, or none when `centre` is not three finite numbers or `volume` not one."""
+    try:
+        x, y, z, ml = (float(v) for v in (*centre, volume))
+    except (TypeError, ValueError):
+        return
+    if all(math.isfinite(v) for v in (x, y, z, ml)):
+        yield RemovedFinding(reason, (x, y, z), ml)
