@@ -19,6 +19,7 @@ import SimpleITK as sitk
 from LiverTumorAILib import DEMO_WEIGHTS_NOTICE, __version__
 from LiverTumorAILib.errors import InputError
 from LiverTumorAILib.geometry import array_to_image
+from LiverTumorAILib.postprocess import DROPPED_AT_RAS
 
 SEGMENTATION_MODEL_NAMES = ("dual-stream", "tam-unet", "fusion")
 
@@ -100,7 +101,7 @@ def _where_dropped(hu_checks: dict, check: str) -> str:
     """' (0.65 ml at RAS 58.9, 182.3, 401.2 mm, ...)' for the lesions `check` dropped: volume and,
     where noted, centre; '' when neither is known."""
     volumes = hu_checks.get(f"{check}_ml") or []
-    centres = hu_checks.get(f"{check}_centroids_ras") or []
+    centres = hu_checks.get(f"{check}{DROPPED_AT_RAS}") or []
     parts = [f"{volume:g} ml" + (" at RAS " + ", ".join(f"{c:.1f}" for c in centres[i]) + " mm" if i < len(centres) else "")
              for i, volume in enumerate(volumes)]
     return f" ({'; '.join(parts)})" if parts else ""

@@ -77,7 +77,7 @@ class LesionChanges:
 
 
 @dataclass
-class RemovedFinding:
+class RemovedVessel:
     """A CT-model lesion the assist turned back into liver, with the evidence: its median's
     distance from the liver's in robust SDs on each image."""
 
@@ -96,7 +96,7 @@ class RemovedFinding:
 class MriAssistResult:
     added: LesionChanges = field(default_factory=LesionChanges)
     extended: LesionChanges = field(default_factory=LesionChanges)
-    removed: list[RemovedFinding] = field(default_factory=list)
+    removed: list[RemovedVessel] = field(default_factory=list)
 
 
 def _box_inside_mri(ct: sitk.Image, mri: sitk.Image, offset: np.ndarray, box: Region) -> bool:
@@ -110,14 +110,19 @@ def _box_inside_mri(ct: sitk.Image, mri: sitk.Image, offset: np.ndarray, box: Re
     return points_in_field_of_view(mri, voxel_indices_to_physical(ct, corners))
 
 
+def segmentation_model_name(report: Mapping[str, Any]) -> str | None:
+    """The model that drew the segmentation (report.json `models.segmentation.name`), or None
+    (a `classify` report names none)."""
+    return ((report.get("models") or {}).get("segmentation") or {}).get("name")
+
+
 def mri_assist_note(lesion: Mapping[str, Any], report: Mapping[str, Any]) -> str | None:
     """What the MRI assist did to `lesion` (a report.json lesion row), in words: "found on the MRI
     by fusion", "outline extended on the MRI by fusion", or None when the segmentation model
     drew it alone (or the report predates these fields). What the lesion table and the CLI's
     summary show."""
-    segmented_by = ((report.get("models") or {}).get("segmentation") or {}).get("name")
     found_by = lesion.get("found_by")
-    if found_by and found_by != segmented_by:  # classify's report names no segmentation model
+    if found_by and found_by != segmentation_model_name(report):
         return f"found on the MRI by {found_by}"
     extended_by = lesion.get("outline_extended_by")
     return f"outline extended on the MRI by {extended_by}" if extended_by else None
@@ -202,7 +207,7 @@ def _robust_distance(values: np.ndarray, reference: np.ndarray) -> float:
 
 
 def remove_vessels_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: sitk.Image, mri: sitk.Image,
-                               region: Region | None = None) -> list[RemovedFinding]:
+                               region: Region | None = None) -> list[RemovedVessel]:
     """Turn back into liver (in place) each of `label`'s lesions inside `region` that overlaps no
     fusion lesion, is bright on the CT and dark on the MRI against `label`'s liver (a contrast-
     filled vessel; module docstring). Run first, on the CT model's own lesions."""
@@ -225,7 +230,7 @@ def remove_vessels_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: 
     if not inside.any():
         return []
     ct_liver, mri_liver = ct_region[liver].astype(np.float32), mri_region[inside]
-    removed: list[RemovedFinding] = []
+    removed: list[RemovedVessel] = []
     for number, box in candidates:
         lesion = own_lesions[box] == number
         if not _box_inside_mri(ct, mri, offset, box):
@@ -236,7 +241,7 @@ def remove_vessels_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: 
             continue
         ours[box][lesion] = 1
         points = np.argwhere(lesion) + offset + [s.start for s in box]
-        removed.append(RemovedFinding(centroid_ras(voxel_indices_to_physical(ct, points)), float(lesion.sum()) * _voxel_ml(ct),
+        removed.append(RemovedVessel(centroid_ras(voxel_indices_to_physical(ct, points)), float(lesion.sum()) * _voxel_ml(ct),
                                       above, below))
     return removed
 

@@ -16,6 +16,7 @@ from vtk.util import numpy_support
 
 from ..errors import InputError
 from ..geometry import nonzero_slices, region_start
+from ..inference.mri_assist import segmentation_model_name
 from . import terminology as T
 from .labels import _same_grid, merged_labels
 from .volumes import ijk_to_ras_from_sitk, vtk_matrix
@@ -146,7 +147,7 @@ def create_segmentation_node(
         by_value = {seg.GetSegment(sid).GetLabelValue(): seg.GetSegment(sid) for sid in new}
         tag = T.model_tag(report)
         rows = {int(d["id"]): d for d in report.get("lesions") or () if "id" in d}
-        segmented_by = ((report.get("models") or {}).get("segmentation") or {}).get("name")
+        segmented_by = segmentation_model_name(report)
         for value, spec in specs:
             segment = by_value.get(value)
             if segment is None:
