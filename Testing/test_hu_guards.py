@@ -260,6 +260,68 @@ def test_an_under_drawn_lesion_whose_core_is_near_the_liver_is_kept():
     assert flagged[labels[drawn].max() - 1]
 
 
+def _neighbour_lesion_case(neighbour_hu: float, mri_lesion_signal: float):
+    """(labels, count, label, hu, mri, neighbour_lesion, liver_lesion): the kidney of
+    `_liver_with_kidney` at `neighbour_hu` (a neighbour 25-40 HU off the liver, under the CT-alone
+    margin), with a 'lesion' inside it 5 HU brighter; an MRI (liver 400, neighbour 600) on which
+    that lesion has `mri_lesion_signal`, and the hypodense liver lesion is plainly darker (200)."""
+    from scipy import ndimage
+
+    label, hu, kidney, _, _, lesion, kidney_lesion = _liver_with_kidney()
+    rng = np.random.default_rng(5)
+    hu[kidney] = rng.normal(neighbour_hu, 15.0, int(kidney.sum()))
+    hu[kidney_lesion] = rng.normal(neighbour_hu + 5.0, 15.0, int(kidney_lesion.sum()))
+    mri = np.full(label.shape, 50.0, np.float32)
+    mri[label >= 1] = 400.0
+    mri[kidney] = 600.0
+    mri[kidney_lesion] = mri_lesion_signal
+    mri[lesion] = 200.0
+    mri += rng.normal(0.0, 10.0, label.shape).astype(np.float32)
+    labels, count = ndimage.label(label == 2, structure=np.ones((3, 3, 3), bool))
+    return labels, count, label, hu, mri, kidney_lesion, lesion
+
+
+@pytest.mark.parametrize("neighbour_hu", [135.0, 70.0])  # 35 HU brighter, 30 HU darker than the liver
+def test_a_lesion_in_a_neighbour_near_the_liver_level_is_flagged_when_the_mri_shows_none(neighbour_hu):
+    """The unseen phantoms' false positives: a neighbour 24-42 HU off the liver drawn as liver and a
+    'lesion' inside it the MRI does not show. The CT alone (40 HU margin) keeps it; with the MRI
+    showing nothing there it goes; with the MRI showing a lesion there it stays; the real liver
+    lesion stays in every case."""
+    labels, count, label, hu, mri, neighbour_lesion, liver_lesion = _neighbour_lesion_case(neighbour_hu, 600.0)
+    spacing = (2.0, 1.0, 1.0)
+
+    def flags(mri_image):
+        flagged = lesions_in_other_tissue(labels, count, label == 1, hu, spacing, 100.0, mri=mri_image)
+        return bool(flagged[labels[neighbour_lesion].max() - 1]), bool(flagged[labels[liver_lesion].max() - 1])
+
+    assert flags(None) == (False, False)
+    assert flags(mri) == (True, False)
+    shown = mri.copy()
+    shown[neighbour_lesion] = 900.0  # the MRI shows a lesion there: kept
+    assert flags(shown) == (False, False)
+    outside_field = mri.copy()
+    outside_field[:] = np.nan  # no MRI signal to judge by: the CT-alone rule decides
+    assert flags(outside_field) == (False, False)
+
+
+def test_a_lesion_holding_gas_is_flagged_and_a_dark_lesion_without_gas_is_kept():
+    """Bowel drawn as liver with its gas drawn as a lesion (unseen phantom: 2.8 % gas, mean
+    -65 HU) goes; the same dark lesion without gas stays."""
+    from scipy import ndimage
+
+    label, hu, _, _, _, lesion, _ = _liver_with_kidney()
+    label[label == 2] = 1
+    label[lesion] = 2
+    labels, count = ndimage.label(label == 2, structure=np.ones((3, 3, 3), bool))
+    assert count == 1
+    hu[lesion] = -20.0
+    assert not lesions_in_other_tissue(labels, count, label == 1, hu, (2.0, 1.0, 1.0), level=100.0)[0]
+    pocket = lesion & (np.indices(label.shape)[2] <= 29) & (np.indices(label.shape)[1] <= 62)
+    assert 0.01 < pocket.sum() / lesion.sum() < 0.1
+    hu[pocket] = -900.0
+    assert lesions_in_other_tissue(labels, count, label == 1, hu, (2.0, 1.0, 1.0), level=100.0)[0]
+
+
 def test_clean_label_map_applies_every_check_with_the_ct():
     label, hu, kidney, vessel, missed, lesion, kidney_lesion = _liver_with_kidney()
     spacing = (2.0, 1.0, 1.0)

@@ -335,7 +335,7 @@ def filter_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], config: Postp
     if tissue is not None and config.max_lesion_rim_hu_shift > 0:
         other = lesions_in_other_tissue(labels, count, tissue.parenchyma, tissue.ct_hu, spacing_zyx, tissue.level,
                                         config.max_lesion_rim_hu_shift, tissue.outside, candidates=keep[1:],
-                                        rims=rims)
+                                        rims=rims, mri=tissue.mri, min_mri_fraction=config.min_lesion_contrast_mri)
         _note_dropped(tissue.notes, "lesions_in_other_tissue", mask, labels, other, voxel_mm3)
         keep[1:] &= ~other
     if tissue is not None and config.min_lesion_contrast_hu > 0:
