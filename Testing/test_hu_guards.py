@@ -263,14 +263,15 @@ def test_an_under_drawn_lesion_whose_core_is_near_the_liver_is_kept():
 def _neighbour_lesion_case(neighbour_hu: float, mri_lesion_signal: float):
     """(labels, count, label, hu, mri, neighbour_lesion, liver_lesion): the kidney of
     `_liver_with_kidney` at `neighbour_hu` (a neighbour 25-40 HU off the liver, under the CT-alone
-    margin), with a 'lesion' inside it 5 HU brighter; an MRI (liver 400, neighbour 600) on which
+    margin), with a 'lesion' inside it 15 HU further off the liver (the CT shows it: the contrast
+    check keeps it); an MRI (liver 400, neighbour 600) on which
     that lesion has `mri_lesion_signal`, and the hypodense liver lesion is plainly darker (200)."""
     from scipy import ndimage
 
     label, hu, kidney, _, _, lesion, kidney_lesion = _liver_with_kidney()
     rng = np.random.default_rng(5)
     hu[kidney] = rng.normal(neighbour_hu, 15.0, int(kidney.sum()))
-    hu[kidney_lesion] = rng.normal(neighbour_hu + 5.0, 15.0, int(kidney_lesion.sum()))
+    hu[kidney_lesion] = rng.normal(neighbour_hu + np.sign(neighbour_hu - 100.0) * 15.0, 15.0, int(kidney_lesion.sum()))
     mri = np.full(label.shape, 50.0, np.float32)
     mri[label >= 1] = 400.0
     mri[kidney] = 600.0
@@ -302,6 +303,20 @@ def test_a_lesion_in_a_neighbour_near_the_liver_level_is_flagged_when_the_mri_sh
     outside_field = mri.copy()
     outside_field[:] = np.nan  # no MRI signal to judge by: the CT-alone rule decides
     assert flags(outside_field) == (False, False)
+
+
+def test_clean_label_map_passes_the_mri_to_the_other_tissue_check():
+    """Through the whole clean-up: the neighbour 35 HU brighter stays organ (under the region
+    check's 40 HU), and the 'lesion' in it goes only when the MRI is given and shows none."""
+    labels, _, label, hu, mri, neighbour_lesion, liver_lesion = _neighbour_lesion_case(135.0, 600.0)
+    spacing = (2.0, 1.0, 1.0)
+    results = {}
+    for name, image in (("ct", None), ("ct+mri", mri)):
+        notes: dict = {}
+        cleaned = clean_label_map(label, spacing, PostprocessConfig(), ct_hu=hu, notes=notes, mri=image)
+        results[name] = ((cleaned[neighbour_lesion] == 2).mean() > 0.5, (cleaned[liver_lesion] == 2).mean() > 0.5,
+                         notes["lesions_in_other_tissue_removed"])
+    assert results == {"ct": (True, True, 0), "ct+mri": (False, True, 1)}
 
 
 def test_a_lesion_holding_gas_is_flagged_and_a_dark_lesion_without_gas_is_kept():

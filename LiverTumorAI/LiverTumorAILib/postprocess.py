@@ -214,7 +214,8 @@ def clean_label_map(
     `min_tumour_peak` filter; without it that step is skipped. `ct_hu` (same grid, HU) enables
     the checks of hu_guards.py (the slice check along `head_foot_axis`, array axis in z y x
     order); `mri` (same grid, float, NaN outside its field of view) lets the lesion contrast check
-    keep a lesion the MRI shows; `notes`, if given, receives what they found and removed (for
+    keep a lesion the MRI shows, and the other-tissue check drop one inside a neighbour near the
+    liver's level that it does not show; `notes`, if given, receives what they found and removed (for
     report.json). `scan_faces` says which faces of `label` are the scan's own edges (None: all, the
     label covering the whole scan; the engine passes a sub-region's), for the elongation check.
 
