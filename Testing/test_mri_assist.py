@@ -66,6 +66,42 @@ def test_only_new_lesions_inside_the_liver_and_the_mri_are_added():
     assert add_lesions_seen_on_mri(label, (label >= 1).astype(np.uint8), ct, mri).count == 0
 
 
+def test_a_fusion_lesion_inside_a_neighbour_the_ct_model_drew_as_liver_is_not_added():
+    """The CT model drew a neighbour 40 HU brighter than the liver as liver; the fusion model's
+    'lesion' inside it (the MRI shows none there) is not added with the HU checks on (the CT
+    model's liver level given), and is without them; a lesion the MRI shows in the liver proper
+    is added either way."""
+    rng = np.random.default_rng(4)
+    shape = (40, 100, 100)
+    label = np.zeros(shape, np.uint8)
+    label[5:35, 10:90, 10:90] = 1
+    neighbour = np.zeros(shape, bool)
+    neighbour[5:35, 10:90, 60:90] = True  # a third of "the liver" is another organ
+    hu = rng.normal(100.0, 12.0, shape).astype(np.float32)
+    hu[neighbour] += 40.0
+    mri_signal = np.full(shape, 400.0, np.float32)
+    mri_signal[neighbour] = 550.0
+    in_neighbour, in_liver = _ball(shape, (20, 50, 75), 6), _ball(shape, (20, 50, 30), 6)
+    hu[in_neighbour] += 10.0  # a shade brighter still on the CT, nothing on the MRI
+    hu[in_liver] -= 30.0
+    mri_signal[in_liver] = 900.0
+    mri_signal += rng.normal(0.0, 10.0, shape).astype(np.float32)
+    assist = np.zeros(shape, np.uint8)
+    assist[label >= 1] = 1
+    assist[in_neighbour | in_liver] = 2
+    ct = sitk.GetImageFromArray(hu)
+    ct.SetSpacing(SPACING)
+    mri = sitk.GetImageFromArray(mri_signal)
+    mri.SetSpacing(SPACING)
+
+    checked = label.copy()
+    added = add_lesions_seen_on_mri(checked, assist, ct, mri, level=100.0)
+    assert added.count == 1 and in_liver[added.seeds[0]] and added.in_other_tissue == 1
+    assert (checked[in_liver] == 2).all() and not (checked[in_neighbour] == 2).any()
+    unchecked = label.copy()
+    assert add_lesions_seen_on_mri(unchecked, assist, ct, mri).count == 2
+
+
 def test_an_outline_the_mri_shows_clearly_larger_is_extended_inside_the_liver_only():
     shape = (40, 100, 100)
     label = np.zeros(shape, np.uint8)

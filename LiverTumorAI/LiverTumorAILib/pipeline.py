@@ -379,7 +379,8 @@ def _check_lesions_against_mri(ct: sitk.Image, mri: sitk.Image, out, weights_dir
         progress=lambda stage, f: progress.stage("mri_assist", f), warn=progress.warn, hu_checks=hu_checks,
     )
     region = region_slices(*assist_out.region) if assist_out.region is not None else None
-    changes = assist_with_mri(out.label, assist_out.label, ct, mri, region)
+    level = out.hu_checks.get("liver_level_hu") if hu_checks else None
+    changes = assist_with_mri(out.label, assist_out.label, ct, mri, region, level)
     return changes, assist_model
 
 
@@ -412,6 +413,7 @@ def _record_mri_assist(rows: list[dict], lesions: np.ndarray, assist, assist_mod
 def _mri_assist_report(assist, name: str) -> dict[str, Any]:
     """report.json's `mri_lesion_assist`: the model and what it changed."""
     return {"model": name, "lesions_added": assist.added.count, "volume_added_ml": round(assist.added.volume_ml, 3),
+            "lesions_not_added_in_other_tissue": assist.added.in_other_tissue,
             "lesions_extended": assist.extended.count,
             "volume_extended_ml": round(assist.extended.volume_ml, 3),
             "findings_removed_as_vessels": [finding.as_report() for finding in assist.removed]}

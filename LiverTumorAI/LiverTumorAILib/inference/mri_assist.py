@@ -29,7 +29,12 @@ it the fusion model reads the MRI's background fill, mri_coverage.py):
   union of both outlines. Where the two differ only by their edge voxels the CT model's outline
   stays as drawn (the union there would only add a shell: measured, mean Dice fell on one draw).
 * `add_lesions_seen_on_mri`: a fusion lesion that overlaps no CT-model lesion and lies at least
-  `MIN_FRACTION_IN_LIVER` inside the CT model's liver (the organ is the CT model's) is added whole.
+  `MIN_FRACTION_IN_LIVER` inside the CT model's liver (the organ is the CT model's) is added whole,
+  unless, against the CT model's liver around it, it lies in another tissue
+  (`hu_guards.lesions_in_other_tissue`, with the MRI): the fusion model ran its checks against
+  its own liver, which may not hold the neighbour the CT model drew as liver (a fresh phantom: a
+  1.3 ml "lesion" inside a kidney 42 HU brighter than the liver, removed from fusion's own run,
+  added to tam-unet's).
 
 The fusion model's clean-up (HU and MRI checks, edges) has already run on its label map.
 report.json names what was added (`found_by`), extended (`outline_extended_by`) and removed, and
@@ -48,6 +53,8 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from LiverTumorAILib.geometry import points_in_field_of_view, region_reference, voxel_indices_to_physical
+from LiverTumorAILib.hu_guards import LESION_RIM_MM, lesions_in_other_tissue
+from LiverTumorAILib.inference.engine import mri_on_grid
 from LiverTumorAILib.measure import centroid_ras, robust_level_and_noise
 
 MRI_ASSIST_MODEL = "fusion"
@@ -69,6 +76,8 @@ class LesionChanges:
     count: int = 0
     volume_ml: float = 0.0
     seeds: list[tuple[int, int, int]] = field(default_factory=list)
+    #: fusion lesions not added because they lie in another tissue than the CT model's liver
+    in_other_tissue: int = 0
 
     def record(self, component: np.ndarray, origin_zyx: np.ndarray, added_voxels: int, voxel_ml: float) -> None:
         self.count += 1
@@ -136,12 +145,32 @@ def _voxel_ml(ct: sitk.Image) -> float:
     return float(np.prod(ct.GetSpacing())) / 1000.0
 
 
+def _in_other_tissue(label: np.ndarray, component: np.ndarray, corner_zyx: np.ndarray, ct: sitk.Image,
+                     mri: sitk.Image, level: float) -> bool:
+    """Whether `component` (a lesion mask whose [0, 0, 0] is CT voxel `corner_zyx`) lies in a tissue
+    that is not `label`'s liver (`hu_guards.lesions_in_other_tissue` with the MRI, against the
+    liver level `level`), read on its box grown by the rim's width."""
+    spacing_zyx = np.asarray(ct.GetSpacing(), dtype=float)[::-1]
+    pad = np.ceil(LESION_RIM_MM / spacing_zyx).astype(int) + 1
+    lo = np.maximum(corner_zyx - pad, 0)
+    hi = np.minimum(corner_zyx + component.shape + pad, label.shape)
+    box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
+    labels = np.zeros(tuple(hi - lo), dtype=np.int32)
+    inner = tuple(slice(int(c - a), int(c - a + n)) for c, a, n in zip(corner_zyx, lo, component.shape))
+    labels[inner][component] = 1
+    ct_hu = sitk.GetArrayViewFromImage(ct)[box].astype(np.float32)
+    mri_box = mri_on_grid(mri, region_reference(ct, lo[::-1].tolist(), (hi - lo)[::-1].tolist()))
+    return bool(lesions_in_other_tissue(labels, 1, label[box] == 1, ct_hu, spacing_zyx, level, mri=mri_box)[0])
+
+
 def add_lesions_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: sitk.Image, mri: sitk.Image,
-                            region: Region | None = None) -> LesionChanges:
+                            region: Region | None = None, level: float | None = None) -> LesionChanges:
     """Add to `label` (CT grid, 0/1/2, changed in place) each tumour component of `assist_label`
     (the fusion model's cleaned label map on the same grid) that overlaps none of `label`'s
-    lesions, lies mostly in its liver and inside the MRI. `region`: where `assist_label` can be
-    non-zero (the fusion model's segmented sub-grid), so a long scan is searched only there."""
+    lesions, lies mostly in its liver and inside the MRI and, with `level` (the CT model's liver
+    HU level; None: HU checks off), not in another tissue than that liver (`_in_other_tissue`).
+    `region`: where `assist_label` can be non-zero (the fusion model's segmented sub-grid), so a
+    long scan is searched only there."""
     region = _full_region(label, region)
     assist_tumour = assist_label[region] == 2
     if not assist_tumour.any():
@@ -158,6 +187,10 @@ def add_lesions_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: sit
         if (mine == 2).any() or (mine >= 1).mean() < MIN_FRACTION_IN_LIVER:
             continue
         if not _box_inside_mri(ct, mri, offset, box):
+            continue
+        corner = offset + [s.start for s in box]
+        if level is not None and _in_other_tissue(label, component, corner, ct, mri, level):
+            added.in_other_tissue += 1
             continue
         ours[box][component] = 2
         added.record(component, offset + [s.start for s in box], int(component.sum()), _voxel_ml(ct))
@@ -224,8 +257,7 @@ def remove_vessels_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: 
     start_xyz = [int(v) for v in offset[::-1]]
     size_xyz = [int(v) for v in ours.shape[::-1]]
     ct_region = sitk.GetArrayViewFromImage(ct)[region]
-    mri_region = sitk.GetArrayFromImage(sitk.Resample(  # NaN outside the MRI: not liver signal
-        mri, region_reference(ct, start_xyz, size_xyz), sitk.Transform(), sitk.sitkLinear, np.nan, sitk.sitkFloat32))
+    mri_region = mri_on_grid(mri, region_reference(ct, start_xyz, size_xyz))  # NaN outside the MRI: not liver
     inside = liver & np.isfinite(mri_region)
     if not inside.any():
         return []
@@ -247,10 +279,11 @@ def remove_vessels_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: 
 
 
 def assist_with_mri(label: np.ndarray, assist_label: np.ndarray, ct: sitk.Image, mri: sitk.Image,
-                    region: Region | None = None) -> MriAssistResult:
+                    region: Region | None = None, level: float | None = None) -> MriAssistResult:
     """All three checks of the module docstring on `label` (changed in place), in the order that
-    lets each see the CT model's own lesions: remove vessels, extend outlines, add lesions."""
+    lets each see the CT model's own lesions: remove vessels, extend outlines, add lesions
+    (`level`: the CT model's liver HU level, for the added lesions' tissue check)."""
     removed = remove_vessels_seen_on_mri(label, assist_label, ct, mri, region)
     extended = extend_outlines_seen_on_mri(label, assist_label, ct, mri, region)
-    added = add_lesions_seen_on_mri(label, assist_label, ct, mri, region)
+    added = add_lesions_seen_on_mri(label, assist_label, ct, mri, region, level)
     return MriAssistResult(added=added, extended=extended, removed=removed)
