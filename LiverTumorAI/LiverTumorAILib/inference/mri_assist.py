@@ -193,7 +193,7 @@ def add_lesions_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: sit
             added.in_other_tissue += 1
             continue
         ours[box][component] = 2
-        added.record(component, offset + [s.start for s in box], int(component.sum()), _voxel_ml(ct))
+        added.record(component, corner, int(component.sum()), _voxel_ml(ct))
     return added
 
 
