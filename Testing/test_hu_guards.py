@@ -441,13 +441,13 @@ def test_clean_label_map_drops_unseen_lesions_and_says_so():
 def test_the_mri_on_the_ct_grid_is_nan_outside_its_field_of_view():
     import SimpleITK as sitk
 
-    from LiverTumorAILib.inference.engine import mri_on_grid
+    from LiverTumorAILib.geometry import mri_signal_on_grid
 
     ct = sitk.Image(40, 30, 20, sitk.sitkInt16)
     ct.SetSpacing((1.0, 1.0, 2.0))
     mri = sitk.Image(20, 30, 20, sitk.sitkUInt16) + 50  # covers x = 0..19 mm of the CT's 0..39
     mri.SetSpacing((1.0, 1.0, 2.0))
-    on_ct = mri_on_grid(mri, ct)
+    on_ct = mri_signal_on_grid(mri, ct)
     assert on_ct.dtype == np.float32 and on_ct.shape == (20, 30, 40)
     assert np.all(on_ct[:, :, :19] == 50.0) and np.isnan(on_ct[:, :, 21:]).all()
 

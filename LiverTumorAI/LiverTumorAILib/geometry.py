@@ -143,6 +143,13 @@ def resample_like(
     return sitk.Resample(image, reference, sitk.Transform(), interpolator, float(default), pixel)
 
 
+def mri_signal_on_grid(mri: sitk.Image, reference: sitk.Image) -> np.ndarray:
+    """The MRI's raw signal on `reference`'s grid (float32, linear; NaN outside the MRI's field of
+    view, so a check never reads padding as tissue): what the lesion checks and the MRI assist
+    read (preprocess.mri_on_grid is the network's normalised input, 0 outside)."""
+    return sitk.GetArrayFromImage(resample_like(mri, reference, default=float("nan"), output_type=sitk.sitkFloat32))
+
+
 def sub_grid_covering(image: sitk.Image, box: BoundingBox) -> tuple[tuple[int, int, int], tuple[int, int, int]] | None:
     """Index region (start xyz, size xyz) of `image` that covers the physical `box` (clipped)."""
     corners = np.array(list(itertools.product(*zip(box.lower, box.upper))))

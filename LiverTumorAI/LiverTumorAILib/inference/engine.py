@@ -26,6 +26,7 @@ from LiverTumorAILib.geometry import (
     array_to_image,
     head_foot_axis,
     image_bounding_box,
+    mri_signal_on_grid,
     region_reference,
     region_slices,
     resample_like,
@@ -144,12 +145,6 @@ def load_model(name: str, weights_dir, device) -> LoadedModel:
     return LoadedModel(name=name, model=model, manifest=manifest)
 
 
-def mri_on_grid(mri: sitk.Image, reference: sitk.Image) -> np.ndarray:
-    """The MRI's signal on `reference`'s grid (float32, linear; NaN outside the MRI's field of
-    view, so a check never reads padding as tissue): what the lesion contrast check reads."""
-    return sitk.GetArrayFromImage(resample_like(mri, reference, default=float("nan"), output_type=sitk.sitkFloat32))
-
-
 def segment_volume(
     ct: sitk.Image,
     seg: LoadedModel,
@@ -254,7 +249,7 @@ def segment_volume(
         tumour_u8 = np.empty(tuple(reversed(size)), np.uint8) if clean.min_tumour_peak > 0 else None
         label = label_on_grid(ct, start, size, probabilities, tumour_out=tumour_u8)
         spacing_zyx = tuple(reversed(ct.GetSpacing()))
-        mri_on_region = mri_on_grid(mri, ref) if hu_checks and mri is not None and (label == 2).any() else None
+        mri_on_region = mri_signal_on_grid(mri, ref) if hu_checks and mri is not None and (label == 2).any() else None
         label_full[sl] = clean_label_map(label, spacing_zyx, clean, tumour_probability=tumour_u8,
                                          ct_hu=sitk.GetArrayViewFromImage(ct)[sl] if hu_checks else None,
                                          head_foot_axis=head_foot_axis(ct),

@@ -52,9 +52,13 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from LiverTumorAILib.geometry import points_in_field_of_view, region_reference, voxel_indices_to_physical
+from LiverTumorAILib.geometry import (
+    mri_signal_on_grid,
+    points_in_field_of_view,
+    region_reference,
+    voxel_indices_to_physical,
+)
 from LiverTumorAILib.hu_guards import LESION_RIM_MM, lesions_in_other_tissue
-from LiverTumorAILib.inference.engine import mri_on_grid
 from LiverTumorAILib.measure import centroid_ras, robust_level_and_noise
 
 MRI_ASSIST_MODEL = "fusion"
@@ -159,7 +163,7 @@ def _in_other_tissue(label: np.ndarray, component: np.ndarray, corner_zyx: np.nd
     inner = tuple(slice(int(c - a), int(c - a + n)) for c, a, n in zip(corner_zyx, lo, component.shape))
     labels[inner][component] = 1
     ct_hu = sitk.GetArrayViewFromImage(ct)[box].astype(np.float32)
-    mri_box = mri_on_grid(mri, region_reference(ct, lo[::-1].tolist(), (hi - lo)[::-1].tolist()))
+    mri_box = mri_signal_on_grid(mri, region_reference(ct, lo[::-1].tolist(), (hi - lo)[::-1].tolist()))
     return bool(lesions_in_other_tissue(labels, 1, label[box] == 1, ct_hu, spacing_zyx, level, mri=mri_box)[0])
 
 
@@ -257,7 +261,7 @@ def remove_vessels_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: 
     start_xyz = [int(v) for v in offset[::-1]]
     size_xyz = [int(v) for v in ours.shape[::-1]]
     ct_region = sitk.GetArrayViewFromImage(ct)[region]
-    mri_region = mri_on_grid(mri, region_reference(ct, start_xyz, size_xyz))  # NaN outside the MRI: not liver
+    mri_region = mri_signal_on_grid(mri, region_reference(ct, start_xyz, size_xyz))  # NaN outside the MRI: not liver
     inside = liver & np.isfinite(mri_region)
     if not inside.any():
         return []
