@@ -337,6 +337,57 @@ def test_a_lesion_holding_gas_is_flagged_and_a_dark_lesion_without_gas_is_kept()
     assert lesions_in_other_tissue(labels, count, label == 1, hu, (2.0, 1.0, 1.0), level=100.0)[0]
 
 
+def _faint_lesions_and_gas(mri_lesion_signal: float):
+    """(labels, count, label, hu, mri, beside_gas, far, strong) on a 2 x 1 x 1 mm grid: a liver
+    (100 HU, MRI 400) with a gas-filled bowel loop (-900 HU) 3 mm outside its surface; two faint
+    'lesions' (85 HU: the CT shows them faintly) of MRI signal `mri_lesion_signal`, one at the
+    surface beside the gas, one deep inside; and a plain metastasis (40 HU) beside the gas too."""
+    rng = np.random.default_rng(11)
+    shape = (40, 90, 110)
+    z, y, x = np.indices(shape)
+    hu = rng.normal(-80.0, 10.0, shape).astype(np.float32)
+    liver = (z >= 5) & (z < 35) & (y >= 10) & (y < 80) & (x >= 10) & (x < 75)
+    hu[liver] = rng.normal(100.0, 15.0, int(liver.sum()))
+    bowel = ((x >= 78) & (x < 90) & (y >= 20) & (y < 75) & (z >= 10) & (z < 30))
+    hu[bowel] = -900.0
+
+    def ball(zc, yc, xc, r):
+        return liver & ((z - zc) ** 2 * 4 + (y - yc) ** 2 + (x - xc) ** 2 <= r * r)
+
+    beside_gas, far, strong = ball(20, 30, 72, 5), ball(20, 45, 30, 5), ball(20, 62, 71, 6)
+    hu[beside_gas | far] = rng.normal(85.0, 15.0, int((beside_gas | far).sum()))
+    hu[strong] = rng.normal(40.0, 15.0, int(strong.sum()))
+    mri = np.full(shape, 50.0, np.float32)
+    mri[liver] = 400.0
+    mri[bowel] = 20.0
+    mri[beside_gas | far] = mri_lesion_signal
+    mri[strong] = 400.0  # a lesion the MRI does not show (say, out of register): the CT shows it plainly
+    mri += rng.normal(0.0, 10.0, shape).astype(np.float32)
+    label = np.zeros(shape, np.uint8)
+    label[liver] = 1
+    label[beside_gas | far | strong] = 2
+    labels, count = ndimage.label(label == 2, structure=np.ones((3, 3, 3), bool))
+    return labels, count, label, hu, mri, beside_gas, far, strong
+
+
+def test_a_faint_lesion_beside_gas_the_mri_does_not_show_is_flagged():
+    """The unseen phantoms' partial-volume findings at a bowel loop (CT 11-19 HU, MRI 0.06-0.15):
+    flagged only with an MRI that does not show it; the same faint lesion away from gas, and a
+    plain one beside the gas, are kept; with the MRI showing it (0.4 of the liver's signal) or
+    without an MRI, nothing goes."""
+    spacing = (2.0, 1.0, 1.0)
+
+    def flags(mri_lesion_signal, with_mri=True):
+        labels, count, label, hu, mri, *lesions = _faint_lesions_and_gas(mri_lesion_signal)
+        flagged = lesions_in_other_tissue(labels, count, label == 1, hu, spacing, 100.0,
+                                          mri=mri if with_mri else None)
+        return tuple(bool(flagged[labels[lesion].max() - 1]) for lesion in lesions)
+
+    assert flags(400.0) == (True, False, False)
+    assert flags(560.0) == (False, False, False)
+    assert flags(400.0, with_mri=False) == (False, False, False)
+
+
 def test_clean_label_map_applies_every_check_with_the_ct():
     label, hu, kidney, vessel, missed, lesion, kidney_lesion = _liver_with_kidney()
     spacing = (2.0, 1.0, 1.0)

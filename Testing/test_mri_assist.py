@@ -102,6 +102,38 @@ def test_a_fusion_lesion_inside_a_neighbour_the_ct_model_drew_as_liver_is_not_ad
     assert add_lesions_seen_on_mri(unchecked, assist, ct, mri).count == 2
 
 
+def test_a_faint_fusion_lesion_beside_bowel_gas_the_mri_does_not_show_is_not_added():
+    """A fusion 'lesion' at the liver's edge 5 mm from a gas-filled bowel loop, 15 HU darker than the
+    liver and not shown on the MRI (the partial-volume edge of the loop) is not added; a lesion the
+    MRI shows in the liver proper is. The gas lies beyond the rim's 3 mm: the check must look that
+    far."""
+    rng = np.random.default_rng(6)
+    shape = (40, 100, 100)
+    label = np.zeros(shape, np.uint8)
+    label[5:35, 10:90, 10:80] = 1
+    hu = rng.normal(100.0, 12.0, shape).astype(np.float32)
+    hu[label == 0] = -90.0  # fat around the liver
+    hu[10:30, 30:70, 84:92] = -900.0  # bowel gas 5 mm from the edge lesion below
+    mri_signal = np.full(shape, 400.0, np.float32)
+    edge, in_liver = _ball(shape, (20, 50, 79), 6) & (label == 1), _ball(shape, (20, 50, 30), 6)
+    hu[edge] -= 15.0
+    hu[in_liver] -= 30.0
+    mri_signal[in_liver] = 900.0
+    mri_signal += rng.normal(0.0, 10.0, shape).astype(np.float32)
+    assist = np.zeros(shape, np.uint8)
+    assist[label >= 1] = 1
+    assist[edge | in_liver] = 2
+    ct = sitk.GetImageFromArray(hu)
+    ct.SetSpacing(SPACING)
+    mri = sitk.GetImageFromArray(mri_signal)
+    mri.SetSpacing(SPACING)
+
+    checked = label.copy()
+    added = add_lesions_seen_on_mri(checked, assist, ct, mri, level=100.0)
+    assert added.count == 1 and in_liver[added.seeds[0]] and added.in_other_tissue == 1
+    assert not (checked[edge] == 2).any()
+
+
 def test_an_outline_the_mri_shows_clearly_larger_is_extended_inside_the_liver_only():
     shape = (40, 100, 100)
     label = np.zeros(shape, np.uint8)

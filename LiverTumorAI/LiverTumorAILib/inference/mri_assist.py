@@ -58,7 +58,7 @@ from LiverTumorAILib.geometry import (
     region_reference,
     voxel_indices_to_physical,
 )
-from LiverTumorAILib.hu_guards import LESION_RIM_MM, lesions_in_other_tissue
+from LiverTumorAILib.hu_guards import BESIDE_GAS_MM, LESION_RIM_MM, lesions_in_other_tissue
 from LiverTumorAILib.measure import centroid_ras, robust_level_and_noise
 
 MRI_ASSIST_MODEL = "fusion"
@@ -153,9 +153,10 @@ def _in_other_tissue(label: np.ndarray, component: np.ndarray, corner_zyx: np.nd
                      mri: sitk.Image, level: float) -> bool:
     """Whether `component` (a lesion mask whose [0, 0, 0] is CT voxel `corner_zyx`) lies in a tissue
     that is not `label`'s liver (`hu_guards.lesions_in_other_tissue` with the MRI, against the
-    liver level `level`), read on its box grown by the rim's width."""
+    liver level `level`), read on its box grown by the rim's width (and by the distance at which
+    gas beside it counts)."""
     spacing_zyx = np.asarray(ct.GetSpacing(), dtype=float)[::-1]
-    pad = np.ceil(LESION_RIM_MM / spacing_zyx).astype(int) + 1
+    pad = np.ceil(max(LESION_RIM_MM, BESIDE_GAS_MM) / spacing_zyx).astype(int) + 1
     lo = np.maximum(corner_zyx - pad, 0)
     hi = np.minimum(corner_zyx + component.shape + pad, label.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
