@@ -82,7 +82,7 @@ def hu_check_warnings(hu_checks: dict) -> list[str]:
     dropped = hu_checks.get("lesions_in_other_tissue_removed", 0)
     if dropped:
         warnings.append(f"{dropped} lesion(s){_where_dropped(hu_checks, 'lesions_in_other_tissue')} inside tissue that "
-                        "is not liver (or holding gas) were dropped; check the liver's edges")
+                        "is not liver (or holding gas, or faint beside gas) were dropped; check the liver's edges")
     marked = hu_checks.get("enclosed_regions_marked_as_lesions", 0)
     if marked:
         volumes = ", ".join(f"{v:g} ml" for v in hu_checks.get("enclosed_regions_ml", []))

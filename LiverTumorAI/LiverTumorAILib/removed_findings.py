@@ -16,7 +16,7 @@ from LiverTumorAILib.postprocess import DROPPED_AT_RAS
 
 #: report.json hu_checks prefix -> why the finding was removed, as a reader says it
 HU_CHECK_REASONS = {
-    "lesions_in_other_tissue": "inside tissue that is not liver, or holding gas",
+    "lesions_in_other_tissue": "inside tissue that is not liver, or holding or faint beside gas",
     "lesions_without_contrast": "no contrast to the liver on any image",
     "elongated_lesions": "shaped like a vessel",
 }
