@@ -12,6 +12,7 @@ import pytest
 from scipy import ndimage
 
 from LiverTumorAILib.hu_guards import (
+    bright_enclosed_holes,
     dark_enclosed_holes,
     drop_regions_unlike_liver,
     lesion_rims,
@@ -609,6 +610,40 @@ def test_a_dark_region_the_liver_encloses_is_marked_a_lesion_and_nothing_else():
     assert found[holes["cyst"]].all()
     assert not found[holes["vessel"] | holes["small"] | holes["open"] | holes["bowel"]].any()
     assert np.array_equal(found, holes["cyst"])
+
+
+def _mri_of_holes(label, holes, bright_signal: float) -> np.ndarray:
+    """A T2-like MRI of `_liver_with_holes`: liver 400, the bright-on-CT ball at `bright_signal`."""
+    rng = np.random.default_rng(8)
+    mri = np.full(label.shape, 50.0, np.float32)
+    mri[4:36, 8:82, 8:82] = 400.0
+    mri[holes["cyst"]] = 900.0
+    mri[holes["vessel"]] = bright_signal
+    return mri + rng.normal(0.0, 10.0, label.shape).astype(np.float32)
+
+
+def test_a_region_the_liver_encloses_bright_on_the_ct_and_the_mri_is_marked_a_lesion():
+    """Unseen phantoms: a haemangioma bright on the portal-phase CT and on the T2 left background
+    (taken for a vessel) was filled in as liver. Bright on both: a lesion; bright on the CT but dark
+    on the MRI (a vessel's flow void): not; the dark cyst is the other rule's."""
+    label, hu, holes, spacing = _liver_with_holes()
+    network_organ = label >= 1
+    enclosed = ndimage.binary_fill_holes(network_organ) & ~network_organ
+    for signal, marked in ((700.0, True), (250.0, False), (440.0, False)):
+        found = bright_enclosed_holes(enclosed, hu, 100.0, spacing, label == 1, _mri_of_holes(label, holes, signal))
+        assert np.array_equal(found, holes["vessel"] if marked else np.zeros_like(found)), signal
+    outside_field = np.full(label.shape, np.nan, np.float32)
+    assert not bright_enclosed_holes(enclosed, hu, 100.0, spacing, label == 1, outside_field).any()
+
+
+def test_clean_label_map_marks_an_enclosed_region_bright_on_both_images_only_with_the_mri():
+    label, hu, holes, spacing = _liver_with_holes()
+    mri = _mri_of_holes(label, holes, 700.0)
+    notes: dict = {}
+    cleaned = clean_label_map(label, spacing, ct_hu=hu, notes=notes, mri=mri)
+    assert (cleaned[holes["vessel"]] == 2).mean() > 0.9 and (cleaned[holes["cyst"]] == 2).mean() > 0.9
+    assert notes["enclosed_regions_marked_as_lesions"] == 2
+    assert (clean_label_map(label, spacing, ct_hu=hu)[holes["vessel"]] == 1).all()  # the CT alone: a vessel
 
 
 def test_clean_label_map_marks_the_enclosed_cyst_as_tumour_and_reports_it():

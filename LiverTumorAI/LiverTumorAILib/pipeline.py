@@ -87,7 +87,7 @@ def hu_check_warnings(hu_checks: dict) -> list[str]:
     if marked:
         volumes = ", ".join(f"{v:g} ml" for v in hu_checks.get("enclosed_regions_ml", []))
         warnings.append(f"{marked} region(s) ({volumes}) inside the liver that the network left unlabelled and that are "
-                        "darker than the liver were marked as lesions; check them")
+                        "darker than the liver (or brighter on both the CT and the MRI) were marked as lesions; check them")
     for check, what in (("lesions_without_contrast", "that differed from the liver around them on no image"),
                         ("elongated_lesions", "shaped like a vessel (far longer than thick)")):
         count = hu_checks.get(f"{check}_removed", 0)

@@ -63,6 +63,7 @@ from LiverTumorAILib.hu_guards import (
     MIN_ENCLOSED_HOLE_DARKER_HU,
     MIN_LESION_CONTRAST_HU,
     MIN_LESION_CONTRAST_MRI,
+    bright_enclosed_holes,
     dark_enclosed_holes,
     drop_regions_unlike_liver,
     lesion_rims,
@@ -271,17 +272,22 @@ def clean_label_map(
     if organ.sum() * voxel_mm3 / 1000.0 < config.min_liver_ml:
         return out
     missed = None
+    shown = None  # enclosed regions bright on the CT and the MRI: judged by their shape like a drawn lesion
     if tissue is not None and holes_3d is not None:
         missed = dark_enclosed_holes(holes_3d & organ, tissue.ct_hu, tissue.level, spacing_zyx,
                                      min_darker_hu=config.min_enclosed_hole_darker_hu)
+        if tissue.mri is not None:
+            shown = bright_enclosed_holes(holes_3d & organ, tissue.ct_hu, tissue.level, spacing_zyx,
+                                          tissue.parenchyma, tissue.mri)
     del holes_3d
     envelope = ndimage.binary_dilation(organ, structure=ellipsoid_structure(radius)) if dilate else organ
     tumour = (label[crop] == 2) & envelope
     tumour = filter_lesions(tumour, spacing_zyx, config, None if tumour_probability is None else tumour_probability[crop],
                             tissue)
     if missed is not None:
-        _note_enclosed_holes(notes, missed, tumour, spacing_zyx)
-        tumour |= missed
+        found = missed | shown if shown is not None else missed
+        _note_enclosed_holes(notes, found, tumour, spacing_zyx)
+        tumour |= found
     if tissue is not None and config.lesion_edge_band_mm > 0:
         edges = refine_lesion_boundaries(tumour, organ, tissue.ct_hu, spacing_zyx, tissue.mri, config.lesion_edge_band_mm,
                                          config.min_lesion_mm3)
