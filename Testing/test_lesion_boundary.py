@@ -264,6 +264,31 @@ def test_two_lesions_drawn_joined_by_a_thin_bridge_are_kept_and_a_vessel_with_a_
     assert not _drop_elongated_lesions(vessel, SPACING, MAX_LESION_ELONGATION, None).any()
 
 
+def test_lesions_joined_by_a_thin_bridge_are_two_lesions_in_the_table():
+    """Kept whole as tumour, the joined pair is numbered as two lesions (each with the bridge half
+    nearest it), so the table and the detection count both; a single round lesion, a lesion with a
+    short thin tail and the map without the spacing stay one."""
+    from LiverTumorAILib.postprocess import lesion_instances
+
+    joined = _ball(10.0, centre=(16, 45, 22)) | _ball(8.0, centre=(16, 45, 68))
+    joined[15:17, 44:46, 22:68] = True
+    label = np.zeros(SHAPE, np.uint8)
+    label[joined] = 2
+    instances, box = lesion_instances(label, SPACING)
+    whole = np.zeros(SHAPE, np.uint16)
+    whole[box] = instances
+    assert set(np.unique(whole)) == {0, 1, 2}
+    assert (whole[_ball(10.0, centre=(16, 45, 22))] == 1).all() and (whole[_ball(8.0, centre=(16, 45, 68))] == 2).all()
+    assert np.array_equal(whole > 0, joined)
+    assert set(np.unique(lesion_instances(label)[0])) == {0, 1}
+
+    tailed = _ball(10.0, centre=(16, 45, 30))
+    tailed[15:17, 44:46, 30:52] = True  # a 12 mm thin tail: no second part
+    label[:] = 0
+    label[tailed] = 2
+    assert set(np.unique(lesion_instances(label, SPACING)[0])) == {0, 1}
+
+
 def test_a_lesion_cut_by_the_scans_first_slice_is_not_taken_for_a_vessel():
     """A 36 mm lesion centred 5 mm before the first slice, drawn from the third slice, is a 10 mm
     deep cap (a plate, more than 2.5 times wider than deep): at the scan's edge it stays, a tube

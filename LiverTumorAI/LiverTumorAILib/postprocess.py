@@ -94,6 +94,10 @@ MIN_SHAPE_VOXELS = 3
 SHAPE_OPENING_MM = 3.0
 ROUND_PART_ELONGATION = 1.7
 ROUND_PART_FRACTION = 0.6
+#: a lesion that the same opening parts into pieces at least this wide (equivalent sphere, mm; the
+#: size from which detection is judged) is that many lesions in the table: a fresh unseen draw's
+#: metastasis and HCC, drawn joined, were one lesion (and one of two found)
+MIN_SPLIT_PART_MM = 10.0
 #: a lesion this close (voxels) to a face where the scan ends may be cut by it: 2.5D networks often
 #: leave the scan's very first or last slice unlabelled (its slab is padded) and the edge refinement
 #: may trim the next as partial volume (a 29 mm metastasis cut by an unseen phantom's first slice:
@@ -512,17 +516,43 @@ def component_peaks(labels: np.ndarray, count: int, probability: np.ndarray) -> 
     return np.atleast_1d(np.asarray(ndimage.maximum(probability, labels, index=np.arange(1, count + 1))))
 
 
-def lesion_instances(label: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice, slice] | None]:
+def split_at_thin_bridges(component: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[np.ndarray, int]:
+    """`component` (one lesion on its box) as parts 1..n: opened by a ball of `SHAPE_OPENING_MM`,
+    the parts of at least `MIN_SPLIT_PART_MM` across (equivalent sphere) each take the voxels
+    nearest to them, so two lesions drawn joined by a thin bridge are two lesions in the table.
+    n = 1 (the component whole) when fewer than two such parts are left."""
+    ball = ellipsoid_structure([SHAPE_OPENING_MM / float(s) for s in spacing_zyx])
+    pad = [(k // 2, k // 2) for k in ball.shape]
+    opened = ndimage.binary_opening(np.pad(component, pad), structure=ball)[tuple(slice(a, -a or None) for a, _ in pad)]
+    parts, count = ndimage.label(opened, structure=np.ones((3, 3, 3), bool))
+    min_voxels = np.pi / 6.0 * MIN_SPLIT_PART_MM ** 3 / float(np.prod(spacing_zyx))
+    sizes = np.bincount(parts.ravel(), minlength=count + 1)[1:]
+    big = np.flatnonzero(sizes >= min_voxels) + 1
+    if len(big) < 2:
+        return component.astype(np.int32), 1
+    seeds = np.isin(parts, big)
+    nearest = ndimage.distance_transform_edt(~seeds, sampling=spacing_zyx, return_distances=False, return_indices=True)
+    owner = parts[tuple(nearest)]
+    renumber = np.zeros(count + 1, dtype=np.int32)
+    renumber[big] = np.arange(1, len(big) + 1)
+    return np.where(component, renumber[owner], 0), len(big)
+
+
+def lesion_instances(label: np.ndarray, spacing_zyx: Sequence[float] | None = None
+                     ) -> tuple[np.ndarray, tuple[slice, slice, slice] | None]:
     """Tumour components of `label` numbered 1..n by decreasing volume, as (instance map, box):
     the uint16 map covers only the tumour's bounding box `box` ((z, y, x) slices of `label`;
     None and an empty map when there is no tumour). Same numbering as on the whole grid:
-    components and their raster order do not change inside a box that holds them all."""
+    components and their raster order do not change inside a box that holds them all. With
+    `spacing_zyx`, a component that `split_at_thin_bridges` parts is numbered as its parts."""
     from LiverTumorAILib.geometry import nonzero_slices
 
     box = nonzero_slices(label, value=2)
     if box is None:
         return np.zeros((0, 0, 0), dtype=np.uint16), None
     labels, count = ndimage.label(label[box] == 2, structure=np.ones((3, 3, 3), bool))
+    if spacing_zyx is not None:
+        labels, count = _split_joined_lesions(labels, count, spacing_zyx)
     sizes = np.bincount(labels.ravel(), minlength=count + 1)[1:]
     order = np.argsort(-sizes, kind="stable")
     remap = np.zeros(count + 1, dtype=np.uint16)
@@ -530,9 +560,27 @@ def lesion_instances(label: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice,
     return remap[labels], box
 
 
-def label_lesions(label: np.ndarray) -> np.ndarray:
-    """uint16 instance map of tumour components on `label`'s grid, numbered 1..n by decreasing volume."""
-    crop, box = lesion_instances(label)
+def _split_joined_lesions(labels: np.ndarray, count: int, spacing_zyx: Sequence[float]) -> tuple[np.ndarray, int]:
+    """`labels` (components 1..count) with each component that `split_at_thin_bridges` parts
+    renumbered as its parts (new numbers after `count`)."""
+    min_voxels = 2 * np.pi / 6.0 * MIN_SPLIT_PART_MM ** 3 / float(np.prod(spacing_zyx))
+    for index, box in enumerate(ndimage.find_objects(labels), start=1):
+        if box is None:
+            continue
+        component = labels[box] == index
+        if np.count_nonzero(component) < min_voxels:  # too small to hold two parts
+            continue
+        parts, n = split_at_thin_bridges(component, spacing_zyx)
+        if n > 1:
+            labels[box][parts > 1] = count + parts[parts > 1] - 1
+            count += n - 1
+    return labels, count
+
+
+def label_lesions(label: np.ndarray, spacing_zyx: Sequence[float] | None = None) -> np.ndarray:
+    """uint16 instance map of tumour components on `label`'s grid, numbered 1..n by decreasing
+    volume (with `spacing_zyx`, lesions joined by a thin bridge apart: `lesion_instances`)."""
+    crop, box = lesion_instances(label, spacing_zyx)
     out = np.zeros(label.shape, dtype=np.uint16)
     if box is not None:
         out[box] = crop
