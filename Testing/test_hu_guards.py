@@ -338,7 +338,7 @@ def test_a_lesion_holding_gas_is_flagged_and_a_dark_lesion_without_gas_is_kept()
     assert lesions_in_other_tissue(labels, count, label == 1, hu, (2.0, 1.0, 1.0), level=100.0)[0]
 
 
-def _faint_lesions_and_gas(mri_lesion_signal: float):
+def _faint_lesions_and_gas(mri_lesion_signal: float, gas_from_x: int = 78):
     """(labels, count, label, hu, mri, beside_gas, far, strong) on a 2 x 1 x 1 mm grid: a liver
     (100 HU, MRI 400) with a gas-filled bowel loop (-900 HU) 3 mm outside its surface; two faint
     'lesions' (85 HU: the CT shows them faintly) of MRI signal `mri_lesion_signal`, one at the
@@ -349,7 +349,7 @@ def _faint_lesions_and_gas(mri_lesion_signal: float):
     hu = rng.normal(-80.0, 10.0, shape).astype(np.float32)
     liver = (z >= 5) & (z < 35) & (y >= 10) & (y < 80) & (x >= 10) & (x < 75)
     hu[liver] = rng.normal(100.0, 15.0, int(liver.sum()))
-    bowel = ((x >= 78) & (x < 90) & (y >= 20) & (y < 75) & (z >= 10) & (z < 30))
+    bowel = ((x >= gas_from_x) & (x < 90) & (y >= 20) & (y < 75) & (z >= 10) & (z < 30))
     hu[bowel] = -900.0
 
     def ball(zc, yc, xc, r):
@@ -387,6 +387,16 @@ def test_a_faint_lesion_beside_gas_the_mri_does_not_show_is_flagged():
     assert flags(400.0) == (True, False, False)
     assert flags(560.0) == (False, False, False)
     assert flags(400.0, with_mri=False) == (False, False, False)
+
+
+def test_clean_label_map_sees_gas_just_past_the_liver_box_it_reads():
+    """The clean-up reads the liver's bounding box (+ 4 mm here); gas 5 mm from a faint lesion at the
+    liver's surface lies past it (the lung above the dome), and the lesion still goes with an MRI
+    that does not show it."""
+    labels, _, label, hu, mri, beside_gas, far, strong = _faint_lesions_and_gas(400.0, gas_from_x=79)
+    cleaned = clean_label_map(label, (2.0, 1.0, 1.0), PostprocessConfig(), ct_hu=hu, mri=mri)
+    assert (cleaned[beside_gas] == 2).mean() < 0.1
+    assert (cleaned[far] == 2).mean() > 0.5 and (cleaned[strong] == 2).mean() > 0.5
 
 
 def test_clean_label_map_applies_every_check_with_the_ct():

@@ -55,6 +55,7 @@ made from".
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterable, Iterator, Sequence
 
 import numpy as np
@@ -351,6 +352,7 @@ def lesions_in_other_tissue(
     rims: Sequence[LesionRim] | None = None,
     mri: np.ndarray | None = None,
     min_mri_fraction: float = MIN_LESION_CONTRAST_MRI,
+    wider: WiderCT | None = None,
 ) -> np.ndarray:
     """For each component 1..count of `labels`, whether it lies inside a tissue that is not liver:
     its own median HU and that of the `parenchyma` voxels within `LESION_RIM_MM` around it are
@@ -359,7 +361,8 @@ def lesions_in_other_tissue(
     view), both are more than `MRI_CONFIRMED_RIM_SHIFT_HU` off (and match) and the MRI shows no
     lesion against that rim (`mri_contrast_fraction` under `min_mri_fraction`); or, with `mri`,
     gas lies within `BESIDE_GAS_MM` and both images show it faintly (`_partial_volume_beside_gas`:
-    the partial-volume edge of bowel or lung).
+    the partial-volume edge of bowel or lung; the gas looked for in `wider` when given, so gas
+    just past `ct_hu`'s faces counts).
     (A lesion drawn short of its edge has a rim of lesion; its core is then unlike the liver too
     only for strongly contrasting lesions, which the network draws fully: a held-out 23 ml
     hyperdense lesion drawn at 63 % had core 114, rim 138, level 97 HU, and is kept.)
@@ -381,7 +384,7 @@ def lesions_in_other_tissue(
         rim = shell & parenchyma[box]
         if np.count_nonzero(rim) < MIN_RIM_VOXELS:
             continue
-        if mri is not None and _partial_volume_beside_gas(labels, i, box, component, rim, ct_hu, mri, spacing_zyx):
+        if mri is not None and _partial_volume_beside_gas(box, component, rim, ct_hu, mri, spacing_zyx, wider):
             flagged[i] = True
             continue
         rim_hu = float(np.median(ct_hu[box][rim]))
@@ -394,24 +397,38 @@ def lesions_in_other_tissue(
     return flagged
 
 
-def _partial_volume_beside_gas(labels: np.ndarray, index: int, box: tuple[slice, ...], component: np.ndarray,
-                               rim: np.ndarray, ct_hu: np.ndarray, mri: np.ndarray,
-                               spacing_zyx: Sequence[float]) -> bool:
-    """Whether lesion `index` (its `component` and liver `rim` on `box`) has gas within
-    `BESIDE_GAS_MM`, CT contrast under `BESIDE_GAS_MAX_CT_HU` and MRI contrast under
-    `BESIDE_GAS_MAX_MRI_FRACTION` against that rim. NaN MRI contrast (outside its field of view):
-    not flagged. The gas is looked for last, on the box grown to that distance, only for lesions
-    both images show faintly."""
+@dataclass(frozen=True)
+class WiderCT:
+    """The CT around the array the checks read (which starts at index `offset` in it): what lies
+    just past that array's faces, such as the lung's gas above a lesion at the liver's dome when
+    the checks read the liver's bounding box."""
+
+    ct_hu: np.ndarray
+    offset: tuple[int, int, int]
+
+
+def _partial_volume_beside_gas(box: tuple[slice, ...], component: np.ndarray, rim: np.ndarray, ct_hu: np.ndarray,
+                               mri: np.ndarray, spacing_zyx: Sequence[float], wider: WiderCT | None = None) -> bool:
+    """Whether the lesion `component` (with its liver `rim`, on `box` of `ct_hu`) has gas within
+    `BESIDE_GAS_MM` (looked for in `wider` when given, else in `ct_hu`), CT contrast under
+    `BESIDE_GAS_MAX_CT_HU` and MRI contrast under `BESIDE_GAS_MAX_MRI_FRACTION` against that rim.
+    NaN MRI contrast (outside its field of view): not flagged. The gas is looked for last, on the
+    box grown to that distance, only for lesions both images show faintly."""
     if not mri_contrast_fraction(mri[box][component], mri[box][rim]) < BESIDE_GAS_MAX_MRI_FRACTION:
         return False
     if not lesion_contrast(ct_hu[box][component], ct_hu[box][rim]) < BESIDE_GAS_MAX_CT_HU:
         return False
+    source, offset = (wider.ct_hu, wider.offset) if wider is not None else (ct_hu, (0, 0, 0))
     pad = [int(np.ceil(BESIDE_GAS_MM / float(s))) for s in spacing_zyx]
-    around = tuple(slice(max(b.start - p, 0), min(b.stop + p, n)) for b, p, n in zip(box, pad, labels.shape))
-    gas = ct_hu[around] < GAS_HU
+    start = [b.start + o for b, o in zip(box, offset)]
+    around = tuple(slice(max(a - p, 0), min(a + n + p, size))
+                   for a, n, p, size in zip(start, component.shape, pad, source.shape))
+    gas = source[around] < GAS_HU
     if not gas.any():
         return False
-    distance = ndimage.distance_transform_edt(labels[around] != index + 1, sampling=spacing_zyx)
+    lesion = np.zeros(gas.shape, dtype=bool)
+    lesion[tuple(slice(a - r.start, a - r.start + n) for a, r, n in zip(start, around, component.shape))] = component
+    distance = ndimage.distance_transform_edt(~lesion, sampling=spacing_zyx)
     return bool(np.any(gas & (distance <= BESIDE_GAS_MM)))
 
 

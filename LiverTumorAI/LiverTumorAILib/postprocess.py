@@ -63,6 +63,7 @@ from LiverTumorAILib.hu_guards import (
     MIN_ENCLOSED_HOLE_DARKER_HU,
     MIN_LESION_CONTRAST_HU,
     MIN_LESION_CONTRAST_MRI,
+    WiderCT,
     bright_enclosed_holes,
     dark_enclosed_holes,
     drop_regions_unlike_liver,
@@ -175,6 +176,7 @@ class TissueContext:
     notes: dict | None = None  # receives "lesions_in_other_tissue_removed" and "lesions_without_contrast_removed"
     outside: np.ndarray | None = None  # voxels outside the organ (after the organ checks)
     mri: np.ndarray | None = None  # the MRI on the same grid (NaN outside its field of view), when given
+    wider: WiderCT | None = None  # the CT this grid was cut from (gas just past its faces)
 
 
 def _organ_checked_against_hu(organ, parenchyma, ct_hu, spacing_zyx, axis, config,
@@ -272,7 +274,8 @@ def clean_label_map(
         organ, level = _organ_checked_against_hu(organ, parenchyma, ct_hu[crop], spacing_zyx, head_foot_axis, config,
                                                  notes if notes is not None else {})
         tissue = None if level is None else TissueContext(parenchyma, ct_hu[crop], level, notes, ~organ,
-                                                               None if mri is None else mri[crop])
+                                                               None if mri is None else mri[crop],
+                                                               WiderCT(ct_hu, tuple(c.start for c in crop)))
     if organ.sum() * voxel_mm3 / 1000.0 < config.min_liver_ml:
         return out
     missed = None
@@ -357,7 +360,8 @@ def filter_lesions(mask: np.ndarray, spacing_zyx: Sequence[float], config: Postp
     if tissue is not None and config.max_lesion_rim_hu_shift > 0:
         other = lesions_in_other_tissue(labels, count, tissue.parenchyma, tissue.ct_hu, spacing_zyx, tissue.level,
                                         config.max_lesion_rim_hu_shift, tissue.outside, candidates=keep[1:],
-                                        rims=rims, mri=tissue.mri, min_mri_fraction=config.min_lesion_contrast_mri)
+                                        rims=rims, mri=tissue.mri, min_mri_fraction=config.min_lesion_contrast_mri,
+                                        wider=tissue.wider)
         _note_dropped(tissue.notes, "lesions_in_other_tissue", mask, labels, other, voxel_mm3)
         keep[1:] &= ~other
     if tissue is not None and config.min_lesion_contrast_hu > 0:
