@@ -288,6 +288,13 @@ def test_lesions_joined_by_a_thin_bridge_are_two_lesions_in_the_table():
     label[tailed] = 2
     assert set(np.unique(lesion_instances(label, SPACING)[0])) == {0, 1}
 
+    zz, yy, xx = np.indices(SHAPE)
+    lobe = ((zz - 16) * SPACING[0] / 5.0) ** 2 + ((yy - 45) / 5.0) ** 2 + ((xx - 66) / 16.0) ** 2 <= 1  # 3.2 x longer
+    label[:] = 0
+    label[_ball(10.0, centre=(16, 45, 22)) | lobe] = 2
+    label[15:17, 44:46, 22:52] = 2  # a lobe drawn through a narrow neck: one lesion
+    assert set(np.unique(lesion_instances(label, SPACING)[0])) == {0, 1}
+
 
 def test_a_lesion_cut_by_the_scans_first_slice_is_not_taken_for_a_vessel():
     """A 36 mm lesion centred 5 mm before the first slice, drawn from the third slice, is a 10 mm
