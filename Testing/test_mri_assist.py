@@ -66,6 +66,23 @@ def test_only_new_lesions_inside_the_liver_and_the_mri_are_added():
     assert add_lesions_seen_on_mri(label, (label >= 1).astype(np.uint8), ct, mri).count == 0
 
 
+def _only_the_liver_lesion_added(label, hu, mri_signal, not_added, in_liver):
+    """Fusion's lesions `not_added` and `in_liver` offered to the CT model's `label` (with the CT
+    model's liver level, 100 HU): the one in the liver is added, the other found in another
+    tissue. Returns (the label after, the fusion label map, CT, MRI)."""
+    assist = np.zeros(label.shape, np.uint8)
+    assist[label >= 1] = 1
+    assist[not_added | in_liver] = 2
+    ct = sitk.GetImageFromArray(hu)
+    ct.SetSpacing(SPACING)
+    mri = sitk.GetImageFromArray(mri_signal)
+    mri.SetSpacing(SPACING)
+    checked = label.copy()
+    added = add_lesions_seen_on_mri(checked, assist, ct, mri, level=100.0)
+    assert added.count == 1 and in_liver[added.seeds[0]] and added.in_other_tissue == 1
+    return checked, assist, ct, mri
+
+
 def test_a_fusion_lesion_inside_a_neighbour_the_ct_model_drew_as_liver_is_not_added():
     """The CT model drew a neighbour 40 HU brighter than the liver as liver; the fusion model's
     'lesion' inside it (the MRI shows none there) is not added with the HU checks on (the CT
@@ -86,17 +103,7 @@ def test_a_fusion_lesion_inside_a_neighbour_the_ct_model_drew_as_liver_is_not_ad
     hu[in_liver] -= 30.0
     mri_signal[in_liver] = 900.0
     mri_signal += rng.normal(0.0, 10.0, shape).astype(np.float32)
-    assist = np.zeros(shape, np.uint8)
-    assist[label >= 1] = 1
-    assist[in_neighbour | in_liver] = 2
-    ct = sitk.GetImageFromArray(hu)
-    ct.SetSpacing(SPACING)
-    mri = sitk.GetImageFromArray(mri_signal)
-    mri.SetSpacing(SPACING)
-
-    checked = label.copy()
-    added = add_lesions_seen_on_mri(checked, assist, ct, mri, level=100.0)
-    assert added.count == 1 and in_liver[added.seeds[0]] and added.in_other_tissue == 1
+    checked, assist, ct, mri = _only_the_liver_lesion_added(label, hu, mri_signal, in_neighbour, in_liver)
     assert (checked[in_liver] == 2).all() and not (checked[in_neighbour] == 2).any()
     unchecked = label.copy()
     assert add_lesions_seen_on_mri(unchecked, assist, ct, mri).count == 2
@@ -120,17 +127,7 @@ def test_a_faint_fusion_lesion_beside_bowel_gas_the_mri_does_not_show_is_not_add
     hu[in_liver] -= 30.0
     mri_signal[in_liver] = 900.0
     mri_signal += rng.normal(0.0, 10.0, shape).astype(np.float32)
-    assist = np.zeros(shape, np.uint8)
-    assist[label >= 1] = 1
-    assist[edge | in_liver] = 2
-    ct = sitk.GetImageFromArray(hu)
-    ct.SetSpacing(SPACING)
-    mri = sitk.GetImageFromArray(mri_signal)
-    mri.SetSpacing(SPACING)
-
-    checked = label.copy()
-    added = add_lesions_seen_on_mri(checked, assist, ct, mri, level=100.0)
-    assert added.count == 1 and in_liver[added.seeds[0]] and added.in_other_tissue == 1
+    checked, *_ = _only_the_liver_lesion_added(label, hu, mri_signal, edge, in_liver)
     assert not (checked[edge] == 2).any()
 
 
