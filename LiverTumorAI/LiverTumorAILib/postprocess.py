@@ -429,15 +429,21 @@ def component_elongation(labels: np.ndarray, spacing_zyx: Sequence[float],
     return np.array(out, dtype=float)
 
 
+def _opened_parts(component: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[np.ndarray, int]:
+    """The parts (labelled 1..n, on `component`'s box) left of `component` opened by a ball of
+    `SHAPE_OPENING_MM` (in-plane only where slices are thicker than twice that): what is thinner
+    than the ball (a bridge, a tail, a thin vessel) is gone."""
+    ball = ellipsoid_structure([SHAPE_OPENING_MM / float(s) for s in spacing_zyx])
+    pad = [(k // 2, k // 2) for k in ball.shape]
+    opened = ndimage.binary_opening(np.pad(component, pad), structure=ball)
+    return ndimage.label(opened[tuple(slice(a, -a or None) for a, _ in pad)], structure=np.ones((3, 3, 3), bool))
+
+
 def _round_once_opened(component: np.ndarray, spacing_zyx: Sequence[float]) -> bool:
-    """Whether `component` (one lesion on its box), opened by a ball of `SHAPE_OPENING_MM`
-    (in-plane only where slices are thicker than twice that), leaves round parts
+    """Whether `component` (one lesion on its box), opened (`_opened_parts`), leaves round parts
     (`ROUND_PART_ELONGATION`) holding `ROUND_PART_FRACTION` of its voxels: lesions joined by a thin
     bridge, not a vessel, which stays a tube or goes."""
-    ball = ellipsoid_structure([SHAPE_OPENING_MM / float(s) for s in spacing_zyx])
-    component = np.pad(component, [(k // 2, k // 2) for k in ball.shape])
-    opened = ndimage.binary_opening(component, structure=ball)
-    parts, count = ndimage.label(opened, structure=np.ones((3, 3, 3), bool))
+    parts, count = _opened_parts(component, spacing_zyx)
     if count == 0:
         return False
     round_parts = np.flatnonzero(component_elongation(parts, spacing_zyx) <= ROUND_PART_ELONGATION) + 1
@@ -521,16 +527,13 @@ def component_peaks(labels: np.ndarray, count: int, probability: np.ndarray) -> 
 
 
 def split_at_thin_bridges(component: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[np.ndarray, int]:
-    """`component` (one lesion on its box) as parts 1..n: opened by a ball of `SHAPE_OPENING_MM`,
-    the parts of at least `MIN_SPLIT_PART_MM` across (equivalent sphere) each take the voxels
-    nearest to them, so two lesions drawn joined by a thin bridge are two lesions in the table.
+    """`component` (one lesion on its box) as parts 1..n: opened (`_opened_parts`), the parts of at
+    least `MIN_SPLIT_PART_MM` across (equivalent sphere) each take the voxels nearest to them, so
+    two lesions drawn joined by a thin bridge are two lesions in the table.
     n = 1 (the component whole) when fewer than two such parts are left, or when one of them is
     not round (`ROUND_PART_ELONGATION`): a lesion with a lobe drawn through a narrow neck (an
     unseen phantom: 33 ml + a 7 ml part 2.6 times longer than thin, one lesion) stays whole."""
-    ball = ellipsoid_structure([SHAPE_OPENING_MM / float(s) for s in spacing_zyx])
-    pad = [(k // 2, k // 2) for k in ball.shape]
-    opened = ndimage.binary_opening(np.pad(component, pad), structure=ball)[tuple(slice(a, -a or None) for a, _ in pad)]
-    parts, count = ndimage.label(opened, structure=np.ones((3, 3, 3), bool))
+    parts, count = _opened_parts(component, spacing_zyx)
     min_voxels = np.pi / 6.0 * MIN_SPLIT_PART_MM ** 3 / float(np.prod(spacing_zyx))
     sizes = np.bincount(parts.ravel(), minlength=count + 1)[1:]
     big = np.flatnonzero(sizes >= min_voxels) + 1
