@@ -47,6 +47,10 @@ mode of its histogram), so the organ and each lesion can be checked against it:
   phantoms took 22 and 35 mm water-density cysts on unseen phantoms for fluid outside the liver
   (README). Their edges are refined like any lesion's; the elongation check spares them and the
   lesions they join (postprocess._drop_elongated_lesions).
+* `bright_enclosed_holes`: with an MRI, the same for a region 20 HU or more brighter than the
+  liver on the CT and 30 % brighter than the liver around it on the MRI: a haemangioma the
+  network took for a vessel (unseen phantoms). A vessel is dark on T2; these regions are judged by
+  the elongation check like a drawn lesion.
 
 All take `parenchyma` = the network's liver label (not tumour). Values and why: see
 `PostprocessConfig` in postprocess.py; measured effect: README "On data the weights were not

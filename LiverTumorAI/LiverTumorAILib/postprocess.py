@@ -316,8 +316,8 @@ def clean_label_map(
 
 def _note_enclosed_holes(notes: dict | None, missed: np.ndarray, tumour: np.ndarray,
                          spacing_zyx: Sequence[float]) -> None:
-    """Count the enclosed dark regions marked as lesions (those not touching a lesion already kept)
-    and their volumes, for report.json and its warning."""
+    """Count the enclosed regions marked as lesions (dark, or with an MRI bright on both images;
+    those not touching a lesion already kept) and their volumes, for report.json and its warning."""
     if notes is None or not missed.any():
         return
     labels, _ = ndimage.label(missed, structure=np.ones((3, 3, 3), bool))
