@@ -498,6 +498,15 @@ def lesions_without_contrast(
     return flagged
 
 
+def _large_components(mask: np.ndarray, spacing_zyx: Sequence[float], min_diameter_mm: float
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """(labels, large): `mask`'s components (26-connected) and, per component, whether it is at
+    least `min_diameter_mm` across (equivalent sphere)."""
+    labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    min_voxels = np.pi / 6.0 * min_diameter_mm ** 3 / float(np.prod(spacing_zyx))
+    return labels, np.bincount(labels.ravel(), minlength=count + 1)[1:] >= min_voxels
+
+
 def bright_enclosed_holes(enclosed: np.ndarray, ct_hu: np.ndarray, level: float, spacing_zyx: Sequence[float],
                           parenchyma: np.ndarray, mri: np.ndarray,
                           min_diameter_mm: float = MIN_ENCLOSED_HOLE_MM,
@@ -513,13 +522,12 @@ def bright_enclosed_holes(enclosed: np.ndarray, ct_hu: np.ndarray, level: float,
     dark too, so there the rule finds none. Fewer than `MIN_RIM_VOXELS` in-field rim voxels: not
     judged."""
     out = np.zeros(enclosed.shape, dtype=bool)
-    if not enclosed.any():
+    labels, large = _large_components(enclosed, spacing_zyx, min_diameter_mm)
+    if not large.any():
         return out
-    labels, _ = ndimage.label(enclosed, structure=np.ones((3, 3, 3), bool))
-    min_voxels = np.pi / 6.0 * min_diameter_mm ** 3 / float(np.prod(spacing_zyx))
-    for _, box, component, shell in lesion_rims(labels, spacing_zyx):
-        if np.count_nonzero(component) < min_voxels or float(np.median(ct_hu[box][component])) < level + min_brighter_hu:
-            continue
+    medians = np.asarray(ndimage.median(ct_hu, labels, index=np.arange(1, len(large) + 1)), dtype=float)
+    bright = large & (medians >= level + min_brighter_hu)  # only these are dilated for their rim
+    for _, box, component, shell in lesion_rims(labels, spacing_zyx, bright):
         rim_mri = mri[box][shell & parenchyma[box]]
         rim_mri = rim_mri[np.isfinite(rim_mri)]
         own_mri = mri[box][component]
@@ -543,14 +551,11 @@ def dark_enclosed_holes(enclosed: np.ndarray, ct_hu: np.ndarray, level: float, s
     15 HU but a quarter gas, mean -138 HU, on an independent phantom (the mean, not the median,
     sees the gas). An empty mask when there are none."""
     out = np.zeros(enclosed.shape, dtype=bool)
-    if not enclosed.any():
-        return out
-    labels, _ = ndimage.label(enclosed, structure=np.ones((3, 3, 3), bool))
-    min_voxels = np.pi / 6.0 * min_diameter_mm ** 3 / float(np.prod(spacing_zyx))
+    labels, large = _large_components(enclosed, spacing_zyx, min_diameter_mm)
     for i, box in enumerate(ndimage.find_objects(labels), start=1):
-        component = labels[box] == i
-        if np.count_nonzero(component) < min_voxels:
+        if not large[i - 1]:
             continue
+        component = labels[box] == i
         values = ct_hu[box][component]
         if float(np.median(values)) <= level - min_darker_hu and float(np.mean(values)) >= FAT_HU:
             out[box] |= component
