@@ -281,11 +281,12 @@ def clean_label_map(
     missed = None
     shown = None  # enclosed regions bright on the CT and the MRI: judged by their shape like a drawn lesion
     if tissue is not None and holes_3d is not None:
-        missed = dark_enclosed_holes(holes_3d & organ, tissue.ct_hu, tissue.level, spacing_zyx,
+        enclosed = holes_3d & organ
+        missed = dark_enclosed_holes(enclosed, tissue.ct_hu, tissue.level, spacing_zyx,
                                      min_darker_hu=config.min_enclosed_hole_darker_hu)
         if tissue.mri is not None:
-            shown = bright_enclosed_holes(holes_3d & organ, tissue.ct_hu, tissue.level, spacing_zyx,
-                                          tissue.parenchyma, tissue.mri)
+            shown = bright_enclosed_holes(enclosed, tissue.ct_hu, tissue.level, spacing_zyx, tissue.parenchyma, tissue.mri)
+        del enclosed
     del holes_3d
     envelope = ndimage.binary_dilation(organ, structure=ellipsoid_structure(radius)) if dilate else organ
     tumour = (label[crop] == 2) & envelope
