@@ -216,6 +216,33 @@ def test_a_finding_bright_on_the_ct_and_dark_on_the_mri_that_the_fusion_model_sk
     assert remove_vessels_seen_on_mri(label, (label >= 1).astype(np.uint8), ct, outside) == []
 
 
+def test_a_vessel_piece_joined_to_a_lesion_by_a_thin_bridge_is_judged_alone_and_removed():
+    label, ct, mri, balls = _vessel_case(np.random.default_rng(4))
+    label[label == 2] = 1
+    lesion, vessel = _ball(label.shape, (20, 30, 50), 6), _ball(label.shape, (20, 30, 30), 6)
+    bridge = np.zeros(label.shape, bool)
+    bridge[20, 29:31, 30:50] = True  # 2 mm thick: the CT model drew the two as one component
+    ct_values, mri_values = sitk.GetArrayFromImage(ct), sitk.GetArrayFromImage(mri)
+    ct_values[lesion], mri_values[lesion] = 20, 300  # a dark lesion, bright on the MRI
+    ct_values[vessel | bridge], mri_values[vessel | bridge] = 160, 60  # bright on the CT, dark on the MRI
+    ct, mri = (_like(values, image) for values, image in ((ct_values, ct), (mri_values, mri)))
+    label[lesion | vessel | bridge] = 2
+    fusion = (label >= 1).astype(np.uint8)
+    fusion[lesion] = 2  # the fusion model found the lesion only
+
+    (removed,) = remove_vessels_seen_on_mri(label, fusion, ct, mri)
+
+    assert np.array_equal(label[lesion], np.full(lesion.sum(), 2))
+    assert not (label[vessel] == 2).any()
+    assert removed.volume_ml == pytest.approx((vessel | bridge).sum() * 2.0 / 1000, rel=0.25)
+
+
+def _like(values: np.ndarray, image: sitk.Image) -> sitk.Image:
+    out = sitk.GetImageFromArray(values)
+    out.CopyInformation(image)
+    return out
+
+
 def test_the_runner_turns_the_assist_off_only_when_asked_and_an_mri_is_given():
     assert "--no-mri-assist" in segment_command("ct.nrrd", "out", mri="mri.nrrd", mri_assist=False)
     assert "--no-mri-assist" not in segment_command("ct.nrrd", "out", mri="mri.nrrd")
