@@ -48,22 +48,24 @@ def _hu_check_findings(hu_checks: Mapping[str, Any]) -> Iterator[RemovedFinding]
         centres = hu_checks.get(f"{check}{DROPPED_AT_RAS}")
         volumes = hu_checks.get(f"{check}_ml")
         if isinstance(centres, list) and isinstance(volumes, list):
-            for centre, volume in zip(centres, volumes):
-                yield from _finding(reason, centre, volume)
+            yield from filter(None, (_finding(reason, centre, volume) for centre, volume in zip(centres, volumes)))
 
 
 def _mri_assist_findings(assist: Mapping[str, Any]) -> Iterator[RemovedFinding]:
     findings = assist.get("findings_removed_as_vessels")
     for finding in findings if isinstance(findings, list) else []:
         if isinstance(finding, Mapping):
-            yield from _finding(MRI_VESSEL_REASON, finding.get("centroid_ras"), finding.get("volume_ml"))
+            found = _finding(MRI_VESSEL_REASON, finding.get("centroid_ras"), finding.get("volume_ml"))
+            if found is not None:
+                yield found
 
 
-def _finding(reason: str, centre: Any, volume: Any) -> Iterator[RemovedFinding]:
-    """One `RemovedFinding`, or none when `centre` is not three finite numbers or `volume` not one."""
+def _finding(reason: str, centre: Any, volume: Any) -> RemovedFinding | None:
+    """One `RemovedFinding`, or None when `centre` is not three finite numbers or `volume` not one."""
     try:
         x, y, z, ml = (float(v) for v in (*centre, volume))
     except (TypeError, ValueError):
-        return
-    if all(math.isfinite(v) for v in (x, y, z, ml)):
-        yield RemovedFinding(reason, (x, y, z), ml)
+        return None
+    if not all(math.isfinite(v) for v in (x, y, z, ml)):
+        return None
+    return RemovedFinding(reason, (x, y, z), ml)
