@@ -43,3 +43,19 @@ def test_a_seed_always_gives_the_same_case(tmp_path: Path) -> None:
     assert a == b
     ct_a, ct_b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f / "ct.nii.gz"))) for f in ("a", "b"))
     assert np.array_equal(ct_a, ct_b)
+
+
+def test_a_t1_draw_differs_from_its_t2_draw_only_in_the_mri_where_every_lesion_is_dark(tmp_path: Path) -> None:
+    t2 = make_case(FIRST_SEED + 2, tmp_path / "t2", spacing_mm=(3.0, 3.0, 6.0))
+    t1 = make_case(FIRST_SEED + 2, tmp_path / "t1", spacing_mm=(3.0, 3.0, 6.0), mri_sequence="t1")
+    assert {**t2, "mri_sequence": "t1"} == t1
+    for name in ("ct", "label", "lesions"):
+        a, b = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / f / f"{name}.nii.gz"))) for f in ("t1", "t2"))
+        assert np.array_equal(a, b)
+    ct = sitk.ReadImage(str(tmp_path / "t1" / "ct.nii.gz"))
+    label, lesions = (sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "t1" / f"{n}.nii.gz"))) for n in ("label", "lesions"))
+    mri = sitk.ReadImage(str(tmp_path / "t1" / "mri.nii.gz"))
+    mri_on_ct = sitk.GetArrayFromImage(sitk.Resample(mri, ct, sitk.Transform(), sitk.sitkLinear, 0.0))
+    liver = np.median(mri_on_ct[label == 1])
+    for lesion in t1["lesions"]:
+        assert np.median(mri_on_ct[lesions == lesion["id"]]) < 0.9 * liver, lesion

@@ -53,10 +53,12 @@ HELD_OUT = [
 DEFAULT_COUNT = 8
 
 
-def make_cases(gt_dir: Path, count: int, generator: str = "project", first_seed: int | None = None) -> list[Path]:
+def make_cases(gt_dir: Path, count: int, generator: str = "project", first_seed: int | None = None,
+               mri_sequence: str = "t2") -> list[Path]:
     """Case folders under `gt_dir` (made once, reused): the project's generator with the HELD_OUT
     overrides, or the independent one (`independent_phantom.py`, seeds from `first_seed`, by
-    default its FIRST_SEED: a fresh seed range gives cases no rule was worked out on)."""
+    default its FIRST_SEED: a fresh seed range gives cases no rule was worked out on; its MRI a
+    `mri_sequence`, T2 or T1)."""
     from LiverTumorAILib.phantom import generate_case, write_case
 
     if generator == "independent":
@@ -66,7 +68,7 @@ def make_cases(gt_dir: Path, count: int, generator: str = "project", first_seed:
         folders = [gt_dir / f"case_{i:03d}" for i in range(count)]
         for i, folder in enumerate(folders):
             if not (folder / "truth.json").exists():
-                make_case(first + i, folder)
+                make_case(first + i, folder, mri_sequence=mri_sequence)
         return folders
     dirs = []
     for i, (seed, overrides) in enumerate(HELD_OUT[:count]):
@@ -122,6 +124,8 @@ def main(argv=None) -> int:
                              "benchmarks/independent_phantom.py, which shares nothing with it")
     parser.add_argument("--first-seed", type=int, default=None,
                         help="first seed of the independent generator's cases (default: its FIRST_SEED)")
+    parser.add_argument("--mri-sequence", choices=["t2", "t1"], default="t2",
+                        help="the independent generator's MRI: T2, or a plain T1 where every lesion is darker than the liver")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--weights", default=None)
     parser.add_argument("--no-mri", action="store_true",
@@ -134,14 +138,15 @@ def main(argv=None) -> int:
     from LiverTumorAILib.pipeline import run_segment
 
     gt_root = args.output / "gt"
-    if args.first_seed is not None and args.generator != "independent":
-        parser.error("--first-seed applies to --generator independent")
-    gt_dirs = make_cases(gt_root, args.count, args.generator, args.first_seed)
+    if (args.first_seed is not None or args.mri_sequence != "t2") and args.generator != "independent":
+        parser.error("--first-seed and --mri-sequence apply to --generator independent")
+    gt_dirs = make_cases(gt_root, args.count, args.generator, args.first_seed, args.mri_sequence)
     summary: dict = {"cases": len(gt_dirs), "generator": args.generator}
     if args.generator == "independent":
         from independent_phantom import FIRST_SEED
 
         summary["first_seed"] = FIRST_SEED if args.first_seed is None else args.first_seed
+        summary["mri_sequence"] = args.mri_sequence
     if args.generator == "project":
         summary["held_out"] = [[s, {k: list(v) if isinstance(v, tuple) else v for k, v in o.items()}]
                                for s, o in HELD_OUT[: args.count]]

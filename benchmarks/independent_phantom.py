@@ -7,11 +7,12 @@ intensities with it: analytic shapes in patient LPS millimetres (body ellipse wi
 muscle, spine, aorta, lungs and heart above a diaphragm, bowel loops with gas, kidneys,
 spleen, a liver made of two deformed ellipsoids with straight portal branches), flat tissue
 intensities with Gaussian blur and noise, 0-4 lesions (metastasis with an enhancing rim and
-HCC: malignant; cyst and haemangioma: benign). The MRI is a T2 on its own coarser, rotated
-and shifted grid with a bias field and Rician noise. It is deliberately cruder than the
+HCC: malignant; cyst and haemangioma: benign). The MRI is a T2 (or, with `--t1`, a plain T1,
+where every lesion is darker than the liver) on its own coarser, rotated and shifted grid with a
+bias field and Rician noise. It is deliberately cruder than the
 training generator; it is never used for training.
 
-    python benchmarks/independent_phantom.py OUT N [FIRST_SEED]
+    python benchmarks/independent_phantom.py OUT N [FIRST_SEED] [--t1]
     python benchmarks/heldout_eval.py --generator independent -o OUT ...
 
 Each case folder has the phantom layout `evaluate_dirs` reads (ct, mri, label, lesions,
@@ -38,6 +39,13 @@ CT_HU = {AIR: -1000, FAT: -100, MUSCLE: 50, BOWEL: 25, BONE: 450, AORTA: 170, KI
 T2_SIGNAL = {AIR: 0, FAT: 300, MUSCLE: 55, BOWEL: 160, BONE: 90, AORTA: 30, LIVER: 90, SPLEEN: 170, KIDNEY: 210,
              VESSEL: 60, LUNG: 15, HEART: 40, GAS: 5}
 LESION_T2 = {"metastasis": 170, "hcc": 145, "cyst": 650, "haemangioma": 480}
+#: a plain T1 (gradient echo) instead, `--mri t1`: fat and liver bright, flowing blood dark, every
+#: lesion kind darker than the liver (cysts darkest, HCC nearest the liver); the same shapes and
+#: grid, so a T1 draw differs from the T2 one of its seed only in the MRI's signal
+T1_SIGNAL = {AIR: 0, FAT: 420, MUSCLE: 120, BOWEL: 110, BONE: 260, AORTA: 25, LIVER: 210, SPLEEN: 150, KIDNEY: 140,
+             VESSEL: 50, LUNG: 10, HEART: 70, GAS: 5}
+LESION_T1 = {"metastasis": 115, "hcc": 165, "cyst": 45, "haemangioma": 85}
+MRI_SIGNALS = {"t2": (T2_SIGNAL, LESION_T2), "t1": (T1_SIGNAL, LESION_T1)}
 
 
 def smooth_field(rng: np.random.Generator, amplitude: float, waves: int = 6,
@@ -176,12 +184,14 @@ def render_ct(t: np.ndarray, lesions: np.ndarray, anatomy: Anatomy, rng: np.rand
     return image + rng.normal(0, rng.uniform(8, 20), image.shape).astype(np.float32)
 
 
-def render_t2(t: np.ndarray, lesions: np.ndarray, anatomy: Anatomy, rng: np.random.Generator) -> np.ndarray:
+def render_mri(t: np.ndarray, lesions: np.ndarray, anatomy: Anatomy, rng: np.random.Generator,
+               sequence: str = "t2") -> np.ndarray:
+    tissue_signal, lesion_signal = MRI_SIGNALS[sequence]
     image = np.zeros(t.shape, np.float32)
-    for tissue, signal in T2_SIGNAL.items():
+    for tissue, signal in tissue_signal.items():
         image[t == tissue] = signal
     for i, lesion in enumerate(anatomy.lesions, 1):
-        image[lesions == i] = LESION_T2[lesion["kind"]] * rng.uniform(0.85, 1.15)
+        image[lesions == i] = lesion_signal[lesion["kind"]] * rng.uniform(0.85, 1.15)
     return ndimage.gaussian_filter(image, 0.8)
 
 
@@ -199,9 +209,9 @@ def _image(array: np.ndarray, spacing, origin, direction) -> sitk.Image:
     return image
 
 
-def make_case(seed: int, folder: Path, spacing_mm: Sequence[float] | None = None) -> dict:
+def make_case(seed: int, folder: Path, spacing_mm: Sequence[float] | None = None, mri_sequence: str = "t2") -> dict:
     """Write one case into `folder`; return its truth record. `spacing_mm` (x, y, z) overrides
-    the random CT spacing (tests use a coarse one)."""
+    the random CT spacing (tests use a coarse one); `mri_sequence` "t2" or "t1" (`MRI_SIGNALS`)."""
     rng = np.random.default_rng(seed)
     anatomy = Anatomy(rng)
     in_plane, slice_mm = rng.uniform(0.7, 1.0), rng.choice([1.5, 2.5, 3.0, 5.0])
@@ -228,7 +238,7 @@ def make_case(seed: int, folder: Path, spacing_mm: Sequence[float] | None = None
     mri_direction = random_rotation(rng, 8)
     mri_origin = centre + rng.normal(0, 8, 3) - mri_direction @ (mri_size * mri_spacing / 2)
     mri_tissue, mri_lesions = anatomy.tissues(grid_points(mri_size, mri_spacing, mri_origin, mri_direction))
-    mri = render_t2(mri_tissue, mri_lesions, anatomy, rng)
+    mri = render_mri(mri_tissue, mri_lesions, anatomy, rng, mri_sequence)
     _, gy, gx = np.meshgrid(*[np.linspace(-1, 1, n) for n in mri_size[::-1]], indexing="ij")
     mri *= (1 + 0.25 * gx + 0.15 * gy).astype(np.float32)  # coil bias field
     mri = np.abs(mri + rng.normal(0, 8, mri.shape) + 1j * rng.normal(0, 8, mri.shape)).astype(np.float32)
@@ -240,6 +250,7 @@ def make_case(seed: int, folder: Path, spacing_mm: Sequence[float] | None = None
     sitk.WriteImage(_image(lesions, *grid), str(folder / "lesions.nii.gz"), True)
     sitk.WriteImage(_image(mri, mri_spacing, mri_origin, mri_direction), str(folder / "mri.nii.gz"), True)
     truth = {"seed": int(seed), "generator": "benchmarks/independent_phantom.py", "liver_hu": round(float(liver_hu), 1),
+             "mri_sequence": mri_sequence,
              "ct": {"size": size.tolist(), "spacing": spacing.tolist()},
              "lesions": [{"id": i, "type": lesion["kind"],
                           "class": "malignant" if lesion["kind"] in MALIGNANT else "benign",
@@ -251,13 +262,15 @@ def make_case(seed: int, folder: Path, spacing_mm: Sequence[float] | None = None
 
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
+    sequence = "t1" if "--t1" in args else "t2"
+    args = [a for a in args if a != "--t1"]
     if len(args) < 2:
         print(__doc__.split("\n\n")[2])
         return 2
     root, count = Path(args[0]), int(args[1])
     first = int(args[2]) if len(args) > 2 else FIRST_SEED
     for i in range(count):
-        truth = make_case(first + i, root / f"case_{i:03d}")
+        truth = make_case(first + i, root / f"case_{i:03d}", mri_sequence=sequence)
         print(f"case_{i:03d}", truth["liver_hu"], [(t["type"], t["diameter_mm"]) for t in truth["lesions"]], flush=True)
     return 0
 
