@@ -44,6 +44,7 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError
+from .geometry import spacing_zyx  # noqa: F401  (kept importable from here: training/ and tests use it)
 
 DETECTION_MIN_DICE = 0.1
 DETECTION_MIN_DIAMETER_MM = 10.0
@@ -54,12 +55,6 @@ Spacing = Sequence[float]
 
 
 # --------------------------------------------------------------------------- helpers
-def spacing_zyx(image: Any) -> Tuple[float, float, float]:
-    """SimpleITK spacing (x, y, z) -> numpy-order spacing (z, y, x)."""
-    sx, sy, sz = image.GetSpacing()
-    return (float(sz), float(sy), float(sx))
-
-
 def _ratio(num: float, den: float, both_empty: bool) -> float:
     if den > 0:
         return float(num) / float(den)

@@ -143,6 +143,12 @@ def resample_like(
     return sitk.Resample(image, reference, sitk.Transform(), interpolator, float(default), pixel)
 
 
+def spacing_zyx(image: sitk.Image) -> tuple[float, float, float]:
+    """`image`'s voxel spacing in numpy order (z, y, x), mm: SimpleITK gives (x, y, z)."""
+    sx, sy, sz = image.GetSpacing()
+    return (float(sz), float(sy), float(sx))
+
+
 def mri_signal_on_grid(mri: sitk.Image, reference: sitk.Image) -> np.ndarray:
     """The MRI's raw signal on `reference`'s grid (float32, linear; NaN outside the MRI's field of
     view, so a check never reads padding as tissue): what the lesion checks and the MRI assist

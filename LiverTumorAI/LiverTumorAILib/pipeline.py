@@ -18,7 +18,7 @@ import SimpleITK as sitk
 
 from LiverTumorAILib import DEMO_WEIGHTS_NOTICE, __version__
 from LiverTumorAILib.errors import InputError
-from LiverTumorAILib.geometry import array_to_image
+from LiverTumorAILib.geometry import array_to_image, spacing_zyx
 from LiverTumorAILib.postprocess import DROPPED_AT_RAS
 
 SEGMENTATION_MODEL_NAMES = ("dual-stream", "tam-unet", "fusion")
@@ -151,7 +151,7 @@ def lesion_instance_image(label: np.ndarray, ct: sitk.Image) -> sitk.Image:
     from LiverTumorAILib.geometry import paste_into_grid
     from LiverTumorAILib.postprocess import lesion_instances
 
-    crop, box = lesion_instances(label, tuple(reversed(ct.GetSpacing())))
+    crop, box = lesion_instances(label, spacing_zyx(ct))
     if box is None:
         image = sitk.Image(ct.GetSize(), sitk.sitkUInt16)
         image.CopyInformation(ct)
@@ -585,7 +585,7 @@ def run_classify(
     if label.max() > 2 or label.min() < 0:
         raise InputError(f"{Path(seg_path).name}: expected labels 0 (background), 1 (liver), 2 (tumour); found up to {int(label.max())}")
     label = label.astype(np.uint8)
-    lesions = label_lesions(label, tuple(reversed(ct.GetSpacing())))
+    lesions = label_lesions(label, spacing_zyx(ct))
     torch_device = _torch_device(device, threads)
     rows = lesion_measurements(ct, sitk.GetArrayViewFromImage(ct), lesions)
     models_used: dict[str, Any] = {}

@@ -30,6 +30,7 @@ from LiverTumorAILib.geometry import (
     region_reference,
     region_slices,
     resample_like,
+    spacing_zyx,
     sub_grid_covering,
 )
 from LiverTumorAILib.hu_guards import trim_slices_unlike_liver
@@ -248,9 +249,9 @@ def segment_volume(
         probabilities = [array_to_image(pred.probabilities[c], grid.reference) for c in (1, 2)]
         tumour_u8 = np.empty(tuple(reversed(size)), np.uint8) if clean.min_tumour_peak > 0 else None
         label = label_on_grid(ct, start, size, probabilities, tumour_out=tumour_u8)
-        spacing_zyx = tuple(reversed(ct.GetSpacing()))
+        spacing = spacing_zyx(ct)
         mri_on_region = mri_signal_on_grid(mri, ref) if hu_checks and mri is not None and (label == 2).any() else None
-        label_full[sl] = clean_label_map(label, spacing_zyx, clean, tumour_probability=tumour_u8,
+        label_full[sl] = clean_label_map(label, spacing, clean, tumour_probability=tumour_u8,
                                          ct_hu=sitk.GetArrayViewFromImage(ct)[sl] if hu_checks else None,
                                          head_foot_axis=head_foot_axis(ct),
                                          notes=hu_found, mri=mri_on_region,

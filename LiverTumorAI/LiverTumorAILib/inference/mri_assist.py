@@ -59,6 +59,7 @@ from LiverTumorAILib.geometry import (
     mri_signal_on_grid,
     points_in_field_of_view,
     region_reference,
+    spacing_zyx,
     voxel_indices_to_physical,
 )
 from LiverTumorAILib.hu_guards import BESIDE_GAS_MM, LESION_RIM_MM, lesions_in_other_tissue
@@ -120,7 +121,7 @@ def _box_inside_mri(ct: sitk.Image, mri: sitk.Image, offset: np.ndarray, box: Re
     """Whether the box `box` of CT voxels (slices of a sub-grid starting at `offset`, z y x), grown
     by `MRI_MARGIN_MM`, lies in the MRI's field of view: all 8 corners do (the box is convex, so is
     the MRI's grid)."""
-    grow = MRI_MARGIN_MM / np.asarray(ct.GetSpacing(), dtype=float)[::-1]
+    grow = MRI_MARGIN_MM / np.asarray(spacing_zyx(ct))
     lo = offset + np.array([s.start for s in box], dtype=float) - grow
     hi = offset + np.array([s.stop - 1 for s in box], dtype=float) + grow
     corners = np.array(list(itertools.product(*zip(lo, hi))))
@@ -159,8 +160,8 @@ def _in_other_tissue(label: np.ndarray, component: np.ndarray, corner_zyx: np.nd
     that is not `label`'s liver (`hu_guards.lesions_in_other_tissue` with the MRI, against the
     liver level `level`), read on its box grown by the rim's width (and by the distance at which
     gas beside it counts)."""
-    spacing_zyx = np.asarray(ct.GetSpacing(), dtype=float)[::-1]
-    pad = np.ceil(max(LESION_RIM_MM, BESIDE_GAS_MM) / spacing_zyx).astype(int) + 1
+    spacing = spacing_zyx(ct)
+    pad = np.ceil(max(LESION_RIM_MM, BESIDE_GAS_MM) / np.asarray(spacing)).astype(int) + 1
     lo = np.maximum(corner_zyx - pad, 0)
     hi = np.minimum(corner_zyx + component.shape + pad, label.shape)
     box = tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
@@ -169,7 +170,7 @@ def _in_other_tissue(label: np.ndarray, component: np.ndarray, corner_zyx: np.nd
     labels[inner][component] = 1
     ct_hu = sitk.GetArrayViewFromImage(ct)[box].astype(np.float32)
     mri_box = mri_signal_on_grid(mri, region_reference(ct, lo[::-1].tolist(), (hi - lo)[::-1].tolist()))
-    return bool(lesions_in_other_tissue(labels, 1, label[box] == 1, ct_hu, spacing_zyx, level, mri=mri_box)[0])
+    return bool(lesions_in_other_tissue(labels, 1, label[box] == 1, ct_hu, spacing, level, mri=mri_box)[0])
 
 
 def add_lesions_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: sitk.Image, mri: sitk.Image,
@@ -255,7 +256,7 @@ def remove_vessels_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: 
     contrast-filled vessel; module docstring). Run first, on the CT model's own lesions."""
     region = _full_region(label, region)
     ours = label[region]
-    own_lesions, _ = lesion_parts(ours == 2, np.asarray(ct.GetSpacing(), dtype=float)[::-1])  # each part judged alone
+    own_lesions, _ = lesion_parts(ours == 2, spacing_zyx(ct))  # each part judged alone
     fusion_tumour = assist_label[region] == 2
     liver = ours == 1
     candidates = [(number, box) for number, box in enumerate(ndimage.find_objects(own_lesions), start=1)

@@ -24,6 +24,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
+from LiverTumorAILib.geometry import spacing_zyx
 from LiverTumorAILib.preprocess import field_of_view_mask
 
 CT_FALLBACK_MODEL = "tam-unet"  # the best CT-only model on the held-out phantoms (README)
@@ -39,8 +40,7 @@ def fusion_weight(mri: sitk.Image, reference: sitk.Image) -> np.ndarray:
         return np.ones(inside.shape, np.float32)
     if not inside.any():
         return np.zeros(inside.shape, np.float32)
-    spacing_zyx = tuple(reversed(reference.GetSpacing()))
-    depth_mm = ndimage.distance_transform_edt(inside, sampling=spacing_zyx)
+    depth_mm = ndimage.distance_transform_edt(inside, sampling=spacing_zyx(reference))
     return np.clip((depth_mm - MARGIN_MM) / RAMP_MM, 0.0, 1.0).astype(np.float32)
 
 
