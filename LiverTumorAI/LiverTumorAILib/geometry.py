@@ -82,6 +82,12 @@ def ellipsoid_structure(radius_vox: Sequence[float]) -> np.ndarray:
     return dist <= 1.0
 
 
+def sphere_voxel_count(diameter_mm: float, spacing_zyx: Sequence[float]) -> float:
+    """How many voxels of `spacing_zyx` (mm) a sphere `diameter_mm` across fills: the size bound
+    for "at least this wide" in equivalent-sphere diameter."""
+    return float(np.pi / 6.0 * diameter_mm ** 3 / float(np.prod(spacing_zyx)))
+
+
 def image_bounding_box(image: sitk.Image) -> BoundingBox:
     """Physical bounding box of the voxel *edges* of an image of any direction."""
     size = np.asarray(image.GetSize(), dtype=float)

@@ -65,7 +65,7 @@ from typing import Iterable, Iterator, Sequence
 import numpy as np
 from scipy import ndimage
 
-from LiverTumorAILib.geometry import ellipsoid_structure
+from LiverTumorAILib.geometry import ellipsoid_structure, sphere_voxel_count
 
 #: half-width of the band around the liver's HU level whose voxels count as liver-like
 LIVER_BAND_HU = 15.0
@@ -503,8 +503,7 @@ def _large_components(mask: np.ndarray, spacing_zyx: Sequence[float], min_diamet
     """(labels, large): `mask`'s components (26-connected) and, per component, whether it is at
     least `min_diameter_mm` across (equivalent sphere)."""
     labels, count = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    min_voxels = np.pi / 6.0 * min_diameter_mm ** 3 / float(np.prod(spacing_zyx))
-    return labels, np.bincount(labels.ravel(), minlength=count + 1)[1:] >= min_voxels
+    return labels, np.bincount(labels.ravel(), minlength=count + 1)[1:] >= sphere_voxel_count(min_diameter_mm, spacing_zyx)
 
 
 def bright_enclosed_holes(enclosed: np.ndarray, ct_hu: np.ndarray, level: float, spacing_zyx: Sequence[float],

@@ -58,7 +58,7 @@ from typing import Sequence
 import numpy as np
 from scipy import ndimage
 
-from LiverTumorAILib.geometry import ellipsoid_structure
+from LiverTumorAILib.geometry import ellipsoid_structure, sphere_voxel_count
 from LiverTumorAILib.hu_guards import (
     MIN_ENCLOSED_HOLE_DARKER_HU,
     MIN_LESION_CONTRAST_HU,
@@ -535,9 +535,8 @@ def split_at_thin_bridges(component: np.ndarray, spacing_zyx: Sequence[float]) -
     not round (`ROUND_PART_ELONGATION`): a lesion with a lobe drawn through a narrow neck (an
     unseen phantom: 33 ml + a 7 ml part 2.6 times longer than thin, one lesion) stays whole."""
     parts, count = _opened_parts(component, spacing_zyx)
-    min_voxels = np.pi / 6.0 * MIN_SPLIT_PART_MM ** 3 / float(np.prod(spacing_zyx))
     sizes = np.bincount(parts.ravel(), minlength=count + 1)[1:]
-    big = np.flatnonzero(sizes >= min_voxels) + 1
+    big = np.flatnonzero(sizes >= sphere_voxel_count(MIN_SPLIT_PART_MM, spacing_zyx)) + 1
     if len(big) < 2 or np.any(component_elongation(parts, spacing_zyx)[big - 1] > ROUND_PART_ELONGATION):
         return component.astype(np.int32), 1
     seeds = np.isin(parts, big)
@@ -583,7 +582,7 @@ def lesion_parts(tumour: np.ndarray, spacing_zyx: Sequence[float]) -> tuple[np.n
 def _split_joined_lesions(labels: np.ndarray, count: int, spacing_zyx: Sequence[float]) -> tuple[np.ndarray, int]:
     """`labels` (components 1..count) with each component that `split_at_thin_bridges` parts
     renumbered as its parts (new numbers after `count`)."""
-    min_voxels = 2 * np.pi / 6.0 * MIN_SPLIT_PART_MM ** 3 / float(np.prod(spacing_zyx))
+    min_voxels = 2 * sphere_voxel_count(MIN_SPLIT_PART_MM, spacing_zyx)
     for index, box in enumerate(ndimage.find_objects(labels), start=1):
         if box is None:
             continue
