@@ -293,11 +293,15 @@ def segment_into(
     for message in coverage_warnings:
         progress.warn(message)
         warnings.append(message)
+    mri_look, set_mri_aside = _read_mri_look(ct, mri, label_region, [s.start for s in sub.slices])
     if classify and lesion_rows:
         progress.stage("classify", 0.0)
         t0 = time.perf_counter()
+        if set_mri_aside:
+            progress.warn(set_mri_aside)
+            warnings.append(set_mri_aside)
         calls, cls_models, cls_results = _classify(ct, lesion_image, mri, weights_dir, torch_device, heatmaps != "none",
-                                                   liver=sub.image(label_region))
+                                                   liver=sub.image(label_region), set_mri_aside=bool(set_mri_aside))
         timing["classify"] = time.perf_counter() - t0
         models_used.update(cls_models)
         by_id = {c["id"]: c for c in calls}
@@ -344,6 +348,7 @@ def segment_into(
         "device": describe_device(torch_device) | {"used": seg_device},
         "liver_localized": localized,
         "mri_coverage": mri_coverage or None,
+        "mri_lesion_look": mri_look,
         "hu_checks": {"enabled": hu_checks, **hu_found},
         "mri_lesion_assist": None if assist is None else _mri_assist_report(assist, assist_model.name),
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
@@ -365,7 +370,7 @@ def _check_lesions_against_mri(ct: sitk.Image, mri: sitk.Image, out, weights_dir
     from LiverTumorAILib.errors import WeightsError
     from LiverTumorAILib.geometry import region_slices
     from LiverTumorAILib.inference.engine import load_model, segment_volume
-    from LiverTumorAILib.inference.mri_assist import MRI_ASSIST_MODEL, assist_with_mri
+    from LiverTumorAILib.inference.mri_assist import MRI_ASSIST_MODEL, assist_with_mri, vessel_check_reason
 
     try:
         assist_model = load_model(MRI_ASSIST_MODEL, weights_dir, device)
@@ -380,7 +385,8 @@ def _check_lesions_against_mri(ct: sitk.Image, mri: sitk.Image, out, weights_dir
     )
     region = region_slices(*assist_out.region) if assist_out.region is not None else None
     level = out.hu_checks.get("liver_level_hu") if hu_checks else None
-    changes = assist_with_mri(out.label, assist_out.label, ct, mri, region, level)
+    skip_vessels = vessel_check_reason(assist_out.label, ct, mri, region)
+    changes = assist_with_mri(out.label, assist_out.label, ct, mri, region, level, vessels_not_checked=skip_vessels)
     return changes, assist_model
 
 
@@ -401,6 +407,8 @@ def _record_mri_assist(rows: list[dict], lesions: np.ndarray, assist, assist_mod
     if extended:
         messages.append(f"{len(extended)} lesion outline(s) were extended to where the MRI shows more of them, by "
                         f"the {name} model (ids {', '.join(map(str, sorted(extended)))}): check them")
+    if assist.vessels_not_checked:
+        messages.append(assist.vessels_not_checked)
     for finding in assist.removed:
         where = ", ".join(f"{v:.0f}" for v in finding.centroid_ras)
         messages.append(f"a {finding.volume_ml:.1f} ml finding of {model} at RAS ({where}) mm was removed as a "
@@ -416,7 +424,8 @@ def _mri_assist_report(assist, name: str) -> dict[str, Any]:
             "lesions_not_added_in_other_tissue": assist.added.in_other_tissue,
             "lesions_extended": assist.extended.count,
             "volume_extended_ml": round(assist.extended.volume_ml, 3),
-            "findings_removed_as_vessels": [finding.as_report() for finding in assist.removed]}
+            "findings_removed_as_vessels": [finding.as_report() for finding in assist.removed],
+            "vessel_check": assist.vessels_not_checked or "run"}
 
 
 #: liver fraction inside the MRI's field of view under which the report warns
@@ -441,16 +450,32 @@ def _mri_coverage(mri: sitk.Image | None, label: sitk.Image, ct_fallback) -> tup
                    "on the CT alone"]
 
 
-def _classify(ct, lesion_image, mri, weights_dir, device, gradcam: bool, liver: sitk.Image | None = None):
+def _read_mri_look(ct: sitk.Image, mri: sitk.Image | None, label: np.ndarray,
+                   start_zyx: list[int]) -> tuple[dict | None, str]:
+    """report.json's `mri_lesion_look` of `label`'s lesions (a CT sub-grid from `start_zyx`) and,
+    when they are darker than the liver on the MRI (T1-like), the warning that the classifier sets
+    it aside (mri_lesion_look.py); (None, "") without an MRI."""
+    from LiverTumorAILib.mri_lesion_look import read_mri_lesion_look
+
+    if mri is None:
+        return None, ""
+    look = read_mri_lesion_look(ct, mri, label, start_zyx)
+    return look.as_report(), f"{look.describe()}: lesions classified on the CT alone" if look.darker else ""
+
+
+def _classify(ct, lesion_image, mri, weights_dir, device, gradcam: bool, liver: sitk.Image | None = None,
+              set_mri_aside: bool = False):
     """Lesion table entries, the classifier models used, and the raw results (with Grad-CAM crops).
 
     `liver`: the label map (or its segmented sub-grid), so the classifier compares each lesion
-    with the liver around it."""
+    with the liver around it. `set_mri_aside`: the lesions are darker than the liver on the MRI
+    (`_read_mri_look`): classify on the CT alone."""
     from LiverTumorAILib.classification.classify import classify_lesions, json_ready
+    from LiverTumorAILib.mri_lesion_look import SET_ASIDE_NOTE
 
     results = classify_lesions(
         ct, lesion_image, mri, weights_dir=weights_dir, device=str(device), gradcam=gradcam, require_weights=False,
-        liver=liver,
+        liver=liver, set_mri_aside=SET_ASIDE_NOTE if set_mri_aside else "",
     )
     calls = json_ready(results)
     models = {}
@@ -589,15 +614,21 @@ def run_classify(
     torch_device = _torch_device(device, threads)
     rows = lesion_measurements(ct, sitk.GetArrayViewFromImage(ct), lesions)
     models_used: dict[str, Any] = {}
+    mri_look, set_mri_aside = _read_mri_look(ct, mri, label, [0, 0, 0])
+    warnings: list[str] = []
     if rows:
         progress.stage("classify", 0.0)
+        if set_mri_aside:
+            progress.warn(set_mri_aside)
+            warnings.append(set_mri_aside)
         calls, models_used, _ = _classify(ct, array_to_image(lesions, ct), mri, weights_dir, torch_device, False,
-                                          liver=seg if bool((label == 1).any()) else None)
+                                          liver=seg if bool((label == 1).any()) else None,
+                                          set_mri_aside=bool(set_mri_aside))
         by_id = {c["id"]: c for c in calls}
         for row in rows:
             row.update({k: v for k, v in by_id.get(row["id"], {}).items() if k != "id"})
         progress.stage("classify", 1.0)
-    warnings = _weights_fallback_warnings([m.get("name") for m in models_used.values()], weights_dir, set(), progress)
+    warnings += _weights_fallback_warnings([m.get("name") for m in models_used.values()], weights_dir, set(), progress)
     report = {
         "software": "LiverTumorAI",
         "software_version": __version__,
@@ -609,6 +640,7 @@ def run_classify(
         "models": models_used,
         "weights_notice": DEMO_WEIGHTS_NOTICE if any(m.get("synthetic") for m in models_used.values()) else None,
         "device": describe_device(torch_device),
+        "mri_lesion_look": mri_look,
         "warnings": warnings,
     }
     with atomic_output_dir(Path(outdir), overwrite=overwrite) as staging:

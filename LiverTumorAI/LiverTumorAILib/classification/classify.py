@@ -23,7 +23,10 @@ Decision rules (why):
 * With an MRI, the CT+MRI weights (``hybrid3d-ctmri``) are used when found, else the CT-only
   weights with a note. A lesion whose box, widened by ``MRI_MARGIN_MM`` of liver, is not all
   inside the MRI's field of view (an MRI slab shorter than the CT) is classified by the CT-only
-  weights with a note: the CT+MRI model never saw an MRI crop that is partly fill.
+  weights with a note: the CT+MRI model never saw an MRI crop that is partly fill. The caller may
+  set the MRI aside (``set_mri_aside``): pipeline.py does when the lesions are darker than the
+  liver on it (``mri_lesion_look.py``: a T1-like MRI, unlike the T2-like one the CT+MRI weights
+  learned; on independent T1 phantoms they gave lesion AUC 0.04).
 * ``liver``: the organ mask (any label map whose non-zero voxels are liver + lesions, on the CT
   grid or a sub-grid of it). Weights with ``liver_context`` read their shell statistics inside
   it; without one they read whole shells and the entry's note says so.
@@ -167,23 +170,30 @@ def classify_lesions(
     require_weights: bool = True,
     loaded: tuple[Any, dict] | None = None,
     liver: sitk.Image | None = None,
+    set_mri_aside: str = "",
 ) -> list[dict]:
     """Classify every lesion of ``lesions`` (see the module docstring for the output and rules).
 
     ``loaded``: an already loaded ``(model, manifest)`` (skips the weights lookup; tests, batch runs).
     ``require_weights=False``: when no classifier weights exist, return entries with probability None
     and a note instead of raising ``WeightsError``.
+    ``set_mri_aside``: a reason to classify on the CT alone although ``mri`` is given (an MRI on
+    which the lesions look unlike what the CT+MRI weights learned: ``mri_lesion_look.py``); each
+    entry's note carries it (ignored with ``loaded``).
     """
     lesions = _check_inputs(ct, lesions)
     geos = lesion_geometries(lesions)
     if not geos:
         return []
     note_w = ""
+    if set_mri_aside and mri is not None and loaded is None:
+        mri, note_w = None, set_mri_aside
     if loaded is not None:
         model, manifest = loaded
     else:
         try:
-            model, manifest, note_w = select_weights(mri, weights_dir, device)
+            model, manifest, weights_note = select_weights(mri, weights_dir, device)
+            note_w = note_w or weights_note
         except WeightsError as exc:
             if require_weights:
                 raise

@@ -24,9 +24,10 @@ it the fusion model reads the MRI's background fill, mri_coverage.py):
   it was and why, so it is checked. A lesion that only looks so on the CT is kept. Lesions drawn
   joined by a thin bridge are judged part by part (`postprocess.lesion_parts`, the parts the
   lesion table lists): an unseen phantom's 0.8 ml bright vessel piece, joined to a 26 ml cyst the
-  fusion model found, passed with the cyst and was then listed as a lesion of its own. Caveat: on a
-  T1 MRI a haemangioma is dark too, so one the fusion model also missed would be removed; the
-  warning names each removal.
+  fusion model found, passed with the cyst and was then listed as a lesion of its own. Not run
+  when the fusion model's lesions are darker than the liver on the MRI (`vessel_check_reason`,
+  a T1-like MRI: a haemangioma is dark there too; on independent T1 phantoms the check removed
+  true lesions as vessels); the report and a warning say so.
 * `extend_outlines_seen_on_mri`: a CT-model lesion overlapped by a fusion lesion that is larger
   than it (inside the CT model's liver) by more than 1 / `EXTEND_BELOW_VOLUME_RATIO` takes the
   union of both outlines. Where the two differ only by their edge voxels the CT model's outline
@@ -115,6 +116,8 @@ class MriAssistResult:
     added: LesionChanges = field(default_factory=LesionChanges)
     extended: LesionChanges = field(default_factory=LesionChanges)
     removed: list[RemovedVessel] = field(default_factory=list)
+    #: why the vessel check was not run (empty: it was)
+    vessels_not_checked: str = ""
 
 
 def _box_inside_mri(ct: sitk.Image, mri: sitk.Image, offset: np.ndarray, box: Region) -> bool:
@@ -289,11 +292,26 @@ def remove_vessels_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: 
 
 
 def assist_with_mri(label: np.ndarray, assist_label: np.ndarray, ct: sitk.Image, mri: sitk.Image,
-                    region: Region | None = None, level: float | None = None) -> MriAssistResult:
+                    region: Region | None = None, level: float | None = None,
+                    vessels_not_checked: str = "") -> MriAssistResult:
     """All three checks of the module docstring on `label` (changed in place), in the order that
     lets each see the CT model's own lesions: remove vessels, extend outlines, add lesions
-    (`level`: the CT model's liver HU level, for the added lesions' tissue check)."""
-    removed = remove_vessels_seen_on_mri(label, assist_label, ct, mri, region)
+    (`level`: the CT model's liver HU level, for the added lesions' tissue check).
+    `vessels_not_checked`: a reason to skip the vessel check (`vessel_check_reason`)."""
+    removed = [] if vessels_not_checked else remove_vessels_seen_on_mri(label, assist_label, ct, mri, region)
     extended = extend_outlines_seen_on_mri(label, assist_label, ct, mri, region)
     added = add_lesions_seen_on_mri(label, assist_label, ct, mri, region, level)
-    return MriAssistResult(added=added, extended=extended, removed=removed)
+    return MriAssistResult(added=added, extended=extended, removed=removed, vessels_not_checked=vessels_not_checked)
+
+
+def vessel_check_reason(assist_label: np.ndarray, ct: sitk.Image, mri: sitk.Image, region: Region | None = None) -> str:
+    """Why the vessel check must not run on this MRI, or "" when it may: it reads "dark on the MRI"
+    as a vessel, which holds where lesions are brighter than the liver (T2-like) and not where
+    they are darker (T1-like: a CT-bright haemangioma is dark there too). Read on the fusion
+    model's lesions (`mri_lesion_look.py`), not the CT model's: a CT model's only finding may be
+    the very vessel the check is for, and would make a T2 look T1-like."""
+    from LiverTumorAILib.mri_lesion_look import read_mri_lesion_look
+
+    region = _full_region(assist_label, region)
+    look = read_mri_lesion_look(ct, mri, assist_label[region], [s.start for s in region])
+    return f"{look.describe()}: the MRI vessel check was not run" if look.darker else ""
