@@ -35,7 +35,8 @@ REPORT = {
         {"id": 1, "volume_ml": 0.42, "longest_diameter_mm": 11.2, "centroid_ras": [1, 2, 3], "mean_hu": 48.5,
          "malignancy_probability": 0.81, "predicted_class": "malignant"},
         {"id": 2, "volume_ml": 0.11, "longest_diameter_mm": 6.0, "centroid_ras": [4, 5, 6], "mean_hu": 70.25,
-         "malignancy_probability": 0.2, "predicted_class": "benign"},
+         "malignancy_probability": 0.2, "predicted_class": "benign",
+         "note": "lesion < 10 mm (6.0 mm): too small for a reliable call"},
     ],
     "models": {"dual-stream": {"version": "demo-0.1", "synthetic": True},
                "hybrid3d": {"version": "demo-0.1", "synthetic": True}},
@@ -212,6 +213,7 @@ def test_table_equals_report_and_heatmap_display():
             assert row[key] == pytest.approx(lesion[key])
         assert row["class"] == lesion["predicted_class"]
         assert "dual-stream demo-0.1" in row["model"]
+        assert row["note"] == lesion.get("note", "")  # the classifier's reason, empty when it gave none
 
     hm = nodes["heatmap"]
     display = hm.GetDisplayNode()

@@ -41,7 +41,13 @@ import numpy as np
 from LiverTumorAILib.io.atomic import write_npz_atomic, write_text_atomic
 
 SPLITS = {"train": 1000, "val": 5000, "test": 9000}
-MODELS = {"hybrid3d": 1, "hybrid3d-ctmri": 2}
+MODELS = {"hybrid3d": 1, "hybrid3d-ctmri": 2, "hybrid3d-ctmri-t1": 2}
+#: The MRI sequence of every phantom (train, validation, test) a model learns from: the CT+MRI
+#: classifier learned a T2-like MRI (lesions brighter than the liver) and fails on a T1 (lesion
+#: AUC 0.04 on independent T1 phantoms), so ``hybrid3d-ctmri-t1`` is the same model learned on
+#: the same phantoms with a plain T1 (lesions darker), for the MRIs ``mri_lesion_look`` reads as
+#: T1-like. Its crops are cached in their own case folders (``_t1`` suffix).
+MODEL_MRI_SEQUENCE = {"hybrid3d-ctmri-t1": "t1"}
 #: Per-model config over ``hybrid3d.default_config`` and weights version. The CT-only model uses the
 #: radial prior + shell statistics and no dropout (see the hybrid3d docstring: without them, or with
 #: dropout 0.3, it stayed at chance on the phantoms); the CT+MRI weights predate them and reach test
@@ -49,7 +55,8 @@ MODELS = {"hybrid3d": 1, "hybrid3d-ctmri": 2}
 #: held-out phantoms, 16 cases, CT alone): ``liver_context`` (phantom test AUC 0.869 -> 0.907, but
 #: through dual-stream / tam-unet segmentations held-out AUC 0.93 / 0.88 -> 0.75 / 0.78) and
 #: ``liver_context`` with ``geometry_jitter_p`` 0.5 (0.83 / 0.65); see the trainer and hybrid3d docstrings.
-MODEL_CONFIGS = {"hybrid3d": {"radial_prior": True, "shell_stats": True, "dropout": 0.0}, "hybrid3d-ctmri": {}}
+MODEL_CONFIGS = {"hybrid3d": {"radial_prior": True, "shell_stats": True, "dropout": 0.0}, "hybrid3d-ctmri": {},
+                 "hybrid3d-ctmri-t1": {"radial_prior": True, "shell_stats": True, "dropout": 0.0}}
 #: hybrid3d demo-0.4 (adopted over demo-0.3): crops from truth and from dual-stream / tam-unet
 #: demo-0.2 CT-only masks (``--mask-sources truth dual-stream tam-unet``, 300 train cases, 40
 #: epochs). Phantom test crops on those segmenters' masks: AUC 0.79 / 0.81 -> 0.86 / 0.86, ECE
@@ -74,9 +81,9 @@ MODEL_CONFIGS = {"hybrid3d": {"radial_prior": True, "shell_stats": True, "dropou
 #: 0.06 / 0.035 / 0.02 / 0.04 -> 0.07 / 0.05 / 0.08 / 0.12; own held-out 16 0.04 / 0.05 / 0.03 /
 #: 0.07 -> 0.125 / 0.11 / 0.11 / 0.085 (AUC 1.0 -> 0.97-0.98). Where the CT look is made
 #: type-agnostic the classifier learns to hedge, and the hedge costs more than it buys elsewhere.
-VERSIONS = {"hybrid3d": "demo-0.4", "hybrid3d-ctmri": "demo-0.2"}
+VERSIONS = {"hybrid3d": "demo-0.4", "hybrid3d-ctmri": "demo-0.2", "hybrid3d-ctmri-t1": "demo-0.1"}
 #: Per-model CT augmentation (``train_classifier``'s defaults otherwise; see its docstring).
-MODEL_AUGMENT = {"hybrid3d": {"random_window_p": 0.0, "hu_shift": 5.0}, "hybrid3d-ctmri": {}}
+MODEL_AUGMENT = {"hybrid3d": {"random_window_p": 0.0, "hu_shift": 5.0}, "hybrid3d-ctmri": {}, "hybrid3d-ctmri-t1": {}}
 #: Models whose temperature is fitted on validation + test lesions together (``train_classifier``'s
 #: ``calibrate_on``; the CT-only model's validation-only temperature did not carry to its test set).
 POOLED_TEMPERATURE = {"hybrid3d"}
@@ -215,21 +222,25 @@ def family_record(families: dict[str, dict[str, int]]) -> dict:
 
 def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int, n_lesions: int | None, jobs: int, log,
                 sources: tuple[str, ...] = ("truth",), mask_weights: str | None = None, device: str = "cpu",
-                families: dict[str, int] | None = None) -> dict:
+                families: dict[str, int] | None = None, mri_sequence: str = "t2") -> dict:
     """Crops of one split from every mask source (``sources``: "truth" and/or segmentation models,
     see ``training/mask_sources.py``), from the cache in ``work`` when it matches, else generated
     (per case and source, resumable). ``families`` adds cases of the extra phantom families (see
-    the note on ``FAMILY_SEED_OFFSET``), each in its own case folder. ``device`` runs the
+    the note on ``FAMILY_SEED_OFFSET``), each in its own case folder. ``mri_sequence`` "t1" draws
+    every default case with a T1 MRI (``MODEL_MRI_SEQUENCE``), cached apart. ``device`` runs the
     segmentation-model sources; on CUDA the ``jobs`` workers are spawned, not forked (a forked
     child cannot use CUDA)."""
     from training.mask_sources import source_tag
 
     tags = {source: source_tag(source, mask_weights) for source in sources}  # weights hash included
-    path = work / f"crops_{split}.npz"
+    t1 = mri_sequence == "t1"
+    path = work / f"crops_{split}{'_t1' if t1 else ''}.npz"
     key = {"n": n_cases, "size": size, "slices": slices, "n_lesions": n_lesions, "base": SPLITS[split],
            "liver": True, "sources": tags}
     if families:  # absent when there are none, so the caches made before families existed still match
         key["families"] = families
+    if t1:
+        key["mri_sequence"] = "t1"
     key = json.dumps(key)
     if path.is_file():
         data = dict(np.load(path, allow_pickle=False))
@@ -238,7 +249,8 @@ def build_split(split: str, n_cases: int, work: Path, *, size: int, slices: int,
             return data
     t0 = time.time()
     case_dir = work / "cases" / f"{size}x{slices}_n{n_lesions}"
-    plan = [("", SPLITS[split] + i, {}) for i in range(n_cases)] + family_cases(split, families or {})
+    default = ("_t1", {"mri_sequence": "t1"}) if t1 else ("", {})
+    plan = [(default[0], SPLITS[split] + i, default[1]) for i in range(n_cases)] + family_cases(split, families or {})
     tasks = [(case_dir.with_name(case_dir.name + suffix), seed, size, slices, n_lesions, tags, mask_weights, device,
               overrides) for suffix, seed, overrides in plan]
     n_cases = len(tasks)
@@ -366,10 +378,13 @@ def main(argv: list[str] | None = None) -> int:
     families = {"train": parse_families(a.families), "val": parse_families(a.val_families)}
     kw = dict(size=a.size, slices=a.slices, n_lesions=a.n_lesions, jobs=a.jobs, log=log, sources=sources,
               mask_weights=a.mask_weights, device=device)
-    data = {
-        "train": build_split("train", a.train_cases, a.work, families=families["train"], **kw),
-        "val": build_split("val", a.val_cases, a.work, families=families["val"], **kw),
-        "test": build_split("test", a.test_cases, a.work, **kw),
+    data_by_sequence = {
+        sequence: {
+            "train": build_split("train", a.train_cases, a.work, families=families["train"], mri_sequence=sequence, **kw),
+            "val": build_split("val", a.val_cases, a.work, families=families["val"], mri_sequence=sequence, **kw),
+            "test": build_split("test", a.test_cases, a.work, mri_sequence=sequence, **kw),
+        }
+        for sequence in sorted({MODEL_MRI_SEQUENCE.get(name, "t2") for name in a.models})
     }
     if a.crops_only:
         return 0
@@ -378,14 +393,16 @@ def main(argv: list[str] | None = None) -> int:
     summary = {}
     log(f"device: {device}")
     for name in a.models:
-        channels = MODELS[name]
+        channels, sequence = MODELS[name], MODEL_MRI_SEQUENCE.get(name, "t2")
+        data = data_by_sequence[sequence]
         training_data = {
             "description": "demo weights trained on synthetic phantoms",
             "synthetic": True,
             "generator": "LiverTumorAILib.phantom.generate_case",
             "cases": {"train": a.train_cases, "val": a.val_cases, "test": a.test_cases},
             "seeds": {k: f"{v}..{v + n - 1}" for (k, v), n in zip(SPLITS.items(), (a.train_cases, a.val_cases, a.test_cases))},
-            "phantom": {"size": a.size, "slices": a.slices, "n_lesions": a.n_lesions},
+            "phantom": {"size": a.size, "slices": a.slices, "n_lesions": a.n_lesions,
+                        **({"mri_sequence": "t1 (plain T1: every lesion darker than the liver)"} if sequence == "t1" else {})},
             "lesions": {k: int(len(d["labels"])) for k, d in data.items()},
             "mask_sources": source_versions(sources, a.mask_weights),
             **({"families": family_record(families)} if any(families.values()) else {}),

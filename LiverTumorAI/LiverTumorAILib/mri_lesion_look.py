@@ -16,8 +16,9 @@ decide). The look is the median of those contrasts over the lesions >= ``DECIDIN
 (equivalent sphere; all lesions when none is that large, since small findings and false positives
 have the least reliable contrast). It counts as "darker" (T1-like) at ``DARKER_AT_SD`` or below;
 anything else, including no lesion read, leaves the MRI in use as trained. What a darker look
-changes is up to the caller (pipeline.py): the CT-only classifier classifies and the vessel check
-is skipped, each with a note.
+changes is up to the caller (pipeline.py): the classifier learned on T1 MRIs (or, without it, the
+CT-only one) classifies (classification/classify.py) and the MRI assist's vessel check is skipped
+(inference/mri_assist.py), each with a warning.
 
 Only lesions whose box, grown by the shell, lies in the MRI's field of view with enough voxels
 (``MIN_LESION_VOXELS``, ``MIN_SHELL_VOXELS``) are read.
@@ -40,8 +41,6 @@ DECIDING_DIAMETER_MM = 10.0
 DARKER_AT_SD = -1.0
 MIN_LESION_VOXELS = 20
 MIN_SHELL_VOXELS = 50
-#: each lesion's classifier note when its MRI is set aside for a darker look
-SET_ASIDE_NOTE = "lesions darker than the liver on this MRI (T1-like): CT-only classifier used"
 
 
 @dataclass(frozen=True)

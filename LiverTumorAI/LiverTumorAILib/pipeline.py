@@ -293,15 +293,15 @@ def segment_into(
     for message in coverage_warnings:
         progress.warn(message)
         warnings.append(message)
-    mri_look, set_mri_aside = _read_mri_look(ct, mri, label_region, [s.start for s in sub.slices])
+    mri_look = _read_mri_look(ct, mri, label_region, [s.start for s in sub.slices])
     if classify and lesion_rows:
         progress.stage("classify", 0.0)
         t0 = time.perf_counter()
-        if set_mri_aside:
-            progress.warn(set_mri_aside)
-            warnings.append(set_mri_aside)
         calls, cls_models, cls_results = _classify(ct, lesion_image, mri, weights_dir, torch_device, heatmaps != "none",
-                                                   liver=sub.image(label_region), set_mri_aside=bool(set_mri_aside))
+                                                   liver=sub.image(label_region), mri_look=mri_look)
+        for message in _t1_like_warning(mri_look, cls_models):
+            progress.warn(message)
+            warnings.append(message)
         timing["classify"] = time.perf_counter() - t0
         models_used.update(cls_models)
         by_id = {c["id"]: c for c in calls}
@@ -348,7 +348,7 @@ def segment_into(
         "device": describe_device(torch_device) | {"used": seg_device},
         "liver_localized": localized,
         "mri_coverage": mri_coverage or None,
-        "mri_lesion_look": mri_look,
+        "mri_lesion_look": mri_look.as_report() if mri_look else None,
         "hu_checks": {"enabled": hu_checks, **hu_found},
         "mri_lesion_assist": None if assist is None else _mri_assist_report(assist, assist_model.name),
         "timing_s": {k: round(v, 3) for k, v in timing.items()},
@@ -450,32 +450,37 @@ def _mri_coverage(mri: sitk.Image | None, label: sitk.Image, ct_fallback) -> tup
                    "on the CT alone"]
 
 
-def _read_mri_look(ct: sitk.Image, mri: sitk.Image | None, label: np.ndarray,
-                   start_zyx: list[int]) -> tuple[dict | None, str]:
-    """report.json's `mri_lesion_look` of `label`'s lesions (a CT sub-grid from `start_zyx`) and,
-    when they are darker than the liver on the MRI (T1-like), the warning that the classifier sets
-    it aside (mri_lesion_look.py); (None, "") without an MRI."""
+def _read_mri_look(ct: sitk.Image, mri: sitk.Image | None, label: np.ndarray, start_zyx: list[int]):
+    """How `label`'s lesions (a CT sub-grid from `start_zyx`) look on the MRI against the liver
+    (mri_lesion_look.py), or None without an MRI."""
     from LiverTumorAILib.mri_lesion_look import read_mri_lesion_look
 
-    if mri is None:
-        return None, ""
-    look = read_mri_lesion_look(ct, mri, label, start_zyx)
-    return look.as_report(), f"{look.describe()}: lesions classified on the CT alone" if look.darker else ""
+    return None if mri is None else read_mri_lesion_look(ct, mri, label, start_zyx)
+
+
+def _t1_like_warning(mri_look, cls_models: dict) -> list[str]:
+    """The warning that the lesions looked T1-like on the MRI, naming the classifier that took them."""
+    from LiverTumorAILib.classification.classify import CTMRI_T1_WEIGHTS
+
+    if mri_look is None or not mri_look.darker:
+        return []
+    by = (f"the CT+MRI classifier learned on T1 MRIs ({CTMRI_T1_WEIGHTS})" if f"classifier:{CTMRI_T1_WEIGHTS}" in cls_models
+          else "the CT alone")
+    return [f"{mri_look.describe()}: lesions classified by {by}"]
 
 
 def _classify(ct, lesion_image, mri, weights_dir, device, gradcam: bool, liver: sitk.Image | None = None,
-              set_mri_aside: bool = False):
+              mri_look=None):
     """Lesion table entries, the classifier models used, and the raw results (with Grad-CAM crops).
 
     `liver`: the label map (or its segmented sub-grid), so the classifier compares each lesion
-    with the liver around it. `set_mri_aside`: the lesions are darker than the liver on the MRI
-    (`_read_mri_look`): classify on the CT alone."""
+    with the liver around it. `mri_look`: how the lesions look on the MRI (`_read_mri_look`):
+    a T1-like look takes the classifier learned on T1 MRIs, or the CT-only one."""
     from LiverTumorAILib.classification.classify import classify_lesions, json_ready
-    from LiverTumorAILib.mri_lesion_look import SET_ASIDE_NOTE
 
     results = classify_lesions(
         ct, lesion_image, mri, weights_dir=weights_dir, device=str(device), gradcam=gradcam, require_weights=False,
-        liver=liver, set_mri_aside=SET_ASIDE_NOTE if set_mri_aside else "",
+        liver=liver, mri_t1_like=bool(mri_look is not None and mri_look.darker),
     )
     calls = json_ready(results)
     models = {}
@@ -614,16 +619,15 @@ def run_classify(
     torch_device = _torch_device(device, threads)
     rows = lesion_measurements(ct, sitk.GetArrayViewFromImage(ct), lesions)
     models_used: dict[str, Any] = {}
-    mri_look, set_mri_aside = _read_mri_look(ct, mri, label, [0, 0, 0])
+    mri_look = _read_mri_look(ct, mri, label, [0, 0, 0])
     warnings: list[str] = []
     if rows:
         progress.stage("classify", 0.0)
-        if set_mri_aside:
-            progress.warn(set_mri_aside)
-            warnings.append(set_mri_aside)
         calls, models_used, _ = _classify(ct, array_to_image(lesions, ct), mri, weights_dir, torch_device, False,
-                                          liver=seg if bool((label == 1).any()) else None,
-                                          set_mri_aside=bool(set_mri_aside))
+                                          liver=seg if bool((label == 1).any()) else None, mri_look=mri_look)
+        for message in _t1_like_warning(mri_look, models_used):
+            progress.warn(message)
+            warnings.append(message)
         by_id = {c["id"]: c for c in calls}
         for row in rows:
             row.update({k: v for k, v in by_id.get(row["id"], {}).items() if k != "id"})
@@ -640,7 +644,7 @@ def run_classify(
         "models": models_used,
         "weights_notice": DEMO_WEIGHTS_NOTICE if any(m.get("synthetic") for m in models_used.values()) else None,
         "device": describe_device(torch_device),
-        "mri_lesion_look": mri_look,
+        "mri_lesion_look": mri_look.as_report() if mri_look else None,
         "warnings": warnings,
     }
     with atomic_output_dir(Path(outdir), overwrite=overwrite) as staging:

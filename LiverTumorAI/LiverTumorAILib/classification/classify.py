@@ -23,10 +23,11 @@ Decision rules (why):
 * With an MRI, the CT+MRI weights (``hybrid3d-ctmri``) are used when found, else the CT-only
   weights with a note. A lesion whose box, widened by ``MRI_MARGIN_MM`` of liver, is not all
   inside the MRI's field of view (an MRI slab shorter than the CT) is classified by the CT-only
-  weights with a note: the CT+MRI model never saw an MRI crop that is partly fill. The caller may
-  set the MRI aside (``set_mri_aside``): pipeline.py does when the lesions are darker than the
-  liver on it (``mri_lesion_look.py``: a T1-like MRI, unlike the T2-like one the CT+MRI weights
-  learned; on independent T1 phantoms they gave lesion AUC 0.04).
+  weights with a note: the CT+MRI model never saw an MRI crop that is partly fill.
+* ``mri_t1_like``: the lesions are darker than the liver on the MRI (``mri_lesion_look.py``; the
+  caller reads it). ``hybrid3d-ctmri`` learned a T2-like MRI where they are brighter and fails on
+  a T1 (lesion AUC 0.04 on independent T1 phantoms), so the weights learned on T1 phantoms
+  (``hybrid3d-ctmri-t1``) classify instead, or, without them, the CT-only weights; a note says which.
 * ``liver``: the organ mask (any label map whose non-zero voxels are liver + lesions, on the CT
   grid or a sub-grid of it). Weights with ``liver_context`` read their shell statistics inside
   it; without one they read whole shells and the entry's note says so.
@@ -67,6 +68,9 @@ MAX_OUTSIDE_FRACTION = 0.25
 CLASSIFIER_ARCHITECTURES = ("hybrid3d", "resnet50-2d", "densenet121-2d")
 CT_WEIGHTS = "hybrid3d"
 CTMRI_WEIGHTS = "hybrid3d-ctmri"
+CTMRI_T1_WEIGHTS = "hybrid3d-ctmri-t1"
+T1_LIKE_NOTE = "lesions darker than the liver on this MRI (T1-like): CT+MRI classifier learned on T1 MRIs used"
+T1_LIKE_CT_NOTE = "lesions darker than the liver on this MRI (T1-like): CT-only classifier used, MRI set aside"
 BATCH = 8
 #: liver (mm) around a lesion that the MRI must cover for the CT+MRI classifier to be used
 MRI_MARGIN_MM = 5.0
@@ -116,22 +120,25 @@ def _load(name: str, weights_dir, device) -> tuple[Any, dict]:
     return model, manifest
 
 
-def select_weights(mri: sitk.Image | None, weights_dir=None, device: str = "cpu") -> tuple[Any, dict, str]:
+def select_weights(mri: sitk.Image | None, weights_dir=None, device: str = "cpu",
+                   mri_t1_like: bool = False) -> tuple[Any, dict, str]:
     """Load the classifier for the available modalities: ``(model, manifest, note)``.
 
-    CT+MRI weights when an MRI is given and they exist; otherwise the CT weights (with a note when an
-    MRI was given). Raises ``WeightsError`` when no usable classifier weights exist.
+    CT+MRI weights when an MRI is given and they exist (those learned on T1 MRIs for a T1-like
+    one); otherwise the CT weights (with a note when an MRI was given). Raises ``WeightsError``
+    when no usable classifier weights exist.
     """
     dev = _resolve_device(device)
     if mri is not None:
         try:
-            model, manifest = _load(CTMRI_WEIGHTS, weights_dir, dev)
-            return model, manifest, ""
+            model, manifest = _load(CTMRI_T1_WEIGHTS if mri_t1_like else CTMRI_WEIGHTS, weights_dir, dev)
+            return model, manifest, T1_LIKE_NOTE if mri_t1_like else ""
         except WeightsError as exc:
             if "no weights for model" not in str(exc):
                 raise  # present but broken: say so rather than silently ignore the MRI
         model, manifest = _load(CT_WEIGHTS, weights_dir, dev)
-        return model, manifest, "no CT+MRI classifier weights found: CT-only model used, MRI ignored"
+        return model, manifest, (T1_LIKE_CT_NOTE if mri_t1_like
+                                 else "no CT+MRI classifier weights found: CT-only model used, MRI ignored")
     model, manifest = _load(CT_WEIGHTS, weights_dir, dev)
     return model, manifest, ""
 
@@ -170,30 +177,26 @@ def classify_lesions(
     require_weights: bool = True,
     loaded: tuple[Any, dict] | None = None,
     liver: sitk.Image | None = None,
-    set_mri_aside: str = "",
+    mri_t1_like: bool = False,
 ) -> list[dict]:
     """Classify every lesion of ``lesions`` (see the module docstring for the output and rules).
 
     ``loaded``: an already loaded ``(model, manifest)`` (skips the weights lookup; tests, batch runs).
     ``require_weights=False``: when no classifier weights exist, return entries with probability None
     and a note instead of raising ``WeightsError``.
-    ``set_mri_aside``: a reason to classify on the CT alone although ``mri`` is given (an MRI on
-    which the lesions look unlike what the CT+MRI weights learned: ``mri_lesion_look.py``); each
-    entry's note carries it (ignored with ``loaded``).
+    ``mri_t1_like``: the lesions are darker than the liver on ``mri`` (module docstring; ignored
+    with ``loaded``).
     """
     lesions = _check_inputs(ct, lesions)
     geos = lesion_geometries(lesions)
     if not geos:
         return []
     note_w = ""
-    if set_mri_aside and mri is not None and loaded is None:
-        mri, note_w = None, set_mri_aside
     if loaded is not None:
         model, manifest = loaded
     else:
         try:
-            model, manifest, weights_note = select_weights(mri, weights_dir, device)
-            note_w = note_w or weights_note
+            model, manifest, note_w = select_weights(mri, weights_dir, device, mri_t1_like)
         except WeightsError as exc:
             if require_weights:
                 raise

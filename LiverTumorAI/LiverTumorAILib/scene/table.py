@@ -17,6 +17,8 @@ COLUMNS = [
     ("malignancy_probability", vtk.vtkDoubleArray, "malignancy_probability"),
     ("class", vtk.vtkStringArray, "predicted_class"),
     ("model", vtk.vtkStringArray, None),
+    # why a call is unreliable or made otherwise (too small, at the border, MRI set aside as T1-like)
+    ("note", vtk.vtkStringArray, "note"),
 ]
 
 
