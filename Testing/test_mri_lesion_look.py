@@ -4,6 +4,7 @@ classifier sets the MRI aside, the MRI assist skips its vessel check."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -113,7 +114,7 @@ needs_classifiers = pytest.mark.skipif(not all(bundled_model_dir(n) for n in ("h
                                        reason="bundled classifier weights absent")
 
 
-def _classify_phantom(sequence: str, tmp_path: Path) -> dict:
+def _classify_phantom(sequence: str, tmp_path: Path, weights: Path | None = None) -> dict:
     """run_classify with the MRI on the truth segmentation of a project phantom whose MRI is `sequence`."""
     from LiverTumorAILib.phantom import generate_case, write_case
     from LiverTumorAILib.pipeline import run_classify
@@ -121,25 +122,27 @@ def _classify_phantom(sequence: str, tmp_path: Path) -> dict:
     case = tmp_path / f"case_{sequence}"
     write_case(generate_case(50004, size=128, slices=32, mri_sequence=sequence), case)
     report = run_classify(case / "ct.nii.gz", case / "label.nii.gz", tmp_path / f"out_{sequence}",
-                          mri_path=case / "mri.nii.gz", device="cpu")
+                          mri_path=case / "mri.nii.gz", device="cpu", weights_dir=weights)
     assert report["lesion_count"] >= 2
     return report
 
 
 @needs_classifiers
 @pytest.mark.parametrize("sequence", ["t2", "t1"])
-def test_classify_takes_the_classifier_learned_on_the_mri_the_lesions_look_like(sequence: str, tmp_path: Path) -> None:
+def test_classify_keeps_a_t2_like_mri_and_sets_a_t1_like_one_aside(sequence: str, tmp_path: Path, monkeypatch) -> None:
+    from LiverTumorAILib import weights
+
+    monkeypatch.delenv(weights.ENV_MODELS, raising=False)
+    assert not bundled_model_dir(CTMRI_T1_WEIGHTS)  # not bundled: see make_classifier_weights.MODEL_MRI_SEQUENCE
     report = _classify_phantom(sequence, tmp_path)
     look = report["mri_lesion_look"]
     models = {lesion["model"] for lesion in report["lesions"]}
     notes = [lesion["note"] for lesion in report["lesions"]]
     if sequence == "t1":
         assert look["look"].startswith("darker") and look["median_contrast_sd"] < -1
-        t1_weights = bool(bundled_model_dir(CTMRI_T1_WEIGHTS))
-        assert models == ({CTMRI_T1_WEIGHTS} if t1_weights else {"hybrid3d"})
-        assert all((T1_LIKE_NOTE if t1_weights else T1_LIKE_CT_NOTE) in note for note in notes)
-        assert {lesion["modality"] for lesion in report["lesions"]} == ({"CT+MRI"} if t1_weights else {"CT"})
-        assert any("darker than the liver on this MRI" in w for w in report["warnings"])
+        assert models == {"hybrid3d"} and all(T1_LIKE_CT_NOTE in note for note in notes)
+        assert {lesion["modality"] for lesion in report["lesions"]} == {"CT"}
+        assert any(w.endswith("lesions classified by the CT alone") for w in report["warnings"])
     else:
         assert look["look"].startswith("brighter") and look["median_contrast_sd"] > 1
         assert models == {"hybrid3d-ctmri"} and not any("T1-like" in note for note in notes)
@@ -147,17 +150,20 @@ def test_classify_takes_the_classifier_learned_on_the_mri_the_lesions_look_like(
 
 
 @needs_classifiers
-def test_without_weights_learned_on_t1_a_t1_like_mri_is_set_aside(tmp_path: Path, monkeypatch) -> None:
+def test_weights_learned_on_t1_mris_take_a_t1_like_mri(tmp_path: Path, monkeypatch) -> None:
+    """A researcher's hybrid3d-ctmri-t1 (here the T2 weights under that name, to see who is asked) in --weights."""
     from LiverTumorAILib import weights
 
-    only_t2 = tmp_path / "models"
-    for name in ("hybrid3d", "hybrid3d-ctmri"):
-        shutil.copytree(bundled_model_dir(name), only_t2 / name)
-    monkeypatch.setattr(weights, "bundled_models_dirs", lambda: [only_t2])
     monkeypatch.delenv(weights.ENV_MODELS, raising=False)
+    folder = tmp_path / "models" / CTMRI_T1_WEIGHTS
+    shutil.copytree(bundled_model_dir("hybrid3d-ctmri"), folder)
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    (folder / "manifest.json").write_text(json.dumps({**manifest, "name": CTMRI_T1_WEIGHTS}), encoding="utf-8")
 
-    report = _classify_phantom("t1", tmp_path)
-
-    assert {lesion["model"] for lesion in report["lesions"]} == {"hybrid3d"}
-    assert all(T1_LIKE_CT_NOTE in lesion["note"] for lesion in report["lesions"])
-    assert any(w.endswith("lesions classified by the CT alone") for w in report["warnings"])
+    report = _classify_phantom("t1", tmp_path, weights=tmp_path / "models")
+    assert {lesion["model"] for lesion in report["lesions"]} == {CTMRI_T1_WEIGHTS}
+    assert {lesion["modality"] for lesion in report["lesions"]} == {"CT+MRI"}
+    assert all(T1_LIKE_NOTE in lesion["note"] for lesion in report["lesions"])
+    assert any(w.endswith(f"classified by the CT+MRI classifier learned on T1 MRIs ({CTMRI_T1_WEIGHTS})")
+               for w in report["warnings"])
+    assert _classify_phantom("t2", tmp_path, weights=tmp_path / "models")["lesions"][0]["model"] == "hybrid3d-ctmri"

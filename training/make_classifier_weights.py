@@ -46,7 +46,16 @@ MODELS = {"hybrid3d": 1, "hybrid3d-ctmri": 2, "hybrid3d-ctmri-t1": 2}
 #: classifier learned a T2-like MRI (lesions brighter than the liver) and fails on a T1 (lesion
 #: AUC 0.04 on independent T1 phantoms), so ``hybrid3d-ctmri-t1`` is the same model learned on
 #: the same phantoms with a plain T1 (lesions darker), for the MRIs ``mri_lesion_look`` reads as
-#: T1-like. Its crops are cached in their own case folders (``_t1`` suffix).
+#: T1-like. Its crops are cached in their own case folders (``_t1`` suffix). It takes the CT-only
+#: model's radial prior + shell statistics (``MODEL_CONFIGS``): with ``hybrid3d-ctmri``'s plain
+#: config it stayed at chance on the T1 phantoms (validation AUC 0.38-0.47 over the first 7 of 40
+#: epochs; on a T1 the lesion kinds differ less than on a T2, so the CT look must be learned too).
+#: Trained 2026-11-25 (``--models hybrid3d-ctmri-t1``: 200 T1 training phantoms, best epoch 32,
+#: T 0.53; phantom test AUC 0.933, ECE 0.047) and NOT bundled: on the independent T1 phantoms
+#: (8 cases, ``classify`` with the MRI on truth / dual-stream / tam-unet / fusion masks) it gave
+#: AUC 0.82 / 0.79 / 0.83 / 1.0, ECE 0.29 / 0.16 / 0.23 / 0.09, where the CT-only classifier,
+#: which a T1-like MRI falls back to without it, gave AUC 1.0 / 0.93 / 1.0 / 1.0, ECE 0.18 /
+#: 0.16 / 0.12 / 0.07. Where it is given (``--weights``), a T1-like MRI takes it.
 MODEL_MRI_SEQUENCE = {"hybrid3d-ctmri-t1": "t1"}
 #: Per-model config over ``hybrid3d.default_config`` and weights version. The CT-only model uses the
 #: radial prior + shell statistics and no dropout (see the hybrid3d docstring: without them, or with
