@@ -44,7 +44,9 @@ from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 
 from .errors import InputError
-from .geometry import spacing_zyx  # noqa: F401  (kept importable from here: training/ and tests use it)
+
+# both also imported from here by training/ and the tests
+from .geometry import equivalent_diameter_mm, spacing_zyx
 
 DETECTION_MIN_DICE = 0.1
 DETECTION_MIN_DIAMETER_MM = 10.0
@@ -155,12 +157,6 @@ def lesion_instances(mask: np.ndarray) -> np.ndarray:
 
     inst, _ = ndimage.label(np.asarray(mask, bool), structure=np.ones((3,) * np.ndim(mask), bool))
     return inst.astype(np.uint16)
-
-
-def equivalent_diameter_mm(voxels: float, spacing: Spacing) -> float:
-    """Diameter of the sphere with the lesion's volume: robust to ragged outlines."""
-    vol = float(voxels) * float(np.prod(spacing))
-    return float((6.0 * vol / math.pi) ** (1.0 / 3.0)) if vol > 0 else 0.0
 
 
 @dataclass

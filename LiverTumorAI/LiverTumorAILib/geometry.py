@@ -88,6 +88,13 @@ def sphere_voxel_count(diameter_mm: float, spacing_zyx: Sequence[float]) -> floa
     return float(np.pi / 6.0 * diameter_mm ** 3 / float(np.prod(spacing_zyx)))
 
 
+def equivalent_diameter_mm(voxels: float, spacing_zyx: Sequence[float]) -> float:
+    """Diameter of the sphere with the volume of `voxels` voxels of `spacing_zyx` (mm): a lesion's
+    size robust to a ragged outline (the inverse of `sphere_voxel_count`)."""
+    volume = float(voxels) * float(np.prod(spacing_zyx))
+    return float((6.0 * volume / np.pi) ** (1.0 / 3.0)) if volume > 0 else 0.0
+
+
 def image_bounding_box(image: sitk.Image) -> BoundingBox:
     """Physical bounding box of the voxel *edges* of an image of any direction."""
     size = np.asarray(image.GetSize(), dtype=float)

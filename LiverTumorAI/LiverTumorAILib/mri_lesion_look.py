@@ -1,9 +1,9 @@
 """How the lesions look on the given MRI against the liver around them: brighter (T2-like) or darker
 (T1-like).
 
-Why: the CT+MRI models (the lesion classifier ``hybrid3d-ctmri`` and the MRI lesion assist's vessel
-check) learned an MRI on which every lesion kind is brighter than the liver, as on a T2. On a plain
-T1 every kind is darker instead (cysts darkest). Measured on independent phantoms whose MRI is a T1
+Why: the lesion classifier ``hybrid3d-ctmri`` learned, and the MRI lesion assist's vessel check
+assumes, an MRI on which every lesion kind is brighter than the liver, as on a T2. On a plain T1
+every kind is darker instead (cysts darkest). Measured on independent phantoms whose MRI is a T1
 (``benchmarks/independent_phantom.py --t1``, 8 cases): the CT+MRI classifier gave every lesion a low
 probability (lesion AUC 0.04, ECE 0.62-0.65), and the vessel check, which removes a finding that is
 bright on the CT and dark on the MRI, removed lesions as vessels. A DICOM header may name the
@@ -33,7 +33,7 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from LiverTumorAILib.geometry import mri_signal_on_grid, region_reference, spacing_zyx
+from LiverTumorAILib.geometry import equivalent_diameter_mm, mri_signal_on_grid, region_reference, spacing_zyx
 from LiverTumorAILib.measure import robust_level_and_noise
 
 SHELL_MM = 10.0
@@ -84,10 +84,6 @@ class MriLesionLook:
                 "on which they are brighter")
 
 
-def _equivalent_diameter_mm(voxels: int, spacing: Sequence[float]) -> float:
-    return float((6.0 * voxels * np.prod(spacing) / np.pi) ** (1.0 / 3.0))
-
-
 def read_mri_lesion_look(ct: sitk.Image, mri: sitk.Image, label: np.ndarray,
                          start_zyx: Sequence[int] = (0, 0, 0)) -> MriLesionLook:
     """The look of `label`'s lesions (0 background, 1 liver, 2 tumour; on the CT grid, or its
@@ -116,5 +112,5 @@ def read_mri_lesion_look(ct: sitk.Image, mri: sitk.Image, label: np.ndarray,
             continue
         level, spread = robust_level_and_noise(signal[shell])
         contrasts.append((float(np.median(signal[inside])) - level) / max(spread, 1e-6))
-        diameters.append(_equivalent_diameter_mm(int(lesion.sum()), spacing))
+        diameters.append(equivalent_diameter_mm(int(lesion.sum()), spacing))
     return MriLesionLook(tuple(contrasts), tuple(diameters))
