@@ -167,3 +167,21 @@ def test_weights_learned_on_t1_mris_take_a_t1_like_mri(tmp_path: Path, monkeypat
     assert any(w.endswith(f"classified by the CT+MRI classifier learned on T1 MRIs ({CTMRI_T1_WEIGHTS})")
                for w in report["warnings"])
     assert _classify_phantom("t2", tmp_path, weights=tmp_path / "models")["lesions"][0]["model"] == "hybrid3d-ctmri"
+
+
+@pytest.mark.skipif(not all(bundled_model_dir(n) for n in ("fusion", "localizer")), reason="bundled weights absent")
+def test_segment_with_the_fusion_model_warns_when_the_mri_looks_t1_like(tmp_path: Path, monkeypatch) -> None:
+    from LiverTumorAILib import weights
+    from LiverTumorAILib.phantom import generate_case, write_case
+    from LiverTumorAILib.pipeline import run_segment
+
+    monkeypatch.delenv(weights.ENV_MODELS, raising=False)
+    for sequence in ("t1", "t2"):
+        case = tmp_path / f"case_{sequence}"
+        write_case(generate_case(50004, size=96, slices=24, mri_sequence=sequence), case)
+        report = run_segment(case / "ct.nii.gz", tmp_path / f"out_{sequence}", mri_path=case / "mri.nii.gz",
+                             model="fusion", device="cpu", classify=False, heatmaps="none")
+        assert report["lesion_count"] >= 1
+        warned = any("the fusion model, which reads the MRI, may miss lesions" in w for w in report["warnings"])
+        assert report["mri_lesion_look"]["look"].startswith("darker" if sequence == "t1" else "brighter")
+        assert warned == (sequence == "t1")

@@ -294,6 +294,11 @@ def segment_into(
         progress.warn(message)
         warnings.append(message)
     mri_look = _read_mri_look(ct, mri, label_region, [s.start for s in sub.slices])
+    if model == MRI_ASSIST_MODEL and mri_look is not None and mri_look.darker:
+        message = (f"{mri_look.describe()}: the {model} model, which reads the MRI, may miss lesions such an MRI "
+                   "shows unlike a T2 (README, Limits: a T1 MRI); check the CT for lesions it did not draw")
+        progress.warn(message)
+        warnings.append(message)
     if classify and lesion_rows:
         progress.stage("classify", 0.0)
         t0 = time.perf_counter()
