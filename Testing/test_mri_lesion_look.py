@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -108,6 +109,14 @@ def test_the_vessel_check_is_skipped_only_where_the_fusion_lesions_look_darker()
 
     _, _, bright = _images({"large": 400, "small": 60})
     assert vessel_check_reason(fusion, ct_bright, bright) == ""
+
+    # what report.json and the run's warnings say of it
+    from LiverTumorAILib.pipeline import _mri_assist_report, _record_mri_assist
+
+    assert _mri_assist_report(result, "fusion")["vessel_check"] == reason
+    assert _mri_assist_report(assist_with_mri(label.copy(), fusion, ct_bright, bright), "fusion")["vessel_check"] == "run"
+    rows = [{"id": 1}]
+    assert reason in _record_mri_assist(rows, np.zeros(SHAPE, np.uint16), result, SimpleNamespace(name="fusion"), "tam-unet")
 
 
 needs_classifiers = pytest.mark.skipif(not all(bundled_model_dir(n) for n in ("hybrid3d", "hybrid3d-ctmri")),
