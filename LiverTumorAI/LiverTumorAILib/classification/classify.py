@@ -28,6 +28,11 @@ Decision rules (why):
   caller reads it). ``hybrid3d-ctmri`` learned a T2-like MRI where they are brighter and fails on
   a T1 (lesion AUC 0.04 on independent T1 phantoms), so the weights learned on T1 phantoms
   (``hybrid3d-ctmri-t1``) classify instead, or, without them, the CT-only weights; a note says which.
+  On the project's T1 test phantoms (150 lesions) the CT-only weights give AUC 0.86, ECE 0.06;
+  ``hybrid3d-ctmri`` 0.52 / 0.35, and 0.60 / 0.39 with the MRI's sign flipped (tried: on a T1
+  the lesion kinds' order of darkness mirrors their order of brightness on a T2, but the model
+  does not read a flipped T1 as a T2). The T1-learned weights are not bundled
+  (``training/make_classifier_weights.py``, ``MODEL_MRI_SEQUENCE``).
 * ``liver``: the organ mask (any label map whose non-zero voxels are liver + lesions, on the CT
   grid or a sub-grid of it). Weights with ``liver_context`` read their shell statistics inside
   it; without one they read whole shells and the entry's note says so.
