@@ -348,6 +348,7 @@ class LiverTumorAIWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.statusLabel.text = _("Cancelled.")
         else:
             self.ui.statusLabel.text = event.get("summary", _("Done."))
+        self.ui.statusLabel.toolTip = "\n\n".join(event.get("warnings") or [])
         self._updateWeightsLabel()
         self._updateGui()
 
@@ -583,7 +584,7 @@ class LiverTumorAILogic(ScriptedLoadableModuleLogic):
                 finished["details"] = "\n".join(result.stderr_tail[-40:])
             else:
                 try:
-                    finished["summary"] = self._loadJobOutputs(job)
+                    finished["summary"], finished["warnings"] = self._loadJobOutputs(job)
                 except Exception as exc:  # loading must not kill the timer; show it instead
                     logging.exception("LiverTumorAI: loading results failed")
                     finished["error"] = str(exc)
@@ -599,9 +600,10 @@ class LiverTumorAILogic(ScriptedLoadableModuleLogic):
                 continue
         return {"torch": None, "error": result.error}
 
-    def _loadJobOutputs(self, job: _Job) -> str:
+    def _loadJobOutputs(self, job: _Job) -> tuple[str, list[str]]:
+        """Load a finished run's outputs into the scene; (one-line summary, the report's warnings)."""
         if job.kind == "export":
-            return _("Exported to {folder}").format(folder=job.context["outDir"])
+            return _("Exported to {folder}").format(folder=job.context["outDir"]), []
         outDir = job.workDir / "out"
         reportPath = outDir / "report.json"
         report = json.loads(reportPath.read_text(encoding="utf-8")) if reportPath.is_file() else {}
@@ -626,9 +628,12 @@ class LiverTumorAILogic(ScriptedLoadableModuleLogic):
             summary += _("; {count} finding(s) the checks removed are marked as points to look at").format(count=removed)
         from LiverTumorAILib.scene.terminology import is_synthetic
 
+        warnings = [str(w) for w in report.get("warnings") or []]
+        if warnings:  # shown one by one while the run went; here so none goes unseen
+            summary += _("; {count} warning(s): hover here").format(count=len(warnings))
         if is_synthetic(report):
             summary += ". " + DEMO_WEIGHTS_NOTICE
-        return summary
+        return summary, warnings
 
     # -- scene ------------------------------------------------------------------------------
     def loadResults(self, outDir: pathlib.Path, ctNode, replaceNode=None, heatmapOpacity: float = 0.5):

@@ -171,3 +171,29 @@ def test_weights_description_flags_synthetic(module, tmp_path):
     assert info["name"] == "dual-stream" and info["version"] == "demo-0.1" and info["synthetic"] is True
     with pytest.raises(ValueError):
         mod.LiverTumorAILogic().describeWeights(str(tmp_path), model="tam-unet")
+
+
+def test_a_finished_run_keeps_every_warning_of_its_report(module, run_output):
+    """The warnings flash by one at a time during a run; the finish line counts them and hands them
+    on (the panel shows them on hover), so a T1-like MRI or a removed finding is not missed."""
+    from types import SimpleNamespace
+
+    from LiverTumorAILib.scene.volumes import volume_node_from_sitk
+
+    mod, scene = module
+    ct, _, _, out, report = run_output
+    warned = ["the lesions are darker than the liver on this MRI ...: lesions classified by the CT alone",
+              "1 lesion(s) the CT barely shows were added from the MRI by the fusion model (ids 2): check them"]
+    (out / "report.json").write_text(json.dumps({**report, "warnings": warned}))
+    logic = mod.LiverTumorAILogic()
+    node = SimpleNamespace(heatmapOpacity=0.5, resultSegmentation=None, resultTable=None, resultHeatmap=None)
+    job = mod._Job("segment", None, out.parent, ctNode=volume_node_from_sitk(scene, ct, "CT"), replaceNode=None,
+                   parameterNode=node)
+
+    summary, warnings = logic._loadJobOutputs(job)
+
+    assert warnings == warned and "2 warning(s)" in summary and summary.startswith("Done: 2 lesion(s)")
+    assert node.resultSegmentation is not None and node.resultTable.GetNumberOfRows() == 2
+    (out / "report.json").write_text(json.dumps(report))  # none: no count
+    summary, warnings = logic._loadJobOutputs(job)
+    assert warnings == [] and "warning" not in summary
