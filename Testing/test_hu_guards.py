@@ -423,7 +423,7 @@ def test_clean_label_map_applies_every_check_with_the_ct():
 def _liver_with_four_lesions(seed: int = 5):
     """(label, HU, MRI, masks) on a 2 x 1 x 1 mm grid: a noisy liver (100 HU, sd 15; MRI 100, sd 8)
     with four 'lesions' labelled tumour, 10-12 mm across: `isodense` (the liver's own tissue, what
-    the network drew from nothing), `hypo` (-15 HU: the least contrast of a found held-out
+    the network drew from nothing), `hypo` (-15 HU and 25 % over the liver on the MRI: the least CT contrast of a found held-out
     lesion), `target` (a dark core in a bright ring whose median is the liver's level) and
     `mri_only` (isodense on the CT, bright on the MRI)."""
     rng = np.random.default_rng(seed)
@@ -438,6 +438,7 @@ def _liver_with_four_lesions(seed: int = 5):
 
     masks = {"isodense": ball(22, 22), "hypo": ball(22, 58), "target": ball(58, 22), "mri_only": ball(58, 58)}
     hu[masks["hypo"]] -= 15.0
+    mri[masks["hypo"]] *= 1.25  # the MRI shows it too, as it showed every lesion of the held-out draws
     core = ball(58, 22, 4.0)
     hu[masks["target"] & core] -= 40.0
     hu[masks["target"] & ~core] += 40.0
@@ -477,6 +478,11 @@ def test_a_lesion_no_image_shows_is_flagged_and_shown_ones_are_not():
     centred = mri - np.float32(100.0)  # an MRI normalised around 0 cannot be scaled: it drops nothing
     assert verdict(lesions_without_contrast(labels, count, label == 1, hu, (2.0, 1.0, 1.0),
                                             mri=centred))["mri_only"] is False
+    # an MRI that covers a lesion and shows nothing there: the CT must show it clearly (15 HU)
+    silent = mri.copy()
+    silent[masks["hypo"]] /= 1.25
+    assert verdict(lesions_without_contrast(labels, count, label == 1, hu, (2.0, 1.0, 1.0), mri=silent)) == {
+        "isodense": True, "hypo": True, "target": False, "mri_only": False}  # target: 29 HU on the CT
 
 
 def test_clean_label_map_drops_unseen_lesions_and_says_so():
