@@ -25,6 +25,13 @@ def robust_level_and_noise(values: np.ndarray) -> tuple[float, float]:
     return level, 1.4826 * float(np.median(np.abs(values - level)))
 
 
+def robust_distance(values: np.ndarray, reference: np.ndarray) -> float:
+    """(median(values) - median(reference)) in robust SDs (`robust_level_and_noise`) of `reference`:
+    how far a lesion lies from the tissue around it, in that tissue's own noise."""
+    centre, spread = robust_level_and_noise(reference)
+    return (float(np.median(values)) - centre) / max(spread, 1e-6)
+
+
 def centroid_ras(points_lps: np.ndarray) -> list[float]:
     """RAS centroid (mm, 2 decimals; Slicer's convention) of physical LPS points (N, 3)."""
     return [round(v, 2) for v in lps_to_ras(np.asarray(points_lps).mean(axis=0))]

@@ -34,7 +34,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from LiverTumorAILib.geometry import equivalent_diameter_mm, mri_signal_on_grid, region_reference, spacing_zyx
-from LiverTumorAILib.measure import robust_level_and_noise
+from LiverTumorAILib.measure import robust_distance
 
 SHELL_MM = 10.0
 DECIDING_DIAMETER_MM = 10.0
@@ -110,7 +110,6 @@ def read_mri_lesion_look(ct: sitk.Image, mri: sitk.Image, label: np.ndarray,
         inside = lesion & seen
         if inside.sum() < MIN_LESION_VOXELS or shell.sum() < MIN_SHELL_VOXELS:
             continue
-        level, spread = robust_level_and_noise(signal[shell])
-        contrasts.append((float(np.median(signal[inside])) - level) / max(spread, 1e-6))
+        contrasts.append(robust_distance(signal[inside], signal[shell]))
         diameters.append(equivalent_diameter_mm(int(lesion.sum()), spacing))
     return MriLesionLook(tuple(contrasts), tuple(diameters))

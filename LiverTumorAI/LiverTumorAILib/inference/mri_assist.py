@@ -64,7 +64,7 @@ from LiverTumorAILib.geometry import (
     voxel_indices_to_physical,
 )
 from LiverTumorAILib.hu_guards import BESIDE_GAS_MM, LESION_RIM_MM, lesions_in_other_tissue
-from LiverTumorAILib.measure import centroid_ras, robust_level_and_noise
+from LiverTumorAILib.measure import centroid_ras, robust_distance
 from LiverTumorAILib.postprocess import lesion_parts
 
 MRI_ASSIST_MODEL = "fusion"
@@ -246,12 +246,6 @@ def extend_outlines_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct:
     return extended
 
 
-def _robust_distance(values: np.ndarray, reference: np.ndarray) -> float:
-    """(median(values) - median(reference)) in robust SDs (1.4826 MAD) of `reference`."""
-    centre, spread = robust_level_and_noise(reference)
-    return (float(np.median(values)) - centre) / max(spread, 1e-6)
-
-
 def remove_vessels_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: sitk.Image, mri: sitk.Image,
                                region: Region | None = None) -> list[RemovedVessel]:
     """Turn back into liver (in place) each of `label`'s lesions (`lesion_parts`) inside `region` that
@@ -280,8 +274,8 @@ def remove_vessels_seen_on_mri(label: np.ndarray, assist_label: np.ndarray, ct: 
         lesion = own_lesions[box] == number
         if not _box_inside_mri(ct, mri, offset, box):
             continue
-        above = _robust_distance(ct_region[box][lesion].astype(np.float32), ct_liver)
-        below = -_robust_distance(mri_region[box][lesion], mri_liver)
+        above = robust_distance(ct_region[box][lesion].astype(np.float32), ct_liver)
+        below = -robust_distance(mri_region[box][lesion], mri_liver)
         if above < VESSEL_CT_SD_ABOVE_LIVER or below < VESSEL_MRI_SD_BELOW_LIVER:
             continue
         ours[box][lesion] = 1
