@@ -501,15 +501,13 @@ def lesions_without_contrast(
         if outside is not None:
             rim &= ~outside[box]
         ct_contrast = lesion_contrast(ct_hu[box][component], ct_hu[box][rim])
+        if not (ct_contrast < max(min_ct_hu, MIN_CONTRAST_HU_MRI_SILENT)):  # clear on the CT (NaN: not judged): kept
+            continue
         mri_fraction = mri_contrast_fraction(mri[box][component], mri[box][rim]) if mri is not None else np.nan
         if mri_fraction < MRI_SILENT_FRACTION and ct_contrast < MIN_CONTRAST_HU_MRI_SILENT:
             flagged[i] = True  # the MRI shows nothing there and the CT only faintly
-            continue
-        if not (ct_contrast < min_ct_hu):  # NaN: not judged, kept
-            continue
-        if mri_fraction >= min_mri_fraction:
-            continue  # the MRI shows it (outside the MRI's field of view, NaN, the CT alone decides)
-        flagged[i] = True
+        elif ct_contrast < min_ct_hu and not mri_fraction >= min_mri_fraction:
+            flagged[i] = True  # no image shows it (outside the MRI's field of view, NaN, the CT alone decides)
     return flagged
 
 
